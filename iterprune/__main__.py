@@ -1,0 +1,5 @@
+import sys
+
+from iterprune.cli import main
+
+sys.exit(main())

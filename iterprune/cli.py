@@ -1,0 +1,261 @@
+"""The ``iterprune`` command line: the only place errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from iterprune import __version__, paths, views
+from iterprune.errors import IterpruneError, UserError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED, EXIT_BUSY = 0, 1, 2, 3, 4
+
+
+def _console(stderr: bool = False):
+    from iterprune.console import make_console
+
+    return make_console(stderr=stderr)
+
+
+def _store(args: argparse.Namespace, create: bool = False):
+    from iterprune.store import DB_NAME, Store
+
+    state = paths.state_dir(args.state_dir)
+    if not create and not (state / DB_NAME).exists():
+        raise UserError(
+            f"no iterprune state in {state} (start a run first, or pass --state-dir / "
+            f"set ${paths.ENV_STATE_DIR})"
+        )
+    return Store(state)
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from iterprune import schedule
+
+    s = schedule.load(args.schedule)
+    p = s.prune
+    source = s.model.builtin or s.model.factory
+    print(
+        f"{args.schedule}: OK — run '{s.name}', model {source}, {p.method} pruning "
+        f"{p.step:.0%} per round to {p.target_sparsity:.0%}, budget {s.validate.max_drop} points"
+    )
+    return EXIT_OK
+
+
+def _serve(store, run_id: str) -> int:
+    from iterprune import console, daemon
+    from iterprune.runner import Runner
+
+    con = _console()
+    with console.reporter_for(con) as reporter:
+        runner = Runner(store, run_id, reporter)
+        status = daemon.serve(runner)
+    if status == "finished":
+        con.print(f"Done. See the rounds with: iterprune history {run_id}")
+        return EXIT_OK
+    return EXIT_STOPPED
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from iterprune import schedule
+    from iterprune.runner import open_run
+
+    s = schedule.load(args.schedule)  # every schedule problem surfaces before anything is written
+    store = _store(args, create=True)
+    run_id = open_run(store, s, os.path.abspath(args.schedule), fresh=args.fresh)
+    row = store.run(run_id)
+    if row and row["status"] == "finished":
+        print(f"run '{run_id}' already finished: {row['reason']}")
+        print(f"See it with: iterprune history {run_id}   (start it again with --fresh)")
+        return EXIT_OK
+    return _serve(store, run_id)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    store = _store(args)
+    row = views.status(store, args.run)[0]
+    if row["status"] == "finished":
+        print(f"run '{args.run}' already finished: {row['reason']}")
+        return EXIT_OK
+    return _serve(store, args.run)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = _store(args)
+    docs = views.runs(store)
+    if args.json:
+        _print_json(docs)
+        return EXIT_OK
+    from iterprune import console
+
+    _console().print(console.runs_table(docs) if docs else "no runs yet")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    doc = views.history(_store(args), args.run)
+    if args.json:
+        _print_json(doc)
+        return EXIT_OK
+    from iterprune import console
+
+    _console().print(console.history_view(doc))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    doc = views.show(_store(args), args.run, args.round)
+    if args.json:
+        _print_json(doc)
+        return EXIT_OK
+    from iterprune import console
+
+    _console().print(console.layers_table(doc))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = views.status(_store(args), args.run)
+    for r in rows:
+        alive = r["pid"] is not None and _pid_alive(r["pid"])
+        if r["status"] == "running" and not alive:
+            r["status"] = "interrupted"
+    if args.json:
+        if args.run:
+            _print_json(rows[0])
+        else:
+            _print_json(rows)
+        return EXIT_OK
+    from iterprune import console
+
+    con = _console()
+    con.print(console.status_table(rows))
+    for r in rows:
+        if r["status"] == "interrupted":
+            con.print(f"{r['run']} was interrupted; continue it with: iterprune resume {r['run']}")
+        if r["error"]:
+            con.print(f"{r['run']} last error: {r['error']}")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    row = views.status(_store(args), args.run)[0]
+    pid = row["pid"]
+    if row["status"] != "running" or pid is None or not _pid_alive(pid):
+        print(f"run '{args.run}' is not running (status: {row['status']})")
+        return EXIT_OK
+    os.kill(pid, signal.SIGTERM)
+    print(f"asked pid {pid} to stop run '{args.run}'; it stops after the current batch")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    store = _store(args)
+    views.status(store, args.run)  # unknown run -> exit 2
+    for e in store.events(args.run):
+        print(f"{e['at'][:19].replace('T', ' ')} {e['level']:<7} {e['message']}")
+    return EXIT_OK
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- the parser ---------------------------------------------------------------------------------
+
+COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
+    ("start", "start (or continue) a run from a schedule",
+     "iterprune start schedules/digits.yaml\n  iterprune start my.yaml --state-dir /data/prune --fresh", cmd_start),
+    ("resume", "continue a stopped or interrupted run",
+     "iterprune resume digits-cnn", cmd_resume),
+    ("validate", "check a schedule and report every problem at once",
+     "iterprune validate schedules/digits.yaml", cmd_validate),
+    ("runs", "list the runs in the state directory",
+     "iterprune runs\n  iterprune runs --json", cmd_runs),
+    ("history", "every round and attempt of a run",
+     "iterprune history digits-cnn\n  iterprune history digits-cnn --json", cmd_history),
+    ("show", "per-layer parameters, non-zero weights and sparsity of a round",
+     "iterprune show digits-cnn\n  iterprune show digits-cnn --round 3 --json", cmd_show),
+    ("status", "what a run is doing now (from the database alone)",
+     "iterprune status\n  iterprune status digits-cnn --json", cmd_status),
+    ("stop", "ask the process serving a run to stop after its current batch",
+     "iterprune stop digits-cnn", cmd_stop),
+    ("logs", "the run's event log",
+     "iterprune logs digits-cnn", cmd_logs),
+]  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iterprune",
+        description="Iterative pruning scheduler: prune, fine-tune, validate, accept or roll back.",
+        epilog="Example:\n  iterprune start schedules/digits.yaml\n  iterprune history digits-cnn",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"iterprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, help_text, example, fn in COMMANDS:
+        p = sub.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=f"Example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        p.set_defaults(fn=fn)
+        if name in ("start", "validate"):
+            p.add_argument("schedule", metavar="SCHEDULE.yaml", help="the schedule file")
+        else:
+            if name not in ("runs", "status"):
+                p.add_argument("run", metavar="RUN", help="the run id (see: iterprune runs)")
+            elif name == "status":
+                p.add_argument("run", metavar="RUN", nargs="?", help="one run (default: all)")
+        if name != "validate":
+            p.add_argument(
+                "--state-dir", metavar="DIR",
+                help=f"state directory (default: ${paths.ENV_STATE_DIR}, else ./state)",
+            )  # fmt: skip
+        if name in ("runs", "history", "show", "status"):
+            p.add_argument("--json", action="store_true", help="print one JSON document")
+        if name == "start":
+            p.add_argument("--fresh", action="store_true",
+                           help="start a new run id even if this schedule's run exists")  # fmt: skip
+        if name == "show":
+            p.add_argument("--round", type=int, metavar="N", help="round (default: last accepted)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return args.fn(args)
+    except IterpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; the run can be continued with: iterprune resume RUN", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Where every file iterprune writes lives, in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_STATE_DIR = "ITERPRUNE_STATE_DIR"
+
+
+def state_dir(given: str | os.PathLike | None = None) -> Path:
+    """``--state-dir``, else ``$ITERPRUNE_STATE_DIR``, else ``./state``."""
+    return Path(given or os.environ.get(ENV_STATE_DIR) or "state")
+
+
+def checkpoint_dir(state: Path, run: str) -> Path:
+    return state / "checkpoints" / run
+
+
+def checkpoint_file(state: Path, run: str, round_: int, attempt: int) -> Path:
+    name = "dense.pt" if round_ == 0 else f"round-{round_:04d}-a{attempt}.pt"
+    return checkpoint_dir(state, run) / name
+
+
+def lock_file(state: Path, run: str) -> Path:
+    return state / "locks" / f"{run}.lock"
+
+
+def log_file(state: Path, run: str) -> Path:
+    return state / "logs" / f"{run}.log"

@@ -1,0 +1,283 @@
+"""The state database: runs, rounds, per-layer stats, checkpoints and events (sqlite-utils).
+
+The only module that speaks SQL. Every state change is one ``BEGIN IMMEDIATE`` transaction, so a
+kill leaves either the old state or the new one. WAL mode with ``synchronous=FULL``: a commit that
+returned survives power loss, and readers (``status``, ``history``) never block the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+DB_NAME = "iterprune.db"
+migrations = Migrations("iterprune")
+
+
+@migrations(name="0001_initial")
+def _initial(db: Database) -> None:
+    db["runs"].create(
+        {
+            "run": str, "status": str, "phase": str, "round": int, "attempt": int, "step": float,
+            "reason": str, "error": str, "schedule": str, "fingerprint": str, "schedule_path": str,
+            "base_dir": str, "model": str, "baseline_accuracy": float, "baseline_params": int,
+            "total_params": int, "sparsity": float, "val_accuracy": float, "accepted_round": int,
+            "pid": int, "host": str, "heartbeat_at": float, "progress": str,
+            "torch_version": str, "num_threads": int, "created_at": str, "updated_at": str,
+        },
+        pk="run",
+    )  # fmt: skip
+    db["checkpoints"].create(
+        {
+            "id": int, "run": str, "round": int, "attempt": int, "kind": str, "path": str,
+            "sha256": str, "bytes": int, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run", "runs", "run")],
+    )  # fmt: skip
+    db["checkpoints"].create_index(["run", "round"])
+    db["rounds"].create(
+        {
+            "id": int, "run": str, "round": int, "attempt": int, "status": str, "step": float,
+            "target_sparsity": float, "sparsity": float, "params": int, "val_accuracy": float,
+            "drop": float, "loss": float, "duration_s": float, "note": str, "checkpoint_id": int,
+            "started_at": str, "finished_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run", "runs", "run"), ("checkpoint_id", "checkpoints", "id")],
+    )  # fmt: skip
+    db["rounds"].create_index(["run", "round", "attempt"], unique=True)
+    db["layers"].create(
+        {"run": str, "round": int, "attempt": int, "layer": str, "position": int,
+         "params": int, "nonzero": int, "sparsity": float},
+        pk=("run", "round", "attempt", "layer"),
+    )  # fmt: skip
+    db["events"].create(
+        {"id": int, "run": str, "at": str, "level": str, "kind": str, "message": str},
+        pk="id",
+    )
+    db["events"].create_index(["run", "id"])
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Store:
+    """One connection to ``<state>/iterprune.db``; open one per process (or thread)."""
+
+    def __init__(self, state_dir: Path | str, *, create: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        if create:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.state_dir / DB_NAME
+        conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+        self.db = Database(conn)
+        self.db.execute("PRAGMA synchronous=FULL")  # per connection: set on every open
+        self.db.execute("PRAGMA foreign_keys=ON")
+        if self.db.journal_mode != "wal":
+            self.db.enable_wal()
+        if migrations.pending(self.db):
+            migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """One state change. ``BEGIN IMMEDIATE`` waits for the write lock instead of failing."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield self.db
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def run(self, run: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("select * from runs where run = ?", [run]))
+        return rows[0] if rows else None
+
+    def runs(self) -> list[dict[str, Any]]:
+        sql = """
+            select r.*, coalesce((select count(*) from rounds x where x.run = r.run
+                                  and x.status = 'accepted'), 0) as accepted_rounds,
+                   coalesce((select sum(bytes) from checkpoints c where c.run = r.run), 0)
+                       as disk_bytes
+            from runs r order by r.created_at
+        """
+        return list(self.db.query(sql))
+
+    def create_run(self, row: dict[str, Any]) -> None:
+        stamp = now()
+        with self.transaction():
+            self.db["runs"].insert({**row, "created_at": stamp, "updated_at": stamp})
+
+    def update_run(self, run: str, **fields: Any) -> None:
+        with self.transaction():
+            self._update_run(run, fields)
+
+    def _update_run(self, run: str, fields: dict[str, Any]) -> None:
+        self.db["runs"].update(run, {**fields, "updated_at": now()})
+
+    def delete_run(self, run: str) -> list[str]:
+        """Remove a run and everything recorded about it; returns its checkpoint paths."""
+        with self.transaction():
+            paths = [r["path"] for r in self.db.query(
+                "select path from checkpoints where run = ?", [run])]  # fmt: skip
+            for table in ("layers", "rounds", "events", "checkpoints", "runs"):
+                self.db.execute(f"delete from {table} where run = ?", [run])
+        return paths
+
+    # --- rounds -------------------------------------------------------------------------------
+
+    def begin_attempt(self, run: str, round_: int, attempt: int, fields: dict[str, Any]) -> None:
+        """Mark an attempt running (re-using its row when a crashed attempt is restarted)."""
+        with self.transaction():
+            self.db["layers"].delete_where(
+                "run = ? and round = ? and attempt = ?", [run, round_, attempt])  # fmt: skip
+            self.db.execute(
+                "delete from rounds where run = ? and round = ? and attempt = ?",
+                [run, round_, attempt],
+            )
+            self.db["rounds"].insert(
+                {
+                    "run": run,
+                    "round": round_,
+                    "attempt": attempt,
+                    "status": "running",
+                    "started_at": now(),
+                    **fields,
+                }  # fmt: skip
+            )
+            self._update_run(run, {"round": round_, "attempt": attempt, "phase": "prune"})
+
+    def interrupt_attempt(self, run: str, round_: int, attempt: int) -> None:
+        """An attempt stopped before its end: resume redoes it from its own start."""
+        with self.transaction():
+            self.db.execute(
+                "update rounds set status = 'failed', note = 'interrupted; redone on resume', "
+                "finished_at = ? where run = ? and round = ? and attempt = ? and status = 'running'",
+                [now(), run, round_, attempt],
+            )
+
+    def finish_attempt(
+        self,
+        run: str,
+        round_: int,
+        attempt: int,
+        fields: dict[str, Any],
+        layers: list[dict[str, Any]],
+        run_fields: dict[str, Any],
+        checkpoint: dict[str, Any] | None = None,
+        event: tuple[str, str, str] | None = None,
+    ) -> None:
+        """Record an attempt's outcome, its layers, its checkpoint and the run's new state at once."""
+        with self.transaction():
+            if checkpoint is not None:
+                fields = {**fields, "checkpoint_id": self._add_checkpoint(run, checkpoint)}
+            self.db.execute(
+                "update rounds set {} where run = ? and round = ? and attempt = ?".format(
+                    ", ".join(f"[{k}] = ?" for k in fields)
+                ),
+                [*fields.values(), run, round_, attempt],
+            )
+            self._insert_layers(run, round_, attempt, layers)
+            self._update_run(run, run_fields)
+            if event is not None:
+                self._add_event(run, *event)
+
+    def record_baseline(
+        self,
+        run: str,
+        run_fields: dict[str, Any],
+        layers: list[dict[str, Any]],
+        checkpoint: dict[str, Any],
+    ) -> None:
+        with self.transaction():
+            self._add_checkpoint(run, checkpoint)
+            self._insert_layers(run, 0, 0, layers)
+            self._update_run(run, run_fields)
+
+    def _insert_layers(self, run: str, round_: int, attempt: int, layers: list[dict]) -> None:
+        self.db["layers"].insert_all(
+            [
+                {"run": run, "round": round_, "attempt": attempt, "position": i, **row}
+                for i, row in enumerate(layers)
+            ],  # fmt: skip
+            replace=True,
+        )
+
+    def rounds(self, run: str) -> list[dict[str, Any]]:
+        return list(
+            self.db.query("select * from rounds where run = ? order by round, attempt", [run])
+        )
+
+    def layers(self, run: str, round_: int, attempt: int) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select * from layers where run = ? and round = ? and attempt = ? order by position",
+                [run, round_, attempt],
+            )
+        )
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def _add_checkpoint(self, run: str, row: dict[str, Any]) -> int:
+        table = self.db["checkpoints"]
+        table.insert({"run": run, "created_at": now(), **row})
+        return int(table.last_pk)  # type: ignore[arg-type]
+
+    def drop_superseded(self, run: str, keep_id: int) -> list[str]:
+        """Forget accepted checkpoints older than ``keep_id`` (the dense one stays); their paths."""
+        with self.transaction():
+            rows = list(self.db.query(
+                "select id, path from checkpoints where run = ? and kind = 'accepted' and id < ?",
+                [run, keep_id]))  # fmt: skip
+            for r in rows:
+                self.db.execute(
+                    "update rounds set checkpoint_id = null where checkpoint_id = ?", [r["id"]]
+                )
+                self.db.execute("delete from checkpoints where id = ?", [r["id"]])
+        return [r["path"] for r in rows]
+
+    def checkpoints(self, run: str) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from checkpoints where run = ? order by id", [run]))
+
+    # --- events -------------------------------------------------------------------------------
+
+    def add_event(self, run: str, level: str, kind: str, message: str) -> None:
+        with self.transaction():
+            self._add_event(run, level, kind, message)
+
+    def _add_event(self, run: str, level: str, kind: str, message: str) -> None:
+        self.db["events"].insert(
+            {"run": run, "at": now(), "level": level, "kind": kind, "message": message}
+        )
+
+    def events(self, run: str, after_id: int = 0) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select * from events where run = ? and id > ? order by id", [run, after_id]
+            )
+        )
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -1,0 +1,132 @@
+"""Fine-tuning and evaluation loops; pruned weights stay exactly zero, progress goes to a callback."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from iterprune.pruning import Mask
+
+Progress = Callable[[int, int, int], None]  # (epoch, batch done, batches per epoch)
+
+
+class MaskEnforcer:
+    """Keeps masked weights at zero through training: gradients, optimizer state and weights.
+
+    Zeroing the gradient keeps Adam's moments (and SGD's momentum) at zero for pruned weights;
+    zeroing the weights after the step guards against weight decay or any other optimizer term.
+    Layers without a pruned weight are skipped, so a dense model pays nothing.
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], mask: Mask | None) -> None:
+        self.params: list[nn.Parameter] = []
+        self.masks: list[torch.Tensor] = []
+        for name, p in params.items():
+            m = None if mask is None else mask.get(name)
+            if m is not None and not bool(m.all()):
+                self.params.append(p)
+                self.masks.append(m.to(device=p.device, dtype=p.dtype))
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        pairs = [
+            (p.grad, m) for p, m in zip(self.params, self.masks, strict=True) if p.grad is not None
+        ]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
+
+    @torch.no_grad()
+    def mask_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero momentum / moment buffers of newly pruned weights, so they cannot revive them."""
+        for p, m in zip(self.params, self.masks, strict=True):
+            for value in optimizer.state.get(p, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    value.mul_(m)
+
+
+def build_optimizer(
+    name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    params = list(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+@dataclass
+class TrainResult:
+    loss: float
+    batches: int
+    finite: bool = True
+
+
+def _batches(loader: Iterable) -> int:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
+def train(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    enforcer: MaskEnforcer | None = None,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train for ``epochs``; stops early (finite=False) on a NaN or infinite loss."""
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    total, count = 0.0, 0
+    n_batches = _batches(loader)
+    for epoch in range(epochs):
+        for i, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return TrainResult(loss=value, batches=count, finite=False)
+            loss.backward()
+            if enforcer is not None:
+                enforcer.mask_grads()
+            optimizer.step()
+            if enforcer is not None:
+                enforcer.mask_weights()
+            total += value
+            count += 1
+            if progress is not None:
+                progress(epoch, i + 1, n_batches)
+            if should_stop is not None and should_stop():
+                return TrainResult(loss=total / max(count, 1), batches=count)
+    return TrainResult(loss=total / max(count, 1), batches=count)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy in points (0-100). Runs in a forked RNG so it never shifts training."""
+    model.eval()
+    correct = seen = 0
+    with torch.random.fork_rng(devices=[]):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            seen += y.numel()
+    model.train()
+    return 100.0 * correct / seen if seen else 0.0

@@ -1,0 +1,93 @@
+"""The documents the inspection commands print: the ``--json`` shapes of DESIGN.md, and more."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from iterprune.errors import UnknownRun, UserError
+from iterprune.store import Store
+
+ROUND_KEYS = (
+    "round", "attempt", "status", "step", "target_sparsity", "sparsity", "params", "val_accuracy",
+    "drop", "duration_s", "loss", "note",
+)  # fmt: skip
+
+
+def _run(store: Store, run: str) -> dict[str, Any]:
+    row = store.run(run)
+    if row is None:
+        known = ", ".join(r["run"] for r in store.runs()) or "none yet"
+        raise UnknownRun(f"no run named '{run}' (known runs: {known})")
+    return row
+
+
+def runs(store: Store) -> list[dict[str, Any]]:
+    return [
+        {
+            "run": r["run"],
+            "status": r["status"],
+            "rounds": r["accepted_rounds"],
+            "sparsity": r["sparsity"],
+            "val_accuracy": r["val_accuracy"],
+            "baseline_accuracy": r["baseline_accuracy"],
+            "updated_at": r["updated_at"],
+            "disk_bytes": r["disk_bytes"],
+        }  # fmt: skip
+        for r in store.runs()
+    ]
+
+
+def history(store: Store, run: str) -> dict[str, Any]:
+    row = _run(store, run)
+    return {
+        "run": run,
+        "status": row["status"],
+        "reason": row["reason"],
+        "baseline_accuracy": row["baseline_accuracy"],
+        "baseline_params": row["baseline_params"],
+        "rounds": [{k: r[k] for k in ROUND_KEYS} for r in store.rounds(run)],
+    }
+
+
+def show(store: Store, run: str, round_: int | None = None) -> dict[str, Any]:
+    """Per-layer stats of an attempt: the given round's accepted (or last) attempt, else the latest."""
+    row = _run(store, run)
+    if round_ is None:
+        round_ = row["accepted_round"] or 0
+    if round_ == 0:
+        attempt = 0
+    else:
+        attempts = [r for r in store.rounds(run) if r["round"] == round_]
+        if not attempts:
+            raise UserError(f"run '{run}' has no round {round_} (rounds 0..{row['round'] or 0})")
+        chosen = next((r for r in attempts if r["status"] == "accepted"), attempts[-1])
+        attempt = chosen["attempt"]
+    layers = store.layers(run, round_, attempt)
+    return {
+        "run": run,
+        "round": round_,
+        "attempt": attempt,
+        "layers": [{k: r[k] for k in ("layer", "params", "nonzero", "sparsity")} for r in layers],
+    }
+
+
+def status(store: Store, run: str | None = None) -> list[dict[str, Any]]:
+    rows = [_run(store, run)] if run else store.runs()
+    out = []
+    for r in rows:
+        beat = r["heartbeat_at"]
+        out.append(
+            {
+                "run": r["run"],
+                "status": r["status"],
+                "phase": r["phase"],
+                "round": r["round"],
+                "attempt": r["attempt"],
+                "pid": r["pid"],
+                "heartbeat_age_s": None if beat is None else max(0.0, time.time() - beat),
+                "error": r["error"],
+                "reason": r["reason"],
+            }  # fmt: skip
+        )
+    return out
