@@ -45,7 +45,7 @@ def sparsity(mask: Mask) -> float:
 
 
 def count_alive(mask: Mask) -> int:
-    return int(sum(int(m.sum()) for m in mask.values()))
+    return sum(int(torch.count_nonzero(m)) for m in mask.values())
 
 
 @torch.no_grad()
@@ -84,7 +84,7 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     margin = 6.0 * math.sqrt(m * q * (1 - q)) + 16
     lo = sample[max(0, int(q * m - margin))]
     hi = sample[min(m - 1, int(q * m + margin))]
-    below = int((values < lo).sum())
+    below = int(torch.count_nonzero(values < lo))
     inside = values[(values >= lo) & (values <= hi)]
     if below < k <= below + inside.numel():
         return torch.kthvalue(inside, k - below).values
@@ -96,10 +96,10 @@ def _select(scores: torch.Tensor, alive: torch.Tensor, n_prune: int) -> torch.Te
     if n_prune <= 0:
         return alive.clone()
     scores.masked_fill_(~alive, -math.inf)  # callers hand over a scratch tensor
-    already = int((~alive).sum())
+    already = alive.numel() - int(torch.count_nonzero(alive))
     threshold = kth_smallest(scores, already + n_prune)
     keep = scores > threshold
-    surplus = int((~keep).sum()) - (already + n_prune)
+    surplus = keep.numel() - int(torch.count_nonzero(keep)) - (already + n_prune)
     if surplus > 0:  # several weights tie at the threshold: keep the last ones, deterministically
         ties = (scores == threshold).nonzero().flatten()
         keep[ties[-surplus:]] = True
@@ -138,12 +138,12 @@ def prune(
     names = list(params)
     flat_alive = torch.cat([mask[n].reshape(-1).to(params[n].device) for n in names])
     if method == "layer_magnitude":
-        alive_total = int(flat_alive.sum())
+        alive_total = int(torch.count_nonzero(flat_alive))
         fraction = n_prune / alive_total if alive_total else 0.0
         out = {}
         for name in names:
             p, m = params[name], mask[name].to(params[name].device)
-            k = round(int(m.sum()) * fraction)
+            k = round(int(torch.count_nonzero(m)) * fraction)
             keep = _select(p.detach().abs().reshape(-1).float(), m.reshape(-1), k)
             out[name] = keep.view_as(m).cpu()
         return out

@@ -284,7 +284,6 @@ class Runner:
         pruning.check_sparsity(new_mask, alive - n_prune, s.prune.method)
         pruning.apply(self.params, new_mask)
         enforcer = training.MaskEnforcer(self.params, new_mask)
-        enforcer.mask_optimizer_state(self.optimizer)
 
         self._set_phase("finetune")
         self._phase("finetune", s.finetune.epochs, f"round {round_}.{attempt}: fine-tuning")

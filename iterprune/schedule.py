@@ -183,9 +183,8 @@ class _Checker:
 
     def where(self, path: str) -> str:
         line = self.doc.lines.get(path)
-        if line is None:
-            parent = path.rsplit(".", 1)[0] if "." in path else ""
-            line = self.doc.lines.get(parent)
+        if line is None and "." in path:  # a missing key: point at its section
+            line = self.doc.lines.get(path.rsplit(".", 1)[0])
         return f"{path} (line {line})" if line else path
 
     def fail(self, path: str, message: str) -> None:

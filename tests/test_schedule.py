@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iterprune import schedule
+from iterprune.schedule import ScheduleError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+VALID = """\
+model:
+  builtin: digits_cnn
+data:
+  builtin: digits
+"""
+
+# (schedule text, a fragment every report must contain)
+MALFORMED = {
+    "yaml_syntax": ("model: [builtin: x\n", "YAML syntax error at line"),
+    "empty_file": ("", "the file is empty"),
+    "only_comments": ("# nothing here\n", "the file is empty"),
+    "list_at_top": ("- model\n- data\n", "top level must be a mapping"),
+    "scalar_at_top": ("just text\n", "top level must be a mapping"),
+    "step_out_of_range": (
+        VALID + "prune: {step: 1.5}\n",
+        "prune.step (line 5): must be in (0, 1), got 1.5",
+    ),
+    "step_zero": (VALID + "prune: {step: 0}\n", "prune.step (line 5): must be in (0, 1)"),
+    "target_out_of_range": (
+        VALID + "prune: {target_sparsity: 1.0}\n",
+        "prune.target_sparsity (line 5): must be in (0, 1)",
+    ),
+    "max_drop_negative": (
+        VALID + "validate: {max_drop: -1}\n",
+        "validate.max_drop (line 5): must be in [0, 100]",
+    ),
+    "unknown_method": (
+        VALID + "prune: {method: global_magnitud}\n",
+        "did you mean 'global_magnitude'",
+    ),
+    "unknown_top_key": (
+        VALID + "prunee: {}\n",
+        "prunee (line 5): unknown key; did you mean 'prune'?",
+    ),
+    "unknown_nested_key": (
+        VALID + "finetune: {epochz: 3}\n",
+        "finetune.epochz (line 5): unknown key; did you mean 'epochs'?",
+    ),
+    "wrong_type_epochs": (
+        VALID + "finetune: {epochs: two}\n",
+        "finetune.epochs (line 5): must be an integer, got 'two'",
+    ),
+    "float_epochs": (
+        VALID + "pretrain: {epochs: 1.5}\n",
+        "pretrain.epochs (line 5): must be an integer, got 1.5",
+    ),
+    "lr_text": (
+        VALID + "finetune: {lr: fast}\n",
+        "finetune.lr (line 5): must be a number, got 'fast'",
+    ),
+    "bool_as_number": (VALID + "validate: {max_drop: yes}\n", "must be a number, got boolean true"),
+    "both_builtin_and_factory": (
+        "model: {builtin: digits_cnn, factory: 'a:b'}\ndata: {builtin: digits}\n",
+        "model (line 1): give exactly one of 'builtin' or 'factory' (both given)",
+    ),
+    "neither_builtin_nor_factory": (
+        "model: {kwargs: {}}\ndata: {builtin: digits}\n",
+        "model (line 1): give exactly one of 'builtin' or 'factory' (neither given)",
+    ),
+    "factory_does_not_import": (
+        "model: {factory: 'no_such_module_xyz:build'}\ndata: {builtin: digits}\n",
+        "cannot import module 'no_such_module_xyz'",
+    ),
+    "factory_bad_form": (
+        "model: {factory: 'just_a_name'}\ndata: {builtin: digits}\n",
+        "must look like 'module:function'",
+    ),
+    "factory_missing_function": (
+        "model: {factory: 'json:no_such_fn'}\ndata: {builtin: digits}\n",
+        "module 'json' has no function 'no_such_fn'",
+    ),
+    "missing_model": ("data: {builtin: digits}\n", "model: missing"),
+    "missing_data": ("model: {builtin: digits_cnn}\n", "data: missing"),
+    "section_not_mapping": (VALID + "prune: 0.1\n", "prune (line 5): must be a mapping, got 0.1"),
+    "duplicate_key": (
+        VALID + "seed: 1\nseed: 2\n",
+        "seed (line 6): duplicate key (first given on line 5)",
+    ),
+    "no_as_boolean": (
+        VALID + "finetune: {optimizer: no}\n",
+        "YAML reads yes/no/on/off as booleans",
+    ),
+    "bad_name": ("name: 'my run!'\n" + VALID, "name (line 1): may contain only letters"),
+    "exclude_not_list": (
+        VALID + "prune: {exclude: conv1}\n",
+        "prune.exclude (line 5): must be a list",
+    ),
+    "bad_device": (VALID + "device: tpu\n", "device (line 5): must be auto, cpu, cuda or cuda:N"),
+    "weights_missing_file": (
+        "model: {builtin: digits_cnn, weights: nope.pt}\ndata: {builtin: digits}\n",
+        "model.weights (line 1): file not found: nope.pt",
+    ),
+    "unknown_builtin": (
+        "model: {builtin: resnet}\ndata: {builtin: digits}\n",
+        "model.builtin (line 1): must be one of",
+    ),
+    "nan_number": (VALID + "validate: {max_drop: .nan}\n", "must be a finite number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_schedule_is_reported_with_path_and_line(case: str) -> None:
+    text, fragment = MALFORMED[case]
+    with pytest.raises(ScheduleError) as err:
+        schedule.parse(text, "bad.yaml")
+    assert any(fragment in p for p in err.value.problems) or fragment in str(err.value), (
+        f"{fragment!r} not in {err.value.problems}"
+    )
+    assert err.value.exit_code == 2
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = VALID + "prune: {step: 2, method: nope}\nfinetune: {lr: -1, epochz: 1}\n"
+    with pytest.raises(ScheduleError) as err:
+        schedule.parse(text, "bad.yaml")
+    problems = err.value.problems
+    assert len(problems) == 4, problems
+    assert "bad.yaml: 4 problems" in str(err.value)
+
+
+def test_exponent_without_dot_is_a_number_not_a_string() -> None:
+    s = schedule.parse(VALID + "finetune: {lr: 1e-3}\npretrain: {lr: 5E-4}\n")
+    assert s.finetune.lr == pytest.approx(1e-3)
+    assert isinstance(s.finetune.lr, float)
+    assert s.pretrain.lr == pytest.approx(5e-4)
+
+
+def test_defaults_and_name_from_file_stem() -> None:
+    s = schedule.parse(VALID, "schedules/my-run.yaml")
+    assert s.name == "my-run"
+    assert s.prune.method == "global_magnitude"
+    assert s.rollback.shrink == 0.5
+
+
+def test_fingerprint_ignores_comments_but_not_values() -> None:
+    a = schedule.parse(VALID + "seed: 1\n")
+    b = schedule.parse("# a comment\n" + VALID + "seed: 1  # same\n")
+    c = schedule.parse(VALID + "seed: 2\n")
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert schedule.differences(a.canonical(), c.canonical()) == ["seed: 1 -> 2"]
+
+
+def test_canonical_round_trips() -> None:
+    s = schedule.parse(VALID + "prune: {exclude: ['0', 'fc*']}\n")
+    assert schedule.from_canonical(s.canonical()) == s
+
+
+def test_factory_is_imported_from_the_schedule_directory(tmp_path: Path) -> None:
+    (tmp_path / "mymodels.py").write_text("def build():\n    return None\n")
+    path = tmp_path / "s.yaml"
+    path.write_text("model: {factory: 'mymodels:build'}\ndata: {builtin: digits}\n")
+    assert schedule.load(path).model.factory == "mymodels:build"
+
+
+def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(schedule.UserError, match="schedule file not found"):
+        schedule.load(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "schedules").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_schedule_validates(path: Path) -> None:
+    schedule.load(path)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from iterprune.store import Store, migrations
+
+
+def new_run(store: Store, run: str = "r") -> None:
+    store.create_run({"run": run, "status": "running", "phase": "pretrain", "round": 0,
+                      "attempt": 0, "step": 0.1})  # fmt: skip
+
+
+def test_schema_is_created_by_migrations_in_wal_mode(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert {"runs", "rounds", "layers", "checkpoints", "events"} <= set(store.db.table_names())
+    assert [m.name for m in migrations.applied(store.db)] == ["0001_initial"]
+    assert store.db.journal_mode == "wal"
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    store.close()
+    Store(tmp_path).close()  # re-opening applies nothing twice
+
+
+def test_a_failed_state_change_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    new_run(store)
+    store.begin_attempt("r", 1, 1, {"step": 0.1, "target_sparsity": 0.1})
+    with pytest.raises(sqlite3.IntegrityError):
+        store.finish_attempt(
+            "r", 1, 1, {"status": "accepted"}, [{"layer": "a", "params": 1, "nonzero": 1, "sparsity": 0}],
+            {"accepted_round": 1},
+            checkpoint={"round": 1, "attempt": 1, "kind": "accepted", "path": "p", "sha256": "s",
+                        "bytes": 1, "run": "no-such-run"},  # violates the foreign key
+        )  # fmt: skip
+    assert store.rounds("r")[0]["status"] == "running"
+    assert store.layers("r", 1, 1) == []
+    assert store.run("r")["accepted_round"] is None
+
+
+def test_restarting_an_attempt_reuses_its_row(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    new_run(store)
+    store.begin_attempt("r", 1, 1, {"step": 0.1, "target_sparsity": 0.1})
+    store.begin_attempt("r", 1, 1, {"step": 0.1, "target_sparsity": 0.1})
+    assert len(store.rounds("r")) == 1
+
+
+def test_readers_see_committed_state_from_another_connection(tmp_path: Path) -> None:
+    writer, reader = Store(tmp_path), Store(tmp_path)
+    new_run(writer)
+    writer.update_run("r", phase="finetune")
+    assert reader.run("r")["phase"] == "finetune"
