@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from iterprune import faults
 from iterprune.errors import IterpruneError
 
 TEMP_SUFFIX = ".tmp"
@@ -26,6 +27,8 @@ class CheckpointWriteError(IterpruneError):
 
 class CheckpointCorrupt(IterpruneError):
     """A checkpoint file is missing, truncated or does not match its recorded sha256."""
+
+    exit_code = 5
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,10 @@ def save(obj: Any, path: Path) -> Written:
             torch.save(obj, writer)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("checkpoint_write")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        faults.point("checkpoint_renamed")
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
         tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(f"could not write checkpoint {path}: {exc}") from exc

@@ -54,14 +54,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serve(store, run_id: str) -> int:
+def _serve(store, run_id: str, lease_timeout: float) -> int:
     from iterprune import console, daemon
     from iterprune.runner import Runner
 
     con = _console()
     with console.reporter_for(con) as reporter:
         runner = Runner(store, run_id, reporter)
-        status = daemon.serve(runner)
+        status = daemon.serve(runner, lease_timeout)
     if status == "finished":
         con.print(f"Done. See the rounds with: iterprune history {run_id}")
         return EXIT_OK
@@ -80,7 +80,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"run '{run_id}' already finished: {row['reason']}")
         print(f"See it with: iterprune history {run_id}   (start it again with --fresh)")
         return EXIT_OK
-    return _serve(store, run_id)
+    return _serve(store, run_id, args.lease_timeout)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -89,7 +89,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if row["status"] == "finished":
         print(f"run '{args.run}' already finished: {row['reason']}")
         return EXIT_OK
-    return _serve(store, args.run)
+    return _serve(store, args.run, args.lease_timeout)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -236,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "start":
             p.add_argument("--fresh", action="store_true",
                            help="start a new run id even if this schedule's run exists")  # fmt: skip
+        if name in ("start", "resume"):
+            p.add_argument(
+                "--lease-timeout", type=float, default=60.0, metavar="SECONDS",
+                help="a run whose owner's heartbeat is older than this is taken over (default 60)",
+            )  # fmt: skip
         if name == "show":
             p.add_argument("--round", type=int, metavar="N", help="round (default: last accepted)")
     return parser

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from iterprune.runner import Runner
 from iterprune.store import Store
 
 HEARTBEAT_S = 5.0
+LEASE_TIMEOUT_S = 60.0
 
 
 @contextlib.contextmanager
@@ -47,19 +49,23 @@ def run_lock(state_dir: Path, run_id: str, store: Store) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _heartbeat(state_dir: Path, run_id: str) -> Iterator[None]:
-    """Refresh the run's heartbeat from a background job, on its own database connection."""
-    store = Store(state_dir)
+def _heartbeat(runner: Runner, host: str) -> Iterator[None]:
+    """Refresh the lease from a background job on its own connection; stop if it was taken over."""
+    store = Store(runner.store.state_dir)
+    run_id, pid = runner.run_id, os.getpid()
+
+    def beat() -> None:
+        if not store.heartbeat(run_id, pid, host, time.time()):
+            store.add_event(
+                run_id, "error", "lease", f"pid {pid} lost the lease of run '{run_id}'; stopping"
+            )
+            runner.stop.set()
+
     scheduler = BackgroundScheduler(daemon=True)
     scheduler.add_job(
-        lambda: store.update_run(run_id, heartbeat_at=time.time()),
-        "interval",
-        seconds=HEARTBEAT_S,
-        id="heartbeat",
-        coalesce=True,
-        max_instances=1,
+        beat, "interval", seconds=HEARTBEAT_S, id="heartbeat", coalesce=True, max_instances=1,
         misfire_grace_time=None,
-    )
+    )  # fmt: skip
     scheduler.start()
     try:
         yield
@@ -87,19 +93,27 @@ def _signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def serve(runner: Runner) -> str:
-    """Run rounds until the run ends; returns the run's final status."""
+def serve(runner: Runner, lease_timeout: float = LEASE_TIMEOUT_S) -> str:
+    """Own the run (lock file, then lease row), run rounds until it ends; its final status."""
     store, run_id = runner.store, runner.run_id
+    host = socket.gethostname()
     with run_lock(store.state_dir, run_id, store), _signals(runner.stop):
+        owner = store.take_lease(run_id, os.getpid(), host, lease_timeout, time.time())
+        if owner is not None:
+            age = time.time() - owner["heartbeat_at"]
+            raise RunBusy(
+                f"run '{run_id}' is owned by pid {owner['pid']} on {owner['host']} (heartbeat "
+                f"{age:.0f}s ago); a lease older than {lease_timeout:.0f}s is taken over"
+            )
         try:
             runner.prepare()
-            with _heartbeat(store.state_dir, run_id):
+            with _heartbeat(runner, host):
                 while runner.step():
                     pass
+        except KeyboardInterrupt:
+            raise
         except IterpruneError as exc:
             _fail(runner, str(exc))
-            raise
-        except KeyboardInterrupt:
             raise
         except Exception as exc:
             _fail(runner, f"{type(exc).__name__}: {exc}")

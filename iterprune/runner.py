@@ -10,9 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import random
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iterprune import checkpoints, paths, pruning, sources, training
+from iterprune import checkpoints, faults, paths, pruning, sources, training
 from iterprune.errors import RunConflict, UnknownRun
 from iterprune.reporter import NullReporter, Reporter
 from iterprune.schedule import Schedule, differences, from_canonical
@@ -116,6 +114,7 @@ class Runner:
         self.state_dir = store.state_dir
         self.model: nn.Module | None = None
         self.accepted: Accepted | None = None
+        self._phase_name = "pretrain"
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -128,10 +127,7 @@ class Runner:
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
         )
-        self.store.update_run(
-            self.run_id, status="running", pid=os.getpid(), host=socket.gethostname(),
-            heartbeat_at=time.time(), error=None,
-        )  # fmt: skip
+        self.store.update_run(self.run_id, status="running", error=None)
         self.model = sources.build_model(s.model, s.seed, s.base_dir).to(self.device)
         self.train_loader, self.val_loader = sources.build_loaders(s.data, s.seed, s.base_dir)
         self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
@@ -202,20 +198,51 @@ class Runner:
         self.reporter.run_started(self._info())
 
     def _load_accepted(self) -> None:
-        """Load the newest accepted checkpoint (verified) into the model and optimizer."""
+        """Load the newest valid accepted checkpoint into the model and optimizer.
+
+        A checkpoint that fails its sha256 check (or is missing) is never used: the run falls back
+        to the newest older one that verifies, forgets the rounds after it (they are redone), and
+        says so in the event log. With none valid, it stops with CheckpointCorrupt.
+        """
         assert self.model is not None
         row = self._row()
-        ckpt = next(
-            c for c in reversed(self.store.checkpoints(self.run_id))
-            if c["round"] == row["accepted_round"]
-        )  # fmt: skip
-        state = checkpoints.load(self.state_dir / ckpt["path"], ckpt["sha256"])
+        candidates = [c for c in reversed(self.store.checkpoints(self.run_id))
+                      if c["round"] <= row["accepted_round"]]  # fmt: skip
+        for ckpt in candidates:
+            try:
+                state = checkpoints.load(self.state_dir / ckpt["path"], ckpt["sha256"])
+                break
+            except checkpoints.CheckpointCorrupt as exc:
+                self._event("warning", "corrupt", f"{exc}; trying an older checkpoint")
+        else:
+            raise checkpoints.CheckpointCorrupt(
+                f"run '{self.run_id}' has no valid checkpoint left in {self.state_dir}; start it "
+                f"again with: iterprune start SCHEDULE.yaml --fresh"
+            )
+        if ckpt["round"] != row["accepted_round"]:
+            self._fall_back(ckpt["round"], row)
         self.model.load_state_dict(state["model"])
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.accepted = Accepted(ckpt["round"], _clone(self.model.state_dict()),
                                  state["mask"], copy.deepcopy(state["optimizer"]))  # fmt: skip
         self._event("info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})")
+
+    def _fall_back(self, round_: int, row: dict[str, Any]) -> None:
+        kept = next((r for r in self.store.rounds(self.run_id)
+                     if r["round"] == round_ and r["status"] == "accepted"), None)  # fmt: skip
+        fields = {
+            "step": kept["step"] if kept else self.schedule.prune.step,
+            "sparsity": kept["sparsity"] if kept else 0.0,
+            "val_accuracy": kept["val_accuracy"] if kept else row["baseline_accuracy"],
+            "round": round_, "attempt": kept["attempt"] if kept else 0,
+        }  # fmt: skip
+        for rel in self.store.rewind_to(self.run_id, round_, fields):
+            (self.state_dir / rel).unlink(missing_ok=True)
+        self._event(
+            "warning", "fallback",
+            f"fell back to round {round_}: rounds {round_ + 1}..{row['accepted_round']} will be redone",
+        )  # fmt: skip
 
     def _save(self, round_: int, attempt: int, mask: pruning.Mask) -> dict[str, Any]:
         assert self.model is not None
@@ -381,12 +408,15 @@ class Runner:
         }  # fmt: skip
 
     def _phase(self, name: str, total: int, description: str) -> None:
+        self._phase_name = name
+        faults.point(name)
         self.reporter.phase(name, total, description)
 
     def _set_phase(self, name: str) -> None:
         self.store.update_run(self.run_id, phase=name, heartbeat_at=time.time())
 
     def _epoch_progress(self, epoch: int, batch: int, batches: int) -> None:
+        faults.point(f"{self._phase_name}_batch")
         self.reporter.advance(epoch + (batch / batches if batches else 1.0))
 
     def _event(self, level: str, kind: str, message: str) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from iterprune import faults
+
 DB_NAME = "iterprune.db"
 migrations = Migrations("iterprune")
 
@@ -106,6 +108,7 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        faults.point("db_commit")
         conn.execute("COMMIT")
 
     # --- runs ---------------------------------------------------------------------------------
@@ -136,13 +139,48 @@ class Store:
     def _update_run(self, run: str, fields: dict[str, Any]) -> None:
         self.db["runs"].update(run, {**fields, "updated_at": now()})
 
-    def delete_run(self, run: str) -> list[str]:
-        """Remove a run and everything recorded about it; returns its checkpoint paths."""
+    def take_lease(
+        self, run: str, pid: int, host: str, timeout_s: float, now_s: float
+    ) -> dict[str, Any] | None:
+        """Become the run's owner; returns the live owner's row instead when another holds it.
+
+        A lease is live while its heartbeat is younger than ``timeout_s`` and it was taken on
+        another host (on this host the caller holds the run's lock file, so any other owner here
+        is dead). Older leases belong to dead processes and are taken over.
+        """
+        with self.transaction():
+            row = self.run(run)
+            if row is None:
+                return None
+            beat = row["heartbeat_at"]
+            if (
+                row["pid"] is not None
+                and row["host"] not in (None, host)
+                and beat is not None
+                and now_s - beat < timeout_s
+            ):
+                return row
+            self._update_run(run, {"pid": pid, "host": host, "heartbeat_at": now_s})
+        return None
+
+    def heartbeat(self, run: str, pid: int, host: str, now_s: float) -> bool:
+        """Refresh the lease; False when another process has taken it over."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "update runs set heartbeat_at = ? where run = ? and pid = ? and host = ?",
+                [now_s, run, pid, host],
+            )
+        return cursor.rowcount == 1
+
+    def rewind_to(self, run: str, round_: int, run_fields: dict[str, Any]) -> list[str]:
+        """Forget every round after ``round_`` (their checkpoints were lost); returns their files."""
         with self.transaction():
             paths = [r["path"] for r in self.db.query(
-                "select path from checkpoints where run = ?", [run])]  # fmt: skip
-            for table in ("layers", "rounds", "events", "checkpoints", "runs"):
-                self.db.execute(f"delete from {table} where run = ?", [run])
+                "select path from checkpoints where run = ? and round > ?", [run, round_])]  # fmt: skip
+            self.db.execute("delete from layers where run = ? and round > ?", [run, round_])
+            self.db.execute("delete from rounds where run = ? and round > ?", [run, round_])
+            self.db.execute("delete from checkpoints where run = ? and round > ?", [run, round_])
+            self._update_run(run, {**run_fields, "accepted_round": round_})
         return paths
 
     # --- rounds -------------------------------------------------------------------------------

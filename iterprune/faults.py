@@ -1,0 +1,36 @@
+"""Fault injection for crash tests: the process kills itself at a named point.
+
+``ITERPRUNE_KILL_AT=POINT[:N]`` sends SIGKILL to this process the N-th time (default 1) it reaches
+``POINT``. Points: ``pretrain_batch``, ``finetune_batch``, ``prune``, ``validate``,
+``checkpoint_write`` (temp file written, not yet renamed), ``checkpoint_renamed`` (file in place, row
+not yet committed), ``db_commit`` (inside a transaction, before COMMIT). Unset, a point costs one
+dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "ITERPRUNE_KILL_AT"
+_spec: tuple[str, int] | None | bool = False  # False: not read yet
+_seen: dict[str, int] = {}
+
+
+def _read() -> tuple[str, int] | None:
+    raw = os.environ.get(ENV, "")
+    if not raw:
+        return None
+    name, _, count = raw.partition(":")
+    return name, int(count or 1)
+
+
+def point(name: str) -> None:
+    global _spec
+    if _spec is False:
+        _spec = _read()
+    if _spec is None or _spec[0] != name:  # type: ignore[index]
+        return
+    _seen[name] = _seen.get(name, 0) + 1
+    if _seen[name] >= _spec[1]:  # type: ignore[index]
+        os.kill(os.getpid(), signal.SIGKILL)
