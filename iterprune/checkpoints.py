@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,22 +41,39 @@ class Written:
 
 
 class _HashingWriter(io.RawIOBase):
-    """A file wrapper that hashes what passes through, so the bytes are read only once."""
+    """Passes torch.save's bytes to the file and hashes them on a second thread.
+
+    sha256 of a ResNet-50 + Adam checkpoint (~300 MB) takes about as long as serialising it;
+    hashing a copy of each chunk on another core overlaps the two (hashlib releases the GIL).
+    """
 
     def __init__(self, f: io.BufferedWriter) -> None:
         self.f = f
         self.digest = hashlib.sha256()
         self.size = 0
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=256)
+        self._thread = threading.Thread(target=self._hash, name="checkpoint-sha256", daemon=True)
+        self._thread.start()
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:  # type: ignore[override]
         view = memoryview(b)
-        self.digest.update(view)
         self.f.write(view)
+        self._chunks.put(bytes(view))  # a copy: torch may reuse its buffer once write returns
         self.size += view.nbytes
         return view.nbytes
+
+    def _hash(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self.digest.update(chunk)
+
+    def hexdigest(self) -> str:
+        """Wait for the hashing thread and return the digest of everything written."""
+        self._chunks.put(None)
+        self._thread.join()
+        return self.digest.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -72,7 +91,10 @@ def save(obj: Any, path: Path) -> Written:
     try:
         with open(tmp, "wb") as f:
             writer = _HashingWriter(f)
-            torch.save(obj, writer)
+            try:
+                torch.save(obj, writer)
+            finally:
+                sha256 = writer.hexdigest()
             f.flush()
             os.fsync(f.fileno())
         faults.point("checkpoint_write")
@@ -82,7 +104,7 @@ def save(obj: Any, path: Path) -> Written:
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
         tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(f"could not write checkpoint {path}: {exc}") from exc
-    return Written(path=path, sha256=writer.digest.hexdigest(), bytes=writer.size)
+    return Written(path=path, sha256=sha256, bytes=writer.size)
 
 
 def load(path: Path, sha256: str) -> Any:
