@@ -8,40 +8,22 @@ is redone from its own start with the same seeds. Nothing but the runner talks t
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 import json
-import random
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from iterprune import checkpoints, faults, paths, pruning, sources, training
+from iterprune import checkpoints, faults, paths, pruning, rng, sources, training
 from iterprune.errors import RunConflict, UnknownRun
 from iterprune.reporter import NullReporter, Reporter
 from iterprune.schedule import Schedule, differences, from_canonical
 from iterprune.store import Store, dumps, now
-
-
-def derive_seed(seed: int, round_: int, attempt: int) -> int:
-    """A seed for one attempt, derived from the run seed: resumed work draws the same numbers."""
-    digest = hashlib.sha256(f"{seed}/{round_}/{attempt}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def seed_everything(seed: int, loaders: tuple[Any, ...] = ()) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    for loader in loaders:
-        generator = getattr(loader, "generator", None)
-        if isinstance(generator, torch.Generator):
-            generator.manual_seed(seed)
 
 
 @dataclass
@@ -115,6 +97,8 @@ class Runner:
         self.model: nn.Module | None = None
         self.accepted: Accepted | None = None
         self._phase_name = "pretrain"
+        self._batches_done = 0
+        self._last_mid = (0.0, 0)
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -155,7 +139,7 @@ class Runner:
         s, model = self.schedule, self.model
         assert model is not None
         if s.pretrain.epochs and not s.model.weights:
-            seed_everything(derive_seed(s.seed, 0, 0), (self.train_loader,))
+            rng.seed_everything(rng.derive_seed(s.seed, 0, 0), (self.train_loader,))
             self._phase(
                 "pretrain",
                 s.pretrain.epochs,
@@ -207,7 +191,7 @@ class Runner:
         assert self.model is not None
         row = self._row()
         candidates = [c for c in reversed(self.store.checkpoints(self.run_id))
-                      if c["round"] <= row["accepted_round"]]  # fmt: skip
+                      if c["kind"] != "mid" and c["round"] <= row["accepted_round"]]  # fmt: skip
         for ckpt in candidates:
             try:
                 state = checkpoints.load(self.state_dir / ckpt["path"], ckpt["sha256"])
@@ -237,8 +221,7 @@ class Runner:
             "val_accuracy": kept["val_accuracy"] if kept else row["baseline_accuracy"],
             "round": round_, "attempt": kept["attempt"] if kept else 0,
         }  # fmt: skip
-        for rel in self.store.rewind_to(self.run_id, round_, fields):
-            (self.state_dir / rel).unlink(missing_ok=True)
+        self._forget(self.store.rewind_to(self.run_id, round_, fields))
         self._event(
             "warning", "fallback",
             f"fell back to round {round_}: rounds {round_ + 1}..{row['accepted_round']} will be redone",
@@ -256,11 +239,54 @@ class Runner:
         return {"path": str(path.relative_to(self.state_dir)), "sha256": written.sha256,
                 "bytes": written.bytes}  # fmt: skip
 
-    def _drop_superseded(self) -> None:
-        """Retention: the rows go first, then the files; a crash in between leaves files to sweep."""
-        newest = max(c["id"] for c in self.store.checkpoints(self.run_id))
-        for rel in self.store.drop_superseded(self.run_id, newest):
-            (self.state_dir / rel).unlink(missing_ok=True)
+    def _save_mid(
+        self, round_: int, attempt: int, mask: pruning.Mask, pos: training.Position
+    ) -> None:
+        """A mid-round checkpoint: everything needed to continue this attempt from ``pos``."""
+        assert self.model is not None
+        path = paths.mid_checkpoint_file(self.state_dir, self.run_id, round_, attempt, pos.count)
+        state = {
+            "model": self.model.state_dict(), "mask": mask, "optimizer": self.optimizer.state_dict(),
+            "rng": rng.capture(), "position": dataclasses.asdict(pos),
+        }  # fmt: skip
+        written = checkpoints.save(state, path)
+        row = {"path": str(path.relative_to(self.state_dir)), "sha256": written.sha256,
+               "bytes": written.bytes}  # fmt: skip
+        self._forget(self.store.replace_mid(self.run_id, round_, attempt, row))
+        self._last_mid = (time.monotonic(), pos.count)
+
+    def _mid_due(self) -> bool:
+        when = self.schedule.when
+        since, batches_then = self._last_mid
+        if when.checkpoint_every_batches is not None:
+            return self._batches_done - batches_then >= when.checkpoint_every_batches
+        if when.checkpoint_every_s is not None:
+            return time.monotonic() - since >= when.checkpoint_every_s
+        return False
+
+    def _load_mid(self, round_: int, attempt: int):
+        """Continue an attempt from its mid-round checkpoint, if it has a valid one."""
+        assert self.model is not None
+        row = self.store.mid_checkpoint(self.run_id, round_, attempt)
+        if row is None:
+            return None
+        try:
+            state = checkpoints.load(self.state_dir / row["path"], row["sha256"])
+        except checkpoints.CheckpointCorrupt as exc:
+            self._event(
+                "warning", "corrupt", f"{exc}; redoing round {round_}.{attempt} from its start"
+            )
+            self._forget(self.store.drop_mids(self.run_id, round_, attempt))
+            return None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        position = training.Position(**state["position"])
+        self._event(
+            "info", "resume",
+            f"continuing round {round_}.{attempt} at epoch {position.epoch + 1}, batch "
+            f"{position.batch} (mid-round checkpoint {row['path']})",
+        )  # fmt: skip
+        return state["mask"], position, state["rng"]
 
     def _sweep(self) -> None:
         keep = {self.state_dir / c["path"] for c in self.store.checkpoints(self.run_id)}
@@ -301,22 +327,31 @@ class Runner:
         self.store.begin_attempt(
             self.run_id, round_, attempt, {"step": step, "target_sparsity": target}
         )
-        seed_everything(derive_seed(s.seed, round_, attempt), (self.train_loader,))
-
-        self._phase(
-            "prune", 1, f"round {round_}.{attempt}: pruning {step:.1%} of the remaining weights"
-        )
-        generator = torch.Generator().manual_seed(derive_seed(s.seed, round_, attempt))
-        new_mask = pruning.prune(self.params, mask, n_prune, s.prune.method, generator)
-        pruning.check_sparsity(new_mask, alive - n_prune, s.prune.method)
-        pruning.apply(self.params, new_mask)
-        enforcer = training.MaskEnforcer(self.params, new_mask)
+        resumed = self._load_mid(round_, attempt)
+        if resumed is None:
+            rng.seed_everything(rng.derive_seed(s.seed, round_, attempt), (self.train_loader,))
+            self._phase(
+                "prune", 1, f"round {round_}.{attempt}: pruning {step:.1%} of the remaining weights"
+            )
+            generator = torch.Generator().manual_seed(rng.derive_seed(s.seed, round_, attempt))
+            new_mask = pruning.prune(self.params, mask, n_prune, s.prune.method, generator)
+            pruning.check_sparsity(new_mask, alive - n_prune, s.prune.method)
+            pruning.apply(self.params, new_mask)
+            position, rng_state = None, None
+        else:
+            new_mask, position, rng_state = resumed
 
         self._set_phase("finetune")
         self._phase("finetune", s.finetune.epochs, f"round {round_}.{attempt}: fine-tuning")
+        self._batches_done = position.count if position else 0
+        self._last_mid = (time.monotonic(), self._batches_done)
         result = training.train(
-            self.model, self.train_loader, self.optimizer, s.finetune.epochs, enforcer,
-            self.device, self._epoch_progress, self.stop.is_set,
+            self.model, self.train_loader, self.optimizer, s.finetune.epochs,
+            training.MaskEnforcer(self.params, new_mask), self.device, self._epoch_progress,
+            self.stop.is_set, start=position,
+            on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
+            checkpoint=lambda pos: self._save_mid(round_, attempt, new_mask, pos),
+            checkpoint_due=self._mid_due,
         )  # fmt: skip
         if self.stop.is_set():
             self.store.interrupt_attempt(self.run_id, round_, attempt)
@@ -335,46 +370,59 @@ class Runner:
         if result.finite and drop <= s.validate.max_drop + 1e-9:
             written = self._save(round_, attempt, new_mask)
             fields.update(status="accepted", duration_s=time.perf_counter() - started)
-            self.store.finish_attempt(
+            self._forget(self.store.finish_attempt(
                 self.run_id, round_, attempt, fields, layers,
                 {"accepted_round": round_, "sparsity": achieved, "val_accuracy": accuracy,
                  "phase": "prune"},
                 checkpoint={"round": round_, "attempt": attempt, "kind": "accepted", **written},
-                event=("info", "accepted", f"round {round_}.{attempt} accepted: sparsity {achieved:.2%}, accuracy {accuracy:.2f}% (drop {drop:+.2f})"),
-            )  # fmt: skip
+                event=("info", "accepted", f"round {round_}.{attempt} accepted: sparsity "
+                       f"{achieved:.2%}, accuracy {accuracy:.2f}% (drop {drop:+.2f})"),
+            ))  # fmt: skip
             self.accepted = Accepted(round_, _clone(self.model.state_dict()), new_mask,
                                      copy.deepcopy(self.optimizer.state_dict()))  # fmt: skip
             if s.checkpoints.keep == "last":
-                self._drop_superseded()
+                self._forget(self.store.drop_superseded(self.run_id))
             self._round_done(round_, attempt, step, target, fields)
             return True
-
         why = (
             "loss was not finite"
             if not result.finite
             else f"drop {drop:.2f} > {s.validate.max_drop}"
         )
+        fields.update(status="rolled_back", duration_s=time.perf_counter() - started, note=why)
+        return self._roll_back(round_, attempt, step, target, fields, layers)
+
+    def _roll_back(
+        self, round_: int, attempt: int, step: float, target: float, fields: dict, layers: list
+    ) -> bool:
+        s = self.schedule
         self._restore()
         new_step = step * s.rollback.shrink
         run_fields: dict[str, Any] = {"step": new_step, "phase": "prune"}
-        fields.update(status="rolled_back", duration_s=time.perf_counter() - started, note=why)
         ended = None
         if attempt > s.rollback.retries:
             ended = f"frontier reached: round {round_} failed {attempt} attempts"
         elif new_step < s.rollback.min_step - 1e-12:
-            ended = f"frontier reached: the next step ({new_step:.4f}) would be under rollback.min_step ({s.rollback.min_step})"
+            ended = (f"frontier reached: the next step ({new_step:.4f}) would be under "
+                     f"rollback.min_step ({s.rollback.min_step})")  # fmt: skip
         if ended:
             run_fields.update(status="finished", reason=ended, phase="done")
-        self.store.finish_attempt(
+        self._forget(self.store.finish_attempt(
             self.run_id, round_, attempt, fields, layers, run_fields,
-            event=("warning", "rolled_back", f"round {round_}.{attempt} rolled back ({why}); next step {new_step:.4f}"),
-        )  # fmt: skip
+            event=("warning", "rolled_back",
+                   f"round {round_}.{attempt} rolled back ({fields['note']}); next step {new_step:.4f}"),
+        ))  # fmt: skip
         self._round_done(round_, attempt, step, target, fields)
         if ended:
             self._event("info", "finished", ended)
             self.reporter.run_done("finished", ended)
             return False
         return True
+
+    def _forget(self, files: list[str]) -> None:
+        """Delete checkpoint files whose rows are already gone (a crash first leaves them to sweep)."""
+        for rel in files:
+            (self.state_dir / rel).unlink(missing_ok=True)
 
     def _restore(self) -> None:
         """Put back the last accepted weights, mask and optimizer state, bit for bit."""
@@ -416,6 +464,7 @@ class Runner:
         self.store.update_run(self.run_id, phase=name, heartbeat_at=time.time())
 
     def _epoch_progress(self, epoch: int, batch: int, batches: int) -> None:
+        self._batches_done += 1
         faults.point(f"{self._phase_name}_batch")
         self.reporter.advance(epoch + (batch / batches if batches else 1.0))
 

@@ -31,6 +31,8 @@ METHODS = ("global_magnitude", "layer_magnitude", "random")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 KEEP = ("last", "all")
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)\s*$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
@@ -103,6 +105,14 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
+class WhenSpec:
+    """Mid-round checkpoints inside fine-tuning: every N batches, or every so many seconds."""
+
+    checkpoint_every_batches: int | None = None
+    checkpoint_every_s: float | None = None
+
+
+@dataclass(frozen=True)
 class Schedule:
     name: str
     model: ModelSpec
@@ -116,6 +126,7 @@ class Schedule:
     validate: ValidateSpec = field(default_factory=ValidateSpec)
     rollback: RollbackSpec = field(default_factory=RollbackSpec)
     checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
+    when: WhenSpec = field(default_factory=WhenSpec)
     base_dir: str = "."
 
     def canonical(self) -> dict[str, Any]:
@@ -318,7 +329,7 @@ def resolve_factory(spec: str, base_dir: Path | str = ".") -> Callable[..., Any]
 
 TOP_KEYS = (
     "name", "seed", "device", "threads", "model", "data", "pretrain", "prune", "finetune",
-    "validate", "rollback", "checkpoints",
+    "validate", "rollback", "checkpoints", "when",
 )  # fmt: skip
 
 
@@ -435,12 +446,25 @@ def _build(raw: dict, doc: _Doc, default_name: str, base_dir: Path) -> Schedule 
     k = c.section(raw, "checkpoints", ("keep",))
     keep = CheckpointSpec(keep=c.text(k, "keep", "checkpoints", "last", KEEP) or "last")
 
+    w = c.section(raw, "when", ("checkpoint_every",))
+    when = WhenSpec()
+    every = w.get("checkpoint_every")
+    if every is not None:
+        match = _DURATION.match(every) if isinstance(every, str) else None
+        if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
+            when = WhenSpec(checkpoint_every_batches=every)
+        elif match and float(match.group(1)) > 0:
+            when = WhenSpec(checkpoint_every_s=float(match.group(1)) * _UNIT_S[match.group(2)])
+        else:
+            c.fail("when.checkpoint_every",
+                   f"must be a number of batches (>= 1) or a duration like 30s, 10m, 2h, got {_describe(every)}")  # fmt: skip
+
     if c.problems:
         return None
     return Schedule(
         name=name, seed=seed, device=device, threads=threads, model=model, data=data,
         pretrain=pretrain, prune=prune, finetune=finetune, validate=validate, rollback=rollback,
-        checkpoints=keep, base_dir=str(base_dir),
+        checkpoints=keep, when=when, base_dir=str(base_dir),
     )  # fmt: skip
 
 
@@ -493,7 +517,8 @@ def from_canonical(data: dict[str, Any], base_dir: str = ".") -> Schedule:
         prune=PruneSpec(**{**data["prune"], "exclude": tuple(data["prune"]["exclude"])}),
         finetune=FinetuneSpec(**data["finetune"]), validate=ValidateSpec(**data["validate"]),
         rollback=RollbackSpec(**data["rollback"]),
-        checkpoints=CheckpointSpec(**data.get("checkpoints", {})), base_dir=base_dir,
+        checkpoints=CheckpointSpec(**data.get("checkpoints", {})),
+        when=WhenSpec(**data.get("when", {})), base_dir=base_dir,
     )  # fmt: skip
 
 

@@ -207,10 +207,10 @@ class Store:
             self._update_run(run, {"round": round_, "attempt": attempt, "phase": "prune"})
 
     def interrupt_attempt(self, run: str, round_: int, attempt: int) -> None:
-        """An attempt stopped before its end: resume redoes it from its own start."""
+        """An attempt stopped before its end; resume continues it (from a mid-round checkpoint)."""
         with self.transaction():
             self.db.execute(
-                "update rounds set status = 'failed', note = 'interrupted; redone on resume', "
+                "update rounds set status = 'failed', note = 'stopped; continued on resume', "
                 "finished_at = ? where run = ? and round = ? and attempt = ? and status = 'running'",
                 [now(), run, round_, attempt],
             )
@@ -225,9 +225,13 @@ class Store:
         run_fields: dict[str, Any],
         checkpoint: dict[str, Any] | None = None,
         event: tuple[str, str, str] | None = None,
-    ) -> None:
-        """Record an attempt's outcome, its layers, its checkpoint and the run's new state at once."""
+    ) -> list[str]:
+        """Record an attempt's outcome, its layers, its checkpoint and the run's new state at once.
+
+        Returns the files of the attempt's mid-round checkpoints, which are forgotten here.
+        """
         with self.transaction():
+            mids = self._drop_mids(run, round_, attempt)
             if checkpoint is not None:
                 fields = {**fields, "checkpoint_id": self._add_checkpoint(run, checkpoint)}
             self.db.execute(
@@ -240,6 +244,32 @@ class Store:
             self._update_run(run, run_fields)
             if event is not None:
                 self._add_event(run, *event)
+        return mids
+
+    def mid_checkpoint(self, run: str, round_: int, attempt: int) -> dict[str, Any] | None:
+        rows = list(self.db.query(
+            "select * from checkpoints where run = ? and round = ? and attempt = ? and kind = 'mid' "
+            "order by id desc limit 1", [run, round_, attempt]))  # fmt: skip
+        return rows[0] if rows else None
+
+    def replace_mid(self, run: str, round_: int, attempt: int, row: dict[str, Any]) -> list[str]:
+        """Record a new mid-round checkpoint; returns the files of the ones it supersedes."""
+        with self.transaction():
+            old = self._drop_mids(run, round_, attempt)
+            self._add_checkpoint(run, {"round": round_, "attempt": attempt, "kind": "mid", **row})
+        return old
+
+    def drop_mids(self, run: str, round_: int, attempt: int) -> list[str]:
+        with self.transaction():
+            return self._drop_mids(run, round_, attempt)
+
+    def _drop_mids(self, run: str, round_: int, attempt: int) -> list[str]:
+        where = "run = ? and round = ? and attempt = ? and kind = 'mid'"
+        rows = list(
+            self.db.query(f"select path from checkpoints where {where}", [run, round_, attempt])
+        )
+        self.db.execute(f"delete from checkpoints where {where}", [run, round_, attempt])
+        return [r["path"] for r in rows]
 
     def record_baseline(
         self,
@@ -282,12 +312,12 @@ class Store:
         table.insert({"run": run, "created_at": now(), **row})
         return int(table.last_pk)  # type: ignore[arg-type]
 
-    def drop_superseded(self, run: str, keep_id: int) -> list[str]:
-        """Forget accepted checkpoints older than ``keep_id`` (the dense one stays); their paths."""
+    def drop_superseded(self, run: str) -> list[str]:
+        """Forget every accepted checkpoint but the newest (the dense one stays); their paths."""
         with self.transaction():
             rows = list(self.db.query(
-                "select id, path from checkpoints where run = ? and kind = 'accepted' and id < ?",
-                [run, keep_id]))  # fmt: skip
+                "select id, path from checkpoints where run = ? and kind = 'accepted' and id < "
+                "(select max(id) from checkpoints where run = ? and kind = 'accepted')", [run, run]))  # fmt: skip
             for r in rows:
                 self.db.execute(
                     "update rounds set checkpoint_id = null where checkpoint_id = ?", [r["id"]]

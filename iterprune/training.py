@@ -60,6 +60,21 @@ class TrainResult:
     finite: bool = True
 
 
+@dataclass
+class Position:
+    """Where training is inside a round, enough to continue it exactly (a mid-round checkpoint).
+
+    ``loader_state`` is the train loader's generator state at the start of ``epoch``: restoring it
+    and re-creating the iterator reproduces the epoch's order, and ``batch`` batches are skipped.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    loss_sum: float = 0.0
+    count: int = 0
+    loader_state: torch.Tensor | None = None
+
+
 def _batches(loader: Iterable) -> int:
     try:
         return len(loader)  # type: ignore[arg-type]
@@ -76,31 +91,54 @@ def train(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    start: Position | None = None,
+    on_resumed: Callable[[], None] | None = None,
+    checkpoint: Callable[[Position], None] | None = None,
+    checkpoint_due: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train for ``epochs``; stops early (finite=False) on a NaN or infinite loss."""
+    """Train for ``epochs``; stops early (finite=False) on a NaN or infinite loss.
+
+    With ``start``, training continues from that position; ``on_resumed`` runs once the skipped
+    batches are behind (to restore the RNG states saved with the position). ``checkpoint`` is
+    called with the current position after a batch when ``checkpoint_due()`` says so, and when
+    ``should_stop()`` ends training early.
+    """
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    total, count = 0.0, 0
+    pos = start or Position()
+    generator = getattr(loader, "generator", None)
     n_batches = _batches(loader)
-    for epoch in range(epochs):
-        for i, (x, y) in enumerate(loader):
+    for epoch in range(pos.epoch, epochs):
+        resuming = start is not None and epoch == start.epoch
+        if resuming and pos.loader_state is not None and generator is not None:
+            generator.set_state(pos.loader_state)
+        loader_state = generator.get_state() if isinstance(generator, torch.Generator) else None
+        batches = iter(loader)
+        skip = pos.batch if resuming else 0
+        for _ in range(skip):
+            next(batches)
+        if resuming and on_resumed is not None:
+            on_resumed()
+        for i, (x, y) in enumerate(batches, start=skip):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             value = float(loss.detach())
             if not math.isfinite(value):
-                return TrainResult(loss=value, batches=count, finite=False)
+                return TrainResult(loss=value, batches=pos.count, finite=False)
             loss.backward()
             optimizer.step()
             if enforcer is not None:
                 enforcer.mask_weights()
-            total += value
-            count += 1
+            pos = Position(epoch, i + 1, pos.loss_sum + value, pos.count + 1, loader_state)
             if progress is not None:
                 progress(epoch, i + 1, n_batches)
-            if should_stop is not None and should_stop():
-                return TrainResult(loss=total / max(count, 1), batches=count)
-    return TrainResult(loss=total / max(count, 1), batches=count)
+            stopping = should_stop is not None and should_stop()
+            if checkpoint is not None and (stopping or (checkpoint_due and checkpoint_due())):
+                checkpoint(pos)
+            if stopping:
+                return TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
+    return TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
 
 
 @torch.no_grad()

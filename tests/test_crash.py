@@ -108,3 +108,44 @@ def test_kill_9_anywhere_then_resume_ends_identically(tmp_path: Path) -> None:
     assert digest == expected_hash
     leftovers = [p.name for p in (state / "checkpoints" / "crash").iterdir() if p.suffix == ".tmp"]
     assert leftovers == []
+
+
+MID_KILLS = [
+    "finetune_batch:60", "checkpoint_write:3", "finetune_batch:17", "checkpoint_renamed:2",
+    "random", "db_commit:40", "finetune_batch:25",
+]  # fmt: skip
+
+
+def test_kill_9_inside_long_epochs_continues_from_mid_round_checkpoints(tmp_path: Path) -> None:
+    schedule = tmp_path / "crash.yaml"
+    schedule.write_text(SCHEDULE + "when: {checkpoint_every: 3}\n")
+    reference = cli(tmp_path / "ref", schedule)
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out
+    expected = outcome(tmp_path / "ref")
+
+    state = tmp_path / "killed"
+    rng = random.Random(3)
+    killed = []
+    for point in MID_KILLS:
+        proc = cli(state, schedule, "" if point == "random" else point)
+        if point == "random":
+            time.sleep(rng.uniform(2.5, 4.0))
+            proc.kill()
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode in (-9, 0), out
+        killed += [point] if proc.returncode == -9 else []
+    final = cli(state, schedule)
+    out, _ = final.communicate(timeout=300)
+    assert final.returncode == 0, out
+    assert len(killed) >= 5, killed
+
+    assert outcome(state) == expected
+    store = Store(state)
+    continued = [
+        e["message"] for e in store.events("crash") if e["message"].startswith("continuing")
+    ]
+    assert [c for c in store.checkpoints("crash") if c["kind"] == "mid"] == []
+    store.close()
+    assert len(continued) >= 3, continued
+    assert not list((state / "checkpoints" / "crash").glob("*mid*"))

@@ -1,0 +1,66 @@
+"""Random number state: per-attempt seeds, and capture/restore of every generator a run uses.
+
+Resuming bit-exactly needs all of them: Python's, NumPy's, torch's (CPU and CUDA) and each data
+loader's own generator. States are stored as tensors and plain Python values, which
+``torch.load(weights_only=True)`` accepts (a NumPy state tuple it would refuse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def derive_seed(seed: int, round_: int, attempt: int) -> int:
+    """A seed for one attempt, derived from the run seed: resumed work draws the same numbers."""
+    digest = hashlib.sha256(f"{seed}/{round_}/{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def seed_everything(seed: int, loaders: tuple[Any, ...] = ()) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    for loader in loaders:
+        generator = loader_generator(loader)
+        if generator is not None:
+            generator.manual_seed(seed)
+
+
+def loader_generator(loader: Any) -> torch.Generator | None:
+    generator = getattr(loader, "generator", None)
+    return generator if isinstance(generator, torch.Generator) else None
+
+
+def capture() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },  # fmt: skip
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
