@@ -70,7 +70,7 @@ def _serve(store, run_id: str, lease_timeout: float) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from iterprune import schedule
-    from iterprune.runner import open_run
+    from iterprune.runs import open_run
 
     s = schedule.load(args.schedule)  # every schedule problem surfaces before anything is written
     store = _store(args, create=True)

@@ -2,28 +2,28 @@
 
 Each call of :meth:`Runner.step` does one attempt and commits its outcome before returning, so a
 relaunch continues from the database: accepted rounds are never redone, and an interrupted attempt
-is redone from its own start with the same seeds. Nothing but the runner talks to the store.
+continues from its mid-round checkpoint or is redone from its own start, with the same seeds.
+Nothing but the runner talks to the store.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from iterprune import checkpoints, faults, paths, pruning, rng, sources, training
-from iterprune.errors import RunConflict, UnknownRun
+from iterprune import faults, latency, paths, pruning, rng, sources, training
+from iterprune.errors import RunConflict, UnknownRun, UserError
 from iterprune.reporter import NullReporter, Reporter
-from iterprune.schedule import Schedule, differences, from_canonical
-from iterprune.store import Store, dumps, now
+from iterprune.runs import load_schedule
+from iterprune.snapshots import Snapshots
+from iterprune.store import Store, now
 
 
 @dataclass
@@ -36,50 +36,8 @@ class Accepted:
     optimizer: dict[str, Any] | None
 
 
-def open_run(store: Store, schedule: Schedule, schedule_path: str, fresh: bool = False) -> str:
-    """The run id for ``schedule``: a new run, or the existing one when the schedule is unchanged."""
-    run_id = schedule.name
-    existing = store.run(run_id)
-    if existing is not None and fresh:
-        n = 2
-        while store.run(f"{schedule.name}-{n}") is not None:
-            n += 1
-        run_id = f"{schedule.name}-{n}"
-        existing = None
-    if existing is None:
-        store.create_run(
-            {
-                "run": run_id, "status": "running", "phase": "pretrain", "round": 0, "attempt": 0,
-                "step": schedule.prune.step, "schedule": dumps({**schedule.canonical(), "name": run_id}),
-                "fingerprint": schedule.fingerprint(), "schedule_path": schedule_path,
-                "base_dir": schedule.base_dir,
-                "model": schedule.model.builtin or schedule.model.factory,
-                "torch_version": torch.__version__,
-                "num_threads": schedule.threads or torch.get_num_threads(),
-            }
-        )  # fmt: skip
-        return run_id
-    if existing["fingerprint"] != schedule.fingerprint():
-        old = json.loads(existing["schedule"])
-        changes = differences({**old, "name": schedule.name}, schedule.canonical())
-        listing = "\n".join(f"  - {c}" for c in changes)
-        raise RunConflict(
-            f"run '{run_id}' exists and its schedule has changed:\n{listing}\n"
-            f"Resume it with the original schedule (iterprune resume {run_id}), or start a new "
-            f"run from the changed one with --fresh."
-        )
-    return run_id
-
-
-def load_run_schedule(store: Store, run_id: str) -> Schedule:
-    row = store.run(run_id)
-    if row is None:
-        raise UnknownRun(f"no run named '{run_id}' in {store.path}")
-    return from_canonical(json.loads(row["schedule"]), row["base_dir"] or ".")
-
-
 class Runner:
-    """Drives one run through its rounds. Build it, then call :meth:`step` until it returns False."""
+    """Drives one run through its rounds. Call :meth:`prepare`, then :meth:`step` until False."""
 
     def __init__(
         self,
@@ -90,10 +48,13 @@ class Runner:
     ) -> None:
         self.store = store
         self.run_id = run_id
-        self.schedule = load_run_schedule(store, run_id)
+        self.schedule = load_schedule(store, run_id)
         self.reporter = reporter or NullReporter()
         self.stop = stop or threading.Event()
         self.state_dir = store.state_dir
+        self.snapshots = Snapshots(
+            store, run_id, lambda kind, msg: self._event("warning", kind, msg)
+        )
         self.model: nn.Module | None = None
         self.accepted: Accepted | None = None
         self._phase_name = "pretrain"
@@ -104,19 +65,28 @@ class Runner:
 
     def prepare(self) -> None:
         """Build model and data, pin threads, and load (or create) the last accepted state."""
-        s = self.schedule
-        row = self._row()
+        s, row = self.schedule, self._row()
         torch.set_num_threads(int(row["num_threads"]))
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
         )
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device: {s.device} was asked for, but CUDA is not available here")
+        if s.finetune.amp == "on" and self.device.type != "cuda":
+            raise UserError(
+                f"finetune.amp: true needs a CUDA device, and this run is on {self.device}; "
+                "use amp: auto (mixed precision on CUDA only) or false"
+            )
+        self.amp = self.device.type == "cuda" and s.finetune.amp != "off"
         self.store.update_run(self.run_id, status="running", error=None)
         self.model = sources.build_model(s.model, s.seed, s.base_dir).to(self.device)
-        self.train_loader, self.val_loader = sources.build_loaders(s.data, s.seed, s.base_dir)
+        self.train_loader, self.val_loader = sources.build_loaders(
+            s.data, s.seed, s.base_dir, pin_memory=self.device.type == "cuda"
+        )
         self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
         if not self.params:
-            raise RunConflict(
+            raise UserError(
                 "the model has no prunable Conv or Linear weights (check prune.exclude)"
             )
         self.total = sum(p.numel() for p in self.params.values())
@@ -126,13 +96,14 @@ class Runner:
             self._pretrain()
         else:
             self._load_accepted()
-        self._sweep()
+        for path in self.snapshots.sweep():
+            self._event("info", "sweep", f"removed unreferenced file {path.name}")
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         f = self.schedule.finetune
         assert self.model is not None
         return training.build_optimizer(
-            f.optimizer, self.model.parameters(), f.lr, f.weight_decay, f.momentum
+            f.optimizer, self.model.parameters(), f.lr, f.weight_decay, f.momentum, f.nesterov
         )
 
     def _pretrain(self) -> None:
@@ -147,8 +118,9 @@ class Runner:
             )
             optimizer = torch.optim.Adam(model.parameters(), lr=s.pretrain.lr)
             result = training.train(
-                model, self.train_loader, optimizer, s.pretrain.epochs, device=self.device,
-                progress=self._epoch_progress, should_stop=self.stop.is_set,
+                model, self.train_loader, optimizer, s.pretrain.epochs,
+                training.Options(device=self.device, progress=self._epoch_progress,
+                                 should_stop=self.stop.is_set),
             )  # fmt: skip
             if self.stop.is_set():
                 return
@@ -156,9 +128,12 @@ class Runner:
                 raise RunConflict(f"pretraining diverged (loss {result.loss}); lower pretrain.lr")
         self._phase("validate", 1, "measuring the dense baseline")
         baseline = training.evaluate(model, self.val_loader, self.device)
+        speed = self._latency()
         mask = pruning.dense_mask(self.params)
-        written = self._save(0, 0, mask)
-        layers = pruning.layer_stats(model, s.prune.exclude)
+        written = self.snapshots.write(
+            paths.checkpoint_file(self.state_dir, self.run_id, 0, 0),
+            {"model": model.state_dict(), "mask": mask, "optimizer": None},
+        )
         self.store.record_baseline(
             self.run_id,
             {
@@ -169,40 +144,22 @@ class Runner:
                 "sparsity": 0.0,
                 "accepted_round": 0,
                 "phase": "prune",
+                **{f"baseline_{k}": v for k, v in speed.items()},
             },  # fmt: skip
-            layers,
+            pruning.layer_stats(model, s.prune.exclude),
             {"round": 0, "attempt": 0, "kind": "dense", **written},
         )
         self.accepted = Accepted(0, _clone(model.state_dict()), mask, None)
-        self._event(
-            "info",
-            "baseline",
-            f"dense baseline accuracy {baseline:.2f}% on {self.total:,} prunable weights",
-        )
+        latency_note = f", {speed['latency_ms_p50']:.2f} ms/batch" if speed else ""
+        self._event("info", "baseline", f"dense baseline accuracy {baseline:.2f}% on "
+                    f"{self.total:,} prunable weights{latency_note}")  # fmt: skip
         self.reporter.run_started(self._info())
 
     def _load_accepted(self) -> None:
-        """Load the newest valid accepted checkpoint into the model and optimizer.
-
-        A checkpoint that fails its sha256 check (or is missing) is never used: the run falls back
-        to the newest older one that verifies, forgets the rounds after it (they are redone), and
-        says so in the event log. With none valid, it stops with CheckpointCorrupt.
-        """
+        """Load the newest accepted checkpoint that verifies; fall back past damaged ones."""
         assert self.model is not None
         row = self._row()
-        candidates = [c for c in reversed(self.store.checkpoints(self.run_id))
-                      if c["kind"] != "mid" and c["round"] <= row["accepted_round"]]  # fmt: skip
-        for ckpt in candidates:
-            try:
-                state = checkpoints.load(self.state_dir / ckpt["path"], ckpt["sha256"])
-                break
-            except checkpoints.CheckpointCorrupt as exc:
-                self._event("warning", "corrupt", f"{exc}; trying an older checkpoint")
-        else:
-            raise checkpoints.CheckpointCorrupt(
-                f"run '{self.run_id}' has no valid checkpoint left in {self.state_dir}; start it "
-                f"again with: iterprune start SCHEDULE.yaml --fresh"
-            )
+        ckpt, state = self.snapshots.newest_valid(row["accepted_round"])
         if ckpt["round"] != row["accepted_round"]:
             self._fall_back(ckpt["round"], row)
         self.model.load_state_dict(state["model"])
@@ -213,6 +170,7 @@ class Runner:
         self._event("info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})")
 
     def _fall_back(self, round_: int, row: dict[str, Any]) -> None:
+        """Forget the rounds after ``round_`` (their checkpoints are lost): they will be redone."""
         kept = next((r for r in self.store.rounds(self.run_id)
                      if r["round"] == round_ and r["status"] == "accepted"), None)  # fmt: skip
         fields = {
@@ -221,78 +179,9 @@ class Runner:
             "val_accuracy": kept["val_accuracy"] if kept else row["baseline_accuracy"],
             "round": round_, "attempt": kept["attempt"] if kept else 0,
         }  # fmt: skip
-        self._forget(self.store.rewind_to(self.run_id, round_, fields))
-        self._event(
-            "warning", "fallback",
-            f"fell back to round {round_}: rounds {round_ + 1}..{row['accepted_round']} will be redone",
-        )  # fmt: skip
-
-    def _save(self, round_: int, attempt: int, mask: pruning.Mask) -> dict[str, Any]:
-        assert self.model is not None
-        path = paths.checkpoint_file(self.state_dir, self.run_id, round_, attempt)
-        state = {
-            "model": self.model.state_dict(),
-            "mask": mask,
-            "optimizer": self.optimizer.state_dict() if round_ else None,
-        }
-        written = checkpoints.save(state, path)
-        return {"path": str(path.relative_to(self.state_dir)), "sha256": written.sha256,
-                "bytes": written.bytes}  # fmt: skip
-
-    def _save_mid(
-        self, round_: int, attempt: int, mask: pruning.Mask, pos: training.Position
-    ) -> None:
-        """A mid-round checkpoint: everything needed to continue this attempt from ``pos``."""
-        assert self.model is not None
-        path = paths.mid_checkpoint_file(self.state_dir, self.run_id, round_, attempt, pos.count)
-        state = {
-            "model": self.model.state_dict(), "mask": mask, "optimizer": self.optimizer.state_dict(),
-            "rng": rng.capture(), "position": dataclasses.asdict(pos),
-        }  # fmt: skip
-        written = checkpoints.save(state, path)
-        row = {"path": str(path.relative_to(self.state_dir)), "sha256": written.sha256,
-               "bytes": written.bytes}  # fmt: skip
-        self._forget(self.store.replace_mid(self.run_id, round_, attempt, row))
-        self._last_mid = (time.monotonic(), pos.count)
-
-    def _mid_due(self) -> bool:
-        when = self.schedule.when
-        since, batches_then = self._last_mid
-        if when.checkpoint_every_batches is not None:
-            return self._batches_done - batches_then >= when.checkpoint_every_batches
-        if when.checkpoint_every_s is not None:
-            return time.monotonic() - since >= when.checkpoint_every_s
-        return False
-
-    def _load_mid(self, round_: int, attempt: int):
-        """Continue an attempt from its mid-round checkpoint, if it has a valid one."""
-        assert self.model is not None
-        row = self.store.mid_checkpoint(self.run_id, round_, attempt)
-        if row is None:
-            return None
-        try:
-            state = checkpoints.load(self.state_dir / row["path"], row["sha256"])
-        except checkpoints.CheckpointCorrupt as exc:
-            self._event(
-                "warning", "corrupt", f"{exc}; redoing round {round_}.{attempt} from its start"
-            )
-            self._forget(self.store.drop_mids(self.run_id, round_, attempt))
-            return None
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        position = training.Position(**state["position"])
-        self._event(
-            "info", "resume",
-            f"continuing round {round_}.{attempt} at epoch {position.epoch + 1}, batch "
-            f"{position.batch} (mid-round checkpoint {row['path']})",
-        )  # fmt: skip
-        return state["mask"], position, state["rng"]
-
-    def _sweep(self) -> None:
-        keep = {self.state_dir / c["path"] for c in self.store.checkpoints(self.run_id)}
-        directory = paths.checkpoint_dir(self.state_dir, self.run_id)
-        for p in checkpoints.sweep(directory, keep):
-            self._event("info", "sweep", f"removed unreferenced file {p.name}")
+        self.snapshots.forget(self.store.rewind_to(self.run_id, round_, fields))
+        self._event("warning", "fallback", f"fell back to round {round_}: rounds "
+                    f"{round_ + 1}..{row['accepted_round']} will be redone")  # fmt: skip
 
     # --- the rounds ---------------------------------------------------------------------------
 
@@ -304,8 +193,7 @@ class Runner:
         if row["status"] in ("finished", "failed"):
             return False
         assert self.accepted is not None and self.model is not None
-        mask = self.accepted.mask
-        alive = pruning.count_alive(mask)
+        alive = pruning.count_alive(self.accepted.mask)
         if alive <= pruning.target_alive(self.total, s.prune.target_sparsity):
             return self._finish(f"target sparsity {s.prune.target_sparsity:.0%} reached")
         step = float(row["step"])
@@ -313,91 +201,151 @@ class Runner:
             return self._finish(
                 f"frontier reached: the next step ({step:.4f}) would be under rollback.min_step"
             )
-        round_ = self.accepted.round + 1
-        # attempts that ended in a rollback count; one that was interrupted is redone as it was
-        attempt = 1 + sum(
-            1 for r in self.store.rounds(self.run_id)
-            if r["round"] == round_ and r["status"] == "rolled_back"
-        )  # fmt: skip
         n_prune = pruning.amount_to_prune(alive, self.total, step, s.prune.target_sparsity)
         if n_prune == 0:
             return self._finish(f"frontier reached: a step of {step:.4f} removes no weight")
+        round_ = self.accepted.round + 1
+        # attempts that ended in a rollback count; one that was interrupted is continued or redone
+        attempt = 1 + sum(1 for r in self.store.rounds(self.run_id)
+                          if r["round"] == round_ and r["status"] == "rolled_back")  # fmt: skip
         target = 1 - (alive - n_prune) / self.total
         started = time.perf_counter()
         self.store.begin_attempt(
             self.run_id, round_, attempt, {"step": step, "target_sparsity": target}
         )
-        resumed = self._load_mid(round_, attempt)
-        if resumed is None:
-            rng.seed_everything(rng.derive_seed(s.seed, round_, attempt), (self.train_loader,))
-            self._phase(
-                "prune", 1, f"round {round_}.{attempt}: pruning {step:.1%} of the remaining weights"
-            )
-            generator = torch.Generator().manual_seed(rng.derive_seed(s.seed, round_, attempt))
-            new_mask = pruning.prune(self.params, mask, n_prune, s.prune.method, generator)
-            pruning.check_sparsity(new_mask, alive - n_prune, s.prune.method)
-            pruning.apply(self.params, new_mask)
-            position, rng_state = None, None
-        else:
-            new_mask, position, rng_state = resumed
-
-        self._set_phase("finetune")
-        self._phase("finetune", s.finetune.epochs, f"round {round_}.{attempt}: fine-tuning")
-        self._batches_done = position.count if position else 0
-        self._last_mid = (time.monotonic(), self._batches_done)
-        result = training.train(
-            self.model, self.train_loader, self.optimizer, s.finetune.epochs,
-            training.MaskEnforcer(self.params, new_mask), self.device, self._epoch_progress,
-            self.stop.is_set, start=position,
-            on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
-            checkpoint=lambda pos: self._save_mid(round_, attempt, new_mask, pos),
-            checkpoint_due=self._mid_due,
-        )  # fmt: skip
+        new_mask, result = self._prune_and_finetune(round_, attempt, step, n_prune)
         if self.stop.is_set():
             self.store.interrupt_attempt(self.run_id, round_, attempt)
             self._restore()
             return False
+
         self._set_phase("validate")
         self._phase("validate", 1, f"round {round_}.{attempt}: validating")
-        accuracy = training.evaluate(self.model, self.val_loader, self.device)
+        accuracy = result.best_accuracy
+        if accuracy is None:
+            accuracy = training.evaluate(self.model, self.val_loader, self.device)
         drop = float(row["baseline_accuracy"]) - accuracy
         achieved = pruning.sparsity(new_mask)
         fields = {
-            "sparsity": achieved, "params": alive - n_prune, "val_accuracy": accuracy,
-            "drop": drop, "loss": result.loss, "finished_at": now(),
+            "step": step, "target_sparsity": target, "sparsity": achieved,
+            "params": alive - n_prune, "val_accuracy": accuracy, "drop": drop, "loss": result.loss,
+            "best_epoch": result.best_epoch, "finished_at": now(),
         }  # fmt: skip
         layers = pruning.layer_stats(self.model, s.prune.exclude)
         if result.finite and drop <= s.validate.max_drop + 1e-9:
-            written = self._save(round_, attempt, new_mask)
+            fields.update(self._latency())
             fields.update(status="accepted", duration_s=time.perf_counter() - started)
-            self._forget(self.store.finish_attempt(
-                self.run_id, round_, attempt, fields, layers,
-                {"accepted_round": round_, "sparsity": achieved, "val_accuracy": accuracy,
-                 "phase": "prune"},
-                checkpoint={"round": round_, "attempt": attempt, "kind": "accepted", **written},
-                event=("info", "accepted", f"round {round_}.{attempt} accepted: sparsity "
-                       f"{achieved:.2%}, accuracy {accuracy:.2f}% (drop {drop:+.2f})"),
-            ))  # fmt: skip
-            self.accepted = Accepted(round_, _clone(self.model.state_dict()), new_mask,
-                                     copy.deepcopy(self.optimizer.state_dict()))  # fmt: skip
-            if s.checkpoints.keep == "last":
-                self._forget(self.store.drop_superseded(self.run_id))
-            self._round_done(round_, attempt, step, target, fields)
-            return True
+            return self._accept(round_, attempt, new_mask, fields, layers)
         why = (
             "loss was not finite"
             if not result.finite
             else f"drop {drop:.2f} > {s.validate.max_drop}"
         )
         fields.update(status="rolled_back", duration_s=time.perf_counter() - started, note=why)
-        return self._roll_back(round_, attempt, step, target, fields, layers)
+        return self._roll_back(round_, attempt, fields, layers)
 
-    def _roll_back(
-        self, round_: int, attempt: int, step: float, target: float, fields: dict, layers: list
+    def _prune_and_finetune(
+        self, round_: int, attempt: int, step: float, n_prune: int
+    ) -> tuple[pruning.Mask, training.TrainResult]:
+        """Prune (or pick up the attempt's mid-round checkpoint), then fine-tune under the mask."""
+        s = self.schedule
+        assert self.accepted is not None and self.model is not None
+        position, rng_state = None, None
+        mid = self.snapshots.mid(round_, attempt)
+        if mid is None:
+            rng.seed_everything(rng.derive_seed(s.seed, round_, attempt), (self.train_loader,))
+            self._phase(
+                "prune", 1, f"round {round_}.{attempt}: pruning {step:.1%} of the remaining weights"
+            )
+            generator = torch.Generator().manual_seed(rng.derive_seed(s.seed, round_, attempt))
+            mask = pruning.prune(
+                self.params, self.accepted.mask, n_prune, s.prune.method, generator
+            )
+            pruning.check_sparsity(
+                mask, pruning.count_alive(self.accepted.mask) - n_prune, s.prune.method
+            )
+            pruning.apply(self.params, mask)
+        else:
+            row, state = mid
+            mask, rng_state = state["mask"], state["rng"]
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            position = training.Position(**state["position"])
+            self._event("info", "resume", f"continuing round {round_}.{attempt} at epoch "
+                        f"{position.epoch + 1}, batch {position.batch} (mid-round checkpoint "
+                        f"{row['path']})")  # fmt: skip
+        scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        if scaler is not None and mid is not None and mid[1].get("scaler"):
+            scaler.load_state_dict(mid[1]["scaler"])
+
+        def save_mid(pos: training.Position) -> None:
+            state = {"model": self.model.state_dict(), "mask": mask, "rng": rng.capture(),
+                     "optimizer": self.optimizer.state_dict(), "position": dataclasses.asdict(pos),
+                     "scaler": scaler.state_dict() if scaler is not None else None}  # fmt: skip
+            self.snapshots.save_mid(round_, attempt, pos.count, state)
+            self._last_mid = (time.monotonic(), pos.count)
+
+        f = s.finetune
+        self._set_phase("finetune")
+        self._phase("finetune", f.epochs, f"round {round_}.{attempt}: fine-tuning")
+        self._batches_done = position.count if position else 0
+        self._last_mid = (time.monotonic(), self._batches_done)
+        opts = training.Options(
+            enforcer=training.MaskEnforcer(self.params, mask), device=self.device,
+            max_batches=f.max_batches_per_epoch, scaler=scaler,
+            cosine_lr=f.lr if f.lr_schedule == "cosine" else None,
+            validate=(lambda: training.evaluate(self.model, self.val_loader, self.device))
+            if f.patience else None,
+            patience=f.patience, progress=self._epoch_progress, should_stop=self.stop.is_set,
+            start=position, on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
+            checkpoint=save_mid, checkpoint_due=self._mid_due,
+        )  # fmt: skip
+        if f.lr_schedule == "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = f.lr
+        return mask, training.train(self.model, self.train_loader, self.optimizer, f.epochs, opts)
+
+    def _mid_due(self) -> bool:
+        when = self.schedule.when
+        since, batches_then = self._last_mid
+        if when.checkpoint_every_batches is not None:
+            return self._batches_done - batches_then >= when.checkpoint_every_batches
+        if when.checkpoint_every_s is not None:
+            return time.monotonic() - since >= when.checkpoint_every_s
+        return False
+
+    def _accept(
+        self, round_: int, attempt: int, mask: pruning.Mask, fields: dict, layers: list
     ) -> bool:
+        assert self.model is not None
+        written = self.snapshots.write(
+            paths.checkpoint_file(self.state_dir, self.run_id, round_, attempt),
+            {
+                "model": self.model.state_dict(),
+                "mask": mask,
+                "optimizer": self.optimizer.state_dict(),
+            },
+        )
+        message = (f"round {round_}.{attempt} accepted: sparsity {fields['sparsity']:.2%}, "
+                   f"accuracy {fields['val_accuracy']:.2f}% (drop {fields['drop']:+.2f})")  # fmt: skip
+        self.snapshots.forget(self.store.finish_attempt(
+            self.run_id, round_, attempt, fields, layers,
+            {"accepted_round": round_, "sparsity": fields["sparsity"],
+             "val_accuracy": fields["val_accuracy"], "phase": "prune"},
+            checkpoint={"round": round_, "attempt": attempt, "kind": "accepted", **written},
+            event=("info", "accepted", message),
+        ))  # fmt: skip
+        self.accepted = Accepted(round_, _clone(self.model.state_dict()), mask,
+                                 copy.deepcopy(self.optimizer.state_dict()))  # fmt: skip
+        if self.schedule.checkpoints.keep == "last":
+            self.snapshots.forget(self.store.drop_superseded(self.run_id))
+        self._round_done(round_, attempt, fields)
+        return True
+
+    def _roll_back(self, round_: int, attempt: int, fields: dict, layers: list) -> bool:
         s = self.schedule
         self._restore()
-        new_step = step * s.rollback.shrink
+        new_step = fields["step"] * s.rollback.shrink
         run_fields: dict[str, Any] = {"step": new_step, "phase": "prune"}
         ended = None
         if attempt > s.rollback.retries:
@@ -407,22 +355,17 @@ class Runner:
                      f"rollback.min_step ({s.rollback.min_step})")  # fmt: skip
         if ended:
             run_fields.update(status="finished", reason=ended, phase="done")
-        self._forget(self.store.finish_attempt(
+        self.snapshots.forget(self.store.finish_attempt(
             self.run_id, round_, attempt, fields, layers, run_fields,
             event=("warning", "rolled_back",
                    f"round {round_}.{attempt} rolled back ({fields['note']}); next step {new_step:.4f}"),
         ))  # fmt: skip
-        self._round_done(round_, attempt, step, target, fields)
+        self._round_done(round_, attempt, fields)
         if ended:
             self._event("info", "finished", ended)
             self.reporter.run_done("finished", ended)
             return False
         return True
-
-    def _forget(self, files: list[str]) -> None:
-        """Delete checkpoint files whose rows are already gone (a crash first leaves them to sweep)."""
-        for rel in files:
-            (self.state_dir / rel).unlink(missing_ok=True)
 
     def _restore(self) -> None:
         """Put back the last accepted weights, mask and optimizer state, bit for bit."""
@@ -438,6 +381,18 @@ class Runner:
         self._event("info", "finished", reason)
         self.reporter.run_done("finished", reason)
         return False
+
+    def _latency(self) -> dict[str, float]:
+        """Inference latency of the current model, when the schedule has a benchmark section."""
+        b = self.schedule.benchmark
+        if b is None:
+            return {}
+        assert self.model is not None
+        self._phase("benchmark", 1, "measuring inference latency")
+        ms = latency.measure(
+            self.model, b.input_shape, b.batch_size, b.iterations, b.warmup, self.device
+        )
+        return {"latency_ms_p50": ms["p50"], "latency_ms_p99": ms["p99"]}
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -472,17 +427,9 @@ class Runner:
         self.store.add_event(self.run_id, level, kind, message)
         self.reporter.event(level, kind, message)
 
-    def _round_done(
-        self, round_: int, attempt: int, step: float, target: float, fields: dict
-    ) -> None:
-        self.reporter.round_done(
-            {"round": round_, "attempt": attempt, "step": step, "target_sparsity": target, **fields}
-        )
+    def _round_done(self, round_: int, attempt: int, fields: dict) -> None:
+        self.reporter.round_done({"round": round_, "attempt": attempt, **fields})
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
-
-
-def checkpoint_path(state_dir: Path, row: dict[str, Any]) -> Path:
-    return state_dir / row["path"]

@@ -10,30 +10,42 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import importlib
-import json
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from iterprune.checker import Checker, Doc, describe
 from iterprune.errors import UserError
+from iterprune.specs import (  # noqa: F401  (re-exported: the schedule's types)
+    BenchmarkSpec,
+    CheckpointSpec,
+    DataSpec,
+    FinetuneSpec,
+    ImageFolderSpec,
+    ModelSpec,
+    PretrainSpec,
+    PruneSpec,
+    RollbackSpec,
+    Schedule,
+    ValidateSpec,
+    WhenSpec,
+)
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 BUILTIN_MODELS = ("digits_cnn", "digits_mlp")
 BUILTIN_DATA = ("digits",)
 METHODS = ("global_magnitude", "layer_magnitude", "random")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 KEEP = ("last", "all")
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)\s*$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 class ScheduleError(UserError):
@@ -45,266 +57,6 @@ class ScheduleError(UserError):
         lines = "\n".join(f"  - {p}" for p in problems)
         noun = "problem" if len(problems) == 1 else "problems"
         super().__init__(f"{source}: {len(problems)} {noun}\n{lines}")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    builtin: str | None = None
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    builtin: str | None = None
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
-    val_fraction: float = 0.25
-
-
-@dataclass(frozen=True)
-class PretrainSpec:
-    epochs: int = 15
-    lr: float = 1e-3
-
-
-@dataclass(frozen=True)
-class PruneSpec:
-    method: str = "global_magnitude"
-    step: float = 0.10
-    target_sparsity: float = 0.90
-    exclude: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class FinetuneSpec:
-    epochs: int = 2
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-
-
-@dataclass(frozen=True)
-class ValidateSpec:
-    max_drop: float = 1.0
-
-
-@dataclass(frozen=True)
-class RollbackSpec:
-    retries: int = 3
-    shrink: float = 0.5
-    min_step: float = 0.01
-
-
-@dataclass(frozen=True)
-class CheckpointSpec:
-    keep: str = "last"
-
-
-@dataclass(frozen=True)
-class WhenSpec:
-    """Mid-round checkpoints inside fine-tuning: every N batches, or every so many seconds."""
-
-    checkpoint_every_batches: int | None = None
-    checkpoint_every_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Schedule:
-    name: str
-    model: ModelSpec
-    data: DataSpec
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
-    prune: PruneSpec = field(default_factory=PruneSpec)
-    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
-    validate: ValidateSpec = field(default_factory=ValidateSpec)
-    rollback: RollbackSpec = field(default_factory=RollbackSpec)
-    checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
-    when: WhenSpec = field(default_factory=WhenSpec)
-    base_dir: str = "."
-
-    def canonical(self) -> dict[str, Any]:
-        """The schedule as plain data, without where it was read from: what identifies a run."""
-        data = dataclasses.asdict(self)
-        data.pop("base_dir")
-        return json.loads(json.dumps(data, sort_keys=True, default=list))
-
-    def fingerprint(self) -> str:
-        text = json.dumps(self.canonical(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# --- reading YAML with line numbers -------------------------------------------------------------
-
-
-class _Doc:
-    """Plain Python values from a YAML document, with the line each key path came from."""
-
-    def __init__(self) -> None:
-        self.lines: dict[str, int] = {}
-        self.problems: list[str] = []
-        self._construct = yaml.constructor.SafeConstructor()
-
-    def convert(self, node: yaml.Node, path: str) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self._construct.construct_object(key_node, deep=True)
-                sub = f"{path}.{key}" if path else str(key)
-                if key in out:
-                    self.problems.append(
-                        f"{sub} (line {key_node.start_mark.line + 1}): duplicate key "
-                        f"(first given on line {self.lines.get(sub, '?')})"
-                    )
-                    continue
-                self.lines[sub] = key_node.start_mark.line + 1
-                out[key] = self.convert(value_node, sub)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-        return self._construct.construct_object(node, deep=True)
-
-
-# --- validation ---------------------------------------------------------------------------------
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
-class _Checker:
-    def __init__(self, doc: _Doc) -> None:
-        self.doc = doc
-        self.problems = doc.problems
-
-    def where(self, path: str) -> str:
-        line = self.doc.lines.get(path)
-        if line is None and "." in path:  # a missing key: point at its section
-            line = self.doc.lines.get(path.rsplit(".", 1)[0])
-        return f"{path} (line {line})" if line else path
-
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{self.where(path)}: {message}")
-
-    def section(self, raw: dict, key: str, allowed: tuple[str, ...], path: str = "") -> dict:
-        """The mapping at ``key``; unknown keys inside it are reported with a did-you-mean."""
-        sub = f"{path}.{key}" if path else key
-        value = raw.get(key, {})
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(sub, f"must be a mapping, got {_describe(value)}")
-            return {}
-        self.unknown_keys(value, allowed, sub)
-        return value
-
-    def unknown_keys(self, raw: dict, allowed: tuple[str, ...], path: str) -> None:
-        for key in raw:
-            if key in allowed:
-                continue
-            sub = f"{path}.{key}" if path else str(key)
-            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-            hint = (
-                f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(allowed)}"
-            )
-            self.fail(sub, f"unknown key{hint}")
-
-    def number(
-        self,
-        raw: dict,
-        key: str,
-        path: str,
-        default: Any,
-        *,
-        integer: bool = False,
-        check: Callable[[float], bool] | None = None,
-        rule: str = "",
-    ) -> Any:
-        sub = f"{path}.{key}"
-        if key not in raw:
-            return default
-        value = raw[key]
-        if isinstance(value, str) and not integer and _FLOAT_TEXT.match(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(sub, f"must be {kind}, got {_describe(value)}")
-            return default
-        if integer and not isinstance(value, int):
-            self.fail(sub, f"must be {kind}, got {value!r}")
-            return default
-        if value != value or value in (float("inf"), float("-inf")):
-            self.fail(sub, f"must be a finite number, got {value!r}")
-            return default
-        if check is not None and not check(value):
-            self.fail(sub, f"must be {rule}, got {value!r}")
-            return default
-        return value if integer else float(value)
-
-    def text(
-        self, raw: dict, key: str, path: str, default: str | None, choices: tuple[str, ...] = ()
-    ) -> str | None:
-        sub = f"{path}.{key}" if path else key
-        if key not in raw:
-            return default
-        value = raw[key]
-        if isinstance(value, bool):
-            self.fail(
-                sub,
-                f"must be text, got {_describe(value)} (YAML reads yes/no/on/off as booleans; quote it)",
-            )
-            return default
-        if not isinstance(value, str):
-            self.fail(sub, f"must be text, got {_describe(value)}")
-            return default
-        if choices and value not in choices:
-            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            self.fail(sub, f"must be one of {', '.join(choices)}, got {value!r}{hint}")
-            return default
-        return value
-
-    def mapping(self, raw: dict, key: str, path: str) -> dict:
-        sub = f"{path}.{key}"
-        value = raw.get(key, {})
-        if value is None:
-            return {}
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            self.fail(sub, f"must be a mapping of names to values, got {_describe(value)}")
-            return {}
-        return value
-
-    def factory(self, raw: dict, path: str, base_dir: Path) -> str | None:
-        spec = self.text(raw, "factory", path, None)
-        if spec is None:
-            return None
-        sub = f"{path}.factory"
-        try:
-            resolve_factory(spec, base_dir)
-        except UserError as exc:
-            self.fail(sub, str(exc))
-        return spec
-
-    def one_of(self, raw: dict, keys: tuple[str, str], path: str) -> None:
-        given = [k for k in keys if raw.get(k) is not None]
-        if len(given) != 1:
-            what = "both" if given else "neither"
-            self.fail(path, f"give exactly one of '{keys[0]}' or '{keys[1]}' ({what} given)")
 
 
 def resolve_factory(spec: str, base_dir: Path | str = ".") -> Callable[..., Any]:
@@ -327,151 +79,243 @@ def resolve_factory(spec: str, base_dir: Path | str = ".") -> Callable[..., Any]
     return fn
 
 
+def torchvision_models() -> list[str]:
+    """Names of torchvision's classification models."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+# --- building each section ----------------------------------------------------------------------
+
 TOP_KEYS = (
     "name", "seed", "device", "threads", "model", "data", "pretrain", "prune", "finetune",
-    "validate", "rollback", "checkpoints", "when",
+    "validate", "rollback", "checkpoints", "when", "benchmark",
 )  # fmt: skip
 
 
-def _build(raw: dict, doc: _Doc, default_name: str, base_dir: Path) -> Schedule | None:
-    c = _Checker(doc)
-    c.unknown_keys(raw, TOP_KEYS, "")
-    name = c.text(raw, "name", "", default_name) or default_name
-    if not RUN_NAME.match(name):
-        c.fail("name", f"may contain only letters, digits, '.', '_' and '-', got {name!r}")
-    seed = c.number(raw, "seed", "", 0, integer=True, check=lambda v: v >= 0, rule=">= 0")
-    device = c.text(raw, "device", "", "auto") or "auto"
-    if not DEVICES.match(device):
-        c.fail("device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
-    threads = c.number(raw, "threads", "", None, integer=True, check=lambda v: v >= 1, rule=">= 1")
+def _factory(c: Checker, raw: dict, path: str, base_dir: Path) -> str | None:
+    spec = c.text(raw, "factory", path, None)
+    if spec is not None:
+        try:
+            resolve_factory(spec, base_dir)
+        except UserError as exc:
+            c.fail(f"{path}.factory", str(exc))
+    return spec
 
+
+def _positive(c: Checker, raw: dict, key: str, path: str, default: Any, minimum: int = 1) -> Any:
+    return c.number(raw, key, path, default, integer=True, check=lambda v: v >= minimum,
+                    rule=f">= {minimum}")  # fmt: skip
+
+
+def _model(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
     if "model" not in raw:
         c.fail("model", "missing: say which model to prune (e.g. model: {builtin: digits_cnn})")
-    m = c.section(raw, "model", ("builtin", "factory", "kwargs", "weights"))
-    if "model" in raw and isinstance(raw.get("model"), dict):
-        c.one_of(m, ("builtin", "factory"), "model")
-    model = ModelSpec(
+    m = c.section(raw, "model", ("builtin", "torchvision", "factory", "num_classes", "kwargs",
+                                 "weights", "trust_pickle"))  # fmt: skip
+    if isinstance(raw.get("model"), dict):
+        c.one_of(m, ("builtin", "torchvision", "factory"), "model")
+    name = c.text(m, "torchvision", "model", None)
+    if name is not None:
+        known = torchvision_models()
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            c.fail("model.torchvision", f"unknown torchvision model {name!r}{hint}")
+    spec = ModelSpec(
         builtin=c.text(m, "builtin", "model", None, BUILTIN_MODELS),
-        factory=c.factory(m, "model", base_dir),
+        torchvision=name,
+        factory=_factory(c, m, "model", base_dir),
+        num_classes=_positive(c, m, "num_classes", "model", None),
         kwargs=c.mapping(m, "kwargs", "model"),
         weights=c.text(m, "weights", "model", None),
+        trust_pickle=c.boolean(m, "trust_pickle", "model", False),
     )
-    if model.weights and not (base_dir / model.weights).expanduser().is_file():
-        c.fail("model.weights", f"file not found: {model.weights}")
+    if spec.weights and not (base_dir / spec.weights).expanduser().is_file():
+        c.fail("model.weights", f"file not found: {spec.weights}")
+    return spec
 
+
+def _data(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
     if "data" not in raw:
         c.fail("data", "missing: say which data to fine-tune on (e.g. data: {builtin: digits})")
-    d = c.section(raw, "data", ("builtin", "factory", "kwargs", "batch_size", "val_fraction"))
-    if "data" in raw and isinstance(raw.get("data"), dict):
-        c.one_of(d, ("builtin", "factory"), "data")
-    data = DataSpec(
+    d = c.section(raw, "data", ("builtin", "imagefolder", "factory", "kwargs", "batch_size",
+                                "workers", "val_fraction"))  # fmt: skip
+    if isinstance(raw.get("data"), dict):
+        c.one_of(d, ("builtin", "imagefolder", "factory"), "data")
+    folder = None
+    if d.get("imagefolder") is not None:
+        f = c.section(d, "imagefolder", ("train", "val", "image_size"), "data")
+        dirs = {}
+        for key in ("train", "val"):
+            value = c.text(f, key, "data.imagefolder", None)
+            if value is None and isinstance(d.get("imagefolder"), dict):
+                c.fail(f"data.imagefolder.{key}", "missing: the folder of class sub-folders")
+            elif value is not None and not (base_dir / value).expanduser().is_dir():
+                c.fail(f"data.imagefolder.{key}", f"folder not found: {value}")
+            dirs[key] = value or ""
+        folder = ImageFolderSpec(
+            train=dirs["train"], val=dirs["val"],
+            image_size=_positive(c, f, "image_size", "data.imagefolder", 224, minimum=8),
+        )  # fmt: skip
+    return DataSpec(
         builtin=c.text(d, "builtin", "data", None, BUILTIN_DATA),
-        factory=c.factory(d, "data", base_dir),
+        imagefolder=folder,
+        factory=_factory(c, d, "data", base_dir),
         kwargs=c.mapping(d, "kwargs", "data"),
-        batch_size=c.number(
-            d, "batch_size", "data", 64, integer=True, check=lambda v: v >= 1, rule=">= 1"
-        ),
+        batch_size=_positive(c, d, "batch_size", "data", 64),
+        workers=_positive(c, d, "workers", "data", 0, minimum=0),
         val_fraction=c.number(
             d, "val_fraction", "data", 0.25, check=lambda v: 0 < v < 1, rule="in (0, 1)"
-        ),
+        ),  # fmt: skip
     )
 
-    p = c.section(raw, "pretrain", ("epochs", "lr"))
-    pretrain = PretrainSpec(
-        epochs=c.number(
-            p, "epochs", "pretrain", 15, integer=True, check=lambda v: v >= 0, rule=">= 0"
-        ),
-        lr=c.number(p, "lr", "pretrain", 1e-3, check=lambda v: v > 0, rule="> 0"),
-    )
 
+def _prune(c: Checker, raw: dict) -> PruneSpec:
     p = c.section(raw, "prune", ("method", "step", "target_sparsity", "exclude"))
-    exclude = p.get("exclude", [])
-    if exclude is None:
-        exclude = []
+    exclude = p.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
-        c.fail("prune.exclude", f"must be a list of module-name patterns, got {_describe(exclude)}")
+        c.fail("prune.exclude", f"must be a list of module-name patterns, got {describe(exclude)}")
         exclude = []
-    prune = PruneSpec(
+    return PruneSpec(
         method=c.text(p, "method", "prune", "global_magnitude", METHODS) or "global_magnitude",
         step=c.number(p, "step", "prune", 0.10, check=lambda v: 0 < v < 1, rule="in (0, 1)"),
         target_sparsity=c.number(
             p, "target_sparsity", "prune", 0.90, check=lambda v: 0 < v < 1, rule="in (0, 1)"
-        ),
+        ),  # fmt: skip
         exclude=tuple(exclude),
     )
 
-    f = c.section(raw, "finetune", ("epochs", "optimizer", "lr", "weight_decay", "momentum"))
-    finetune = FinetuneSpec(
-        epochs=c.number(
-            f, "epochs", "finetune", 2, integer=True, check=lambda v: v >= 1, rule=">= 1"
-        ),
+
+def _finetune(c: Checker, raw: dict) -> FinetuneSpec:
+    f = c.section(raw, "finetune", ("epochs", "optimizer", "lr", "weight_decay", "momentum",
+                                    "nesterov", "lr_schedule", "amp", "patience",
+                                    "max_batches_per_epoch"))  # fmt: skip
+    amp = f.get("amp", "auto")
+    if amp is True or amp is False:
+        amp = "on" if amp else "off"
+    elif amp != "auto":
+        c.fail("finetune.amp", f"must be auto, true or false, got {describe(amp)}")
+        amp = "auto"
+    spec = FinetuneSpec(
+        epochs=_positive(c, f, "epochs", "finetune", 2),
         optimizer=c.text(f, "optimizer", "finetune", "adam", OPTIMIZERS) or "adam",
         lr=c.number(f, "lr", "finetune", 1e-4, check=lambda v: v > 0, rule="> 0"),
         weight_decay=c.number(
             f, "weight_decay", "finetune", 0.0, check=lambda v: v >= 0, rule=">= 0"
-        ),
+        ),  # fmt: skip
         momentum=c.number(
             f, "momentum", "finetune", 0.9, check=lambda v: 0 <= v < 1, rule="in [0, 1)"
-        ),
+        ),  # fmt: skip
+        nesterov=c.boolean(f, "nesterov", "finetune", False),
+        lr_schedule=c.text(f, "lr_schedule", "finetune", "constant", LR_SCHEDULES) or "constant",
+        amp=amp,
+        patience=_positive(c, f, "patience", "finetune", None),
+        max_batches_per_epoch=_positive(c, f, "max_batches_per_epoch", "finetune", None),
+    )
+    if spec.nesterov and spec.optimizer != "sgd":
+        c.fail("finetune.nesterov", f"applies to optimizer sgd only, not {spec.optimizer}")
+    return spec
+
+
+def _when(c: Checker, raw: dict) -> WhenSpec:
+    w = c.section(raw, "when", ("checkpoint_every",))
+    every = w.get("checkpoint_every")
+    if every is None:
+        return WhenSpec()
+    match = _DURATION.match(every) if isinstance(every, str) else None
+    if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
+        return WhenSpec(checkpoint_every_batches=every)
+    if match and float(match.group(1)) > 0:
+        return WhenSpec(checkpoint_every_s=float(match.group(1)) * _UNIT_S[match.group(2)])
+    c.fail("when.checkpoint_every",
+           f"must be a number of batches (>= 1) or a duration like 30s, 10m, 2h, got {describe(every)}")  # fmt: skip
+    return WhenSpec()
+
+
+def _benchmark(c: Checker, raw: dict) -> BenchmarkSpec | None:
+    if raw.get("benchmark") is None:
+        return None
+    b = c.section(raw, "benchmark", ("batch_size", "input_shape", "iterations", "warmup"))
+    shape = b.get("input_shape", [3, 224, 224])
+    if not (isinstance(shape, list) and shape and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in shape)):  # fmt: skip
+        c.fail(
+            "benchmark.input_shape",
+            f"must be a list of positive integers like [3, 224, 224], got {describe(shape)}",
+        )
+        shape = [3, 224, 224]
+    return BenchmarkSpec(
+        batch_size=_positive(c, b, "batch_size", "benchmark", 8),
+        input_shape=tuple(shape),
+        iterations=_positive(c, b, "iterations", "benchmark", 20),
+        warmup=_positive(c, b, "warmup", "benchmark", 3, minimum=0),
     )
 
+
+def _build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | None:
+    c = Checker(doc)
+    c.unknown_keys(raw, TOP_KEYS, "")
+    name = c.text(raw, "name", "", default_name) or default_name
+    if not RUN_NAME.match(name):
+        c.fail("name", f"may contain only letters, digits, '.', '_' and '-', got {name!r}")
+    device = c.text(raw, "device", "", "auto") or "auto"
+    if not DEVICES.match(device):
+        c.fail("device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+    p = c.section(raw, "pretrain", ("epochs", "lr"))
     v = c.section(raw, "validate", ("max_drop",))
-    validate = ValidateSpec(
-        max_drop=c.number(
-            v,
-            "max_drop",
-            "validate",
-            1.0,
-            check=lambda x: 0 <= x <= 100,
-            rule="in [0, 100] accuracy points",
-        ),
-    )
-
     r = c.section(raw, "rollback", ("retries", "shrink", "min_step"))
+    k = c.section(raw, "checkpoints", ("keep",))
+    prune = _prune(c, raw)
     rollback = RollbackSpec(
-        retries=c.number(
-            r, "retries", "rollback", 3, integer=True, check=lambda x: x >= 0, rule=">= 0"
-        ),
+        retries=_positive(c, r, "retries", "rollback", 3, minimum=0),
         shrink=c.number(r, "shrink", "rollback", 0.5, check=lambda x: 0 < x < 1, rule="in (0, 1)"),
         min_step=c.number(
             r, "min_step", "rollback", 0.01, check=lambda x: 0 < x < 1, rule="in (0, 1)"
-        ),
+        ),  # fmt: skip
     )
-    if rollback.min_step > prune.step and "min_step" in r and "step" in p:
+    if rollback.min_step > prune.step and "min_step" in r:
         c.fail(
             "rollback.min_step",
             f"must not exceed prune.step ({prune.step}), got {rollback.min_step}",
         )
-
-    k = c.section(raw, "checkpoints", ("keep",))
-    keep = CheckpointSpec(keep=c.text(k, "keep", "checkpoints", "last", KEEP) or "last")
-
-    w = c.section(raw, "when", ("checkpoint_every",))
-    when = WhenSpec()
-    every = w.get("checkpoint_every")
-    if every is not None:
-        match = _DURATION.match(every) if isinstance(every, str) else None
-        if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
-            when = WhenSpec(checkpoint_every_batches=every)
-        elif match and float(match.group(1)) > 0:
-            when = WhenSpec(checkpoint_every_s=float(match.group(1)) * _UNIT_S[match.group(2)])
-        else:
-            c.fail("when.checkpoint_every",
-                   f"must be a number of batches (>= 1) or a duration like 30s, 10m, 2h, got {_describe(every)}")  # fmt: skip
-
-    if c.problems:
-        return None
-    return Schedule(
-        name=name, seed=seed, device=device, threads=threads, model=model, data=data,
-        pretrain=pretrain, prune=prune, finetune=finetune, validate=validate, rollback=rollback,
-        checkpoints=keep, when=when, base_dir=str(base_dir),
-    )  # fmt: skip
+    schedule = Schedule(
+        name=name,
+        seed=_positive(c, raw, "seed", "", 0, minimum=0),
+        device=device,
+        threads=_positive(c, raw, "threads", "", None),
+        model=_model(c, raw, base_dir),
+        data=_data(c, raw, base_dir),
+        pretrain=PretrainSpec(
+            epochs=_positive(c, p, "epochs", "pretrain", 15, minimum=0),
+            lr=c.number(p, "lr", "pretrain", 1e-3, check=lambda x: x > 0, rule="> 0"),
+        ),
+        prune=prune,
+        finetune=_finetune(c, raw),
+        validate=ValidateSpec(
+            max_drop=c.number(
+                v,
+                "max_drop",
+                "validate",
+                1.0,
+                check=lambda x: 0 <= x <= 100,
+                rule="in [0, 100] accuracy points",
+            )
+        ),  # fmt: skip
+        rollback=rollback,
+        checkpoints=CheckpointSpec(keep=c.text(k, "keep", "checkpoints", "last", KEEP) or "last"),
+        when=_when(c, raw),
+        benchmark=_benchmark(c, raw),
+        base_dir=str(base_dir),
+    )
+    return None if c.problems else schedule
 
 
 def parse(text: str, source: str = "<schedule>", base_dir: Path | str = ".") -> Schedule:
     """Validate schedule text; raises ScheduleError listing every problem found."""
     default_name = Path(source).stem if source.endswith((".yaml", ".yml")) else "run"
-    doc = _Doc()
+    doc = Doc()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -484,7 +328,7 @@ def parse(text: str, source: str = "<schedule>", base_dir: Path | str = ".") -> 
     raw = doc.convert(node, "")
     if not isinstance(raw, dict):
         raise ScheduleError(
-            source, [f"the top level must be a mapping of keys, got {_describe(raw)}"]
+            source, [f"the top level must be a mapping of keys, got {describe(raw)}"]
         )
     bad_keys = [k for k in raw if not isinstance(k, str)]
     for k in bad_keys:
@@ -510,16 +354,30 @@ def load(path: str | Path) -> Schedule:
 
 def from_canonical(data: dict[str, Any], base_dir: str = ".") -> Schedule:
     """Rebuild a Schedule from ``Schedule.canonical()`` (as stored with a run)."""
-    return Schedule(
-        name=data["name"], seed=data["seed"], device=data["device"], threads=data["threads"],
-        model=ModelSpec(**data["model"]), data=DataSpec(**data["data"]),
-        pretrain=PretrainSpec(**data["pretrain"]),
-        prune=PruneSpec(**{**data["prune"], "exclude": tuple(data["prune"]["exclude"])}),
-        finetune=FinetuneSpec(**data["finetune"]), validate=ValidateSpec(**data["validate"]),
-        rollback=RollbackSpec(**data["rollback"]),
-        checkpoints=CheckpointSpec(**data.get("checkpoints", {})),
-        when=WhenSpec(**data.get("when", {})), base_dir=base_dir,
-    )  # fmt: skip
+    return _from_dict(Schedule, {**data, "base_dir": base_dir})
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue  # stored by an older version: the default applies
+        value = data[f.name]
+        nested = _SPECS.get(f.name)
+        if nested is not None and isinstance(value, dict):
+            value = _from_dict(nested, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+_SPECS: dict[str, type] = {
+    "model": ModelSpec, "data": DataSpec, "imagefolder": ImageFolderSpec, "pretrain": PretrainSpec,
+    "prune": PruneSpec, "finetune": FinetuneSpec, "validate": ValidateSpec,
+    "rollback": RollbackSpec, "checkpoints": CheckpointSpec, "when": WhenSpec,
+    "benchmark": BenchmarkSpec,
+}  # fmt: skip
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -1,4 +1,4 @@
-"""Build the model and the data loaders a schedule names: built-ins, factories, weight files."""
+"""Build the model and the data loaders a schedule names: built-ins, torchvision, factories, files."""
 
 from __future__ import annotations
 
@@ -7,55 +7,104 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from iterprune import examples
 from iterprune.errors import UserError
-from iterprune.schedule import DataSpec, ModelSpec, resolve_factory
+from iterprune.schedule import DataSpec, ImageFolderSpec, ModelSpec, resolve_factory
 
 BUILTIN_MODELS = {"digits_cnn": examples.digits_cnn, "digits_mlp": examples.digits_mlp}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CONVERT_HINT = (
+    "convert it once to a state_dict:\n"
+    "  python -c \"import torch; m = torch.load('{path}', weights_only=False); "
+    "torch.save(m.state_dict(), '{stem}.state_dict.pt')\"\n"
+    "and point model.weights at {stem}.state_dict.pt"
+)
 
 
 def build_model(spec: ModelSpec, seed: int, base_dir: str = ".") -> nn.Module:
     """The schedule's model, initialised from ``seed`` (and from ``weights`` when given)."""
+    kwargs = dict(spec.kwargs)
+    if spec.num_classes is not None:
+        kwargs["num_classes"] = spec.num_classes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.builtin:
-            model = BUILTIN_MODELS[spec.builtin](**spec.kwargs)
+            model = BUILTIN_MODELS[spec.builtin](**kwargs)
+        elif spec.torchvision:
+            import torchvision
+
+            model = torchvision.models.get_model(spec.torchvision, weights=None, **kwargs)
         else:
-            fn = resolve_factory(str(spec.factory), base_dir)
-            model = fn(**spec.kwargs)
+            model = resolve_factory(str(spec.factory), base_dir)(**kwargs)
             if not isinstance(model, nn.Module):
                 raise UserError(
                     f"model.factory '{spec.factory}' returned {type(model).__name__}, "
                     "expected a torch.nn.Module"
                 )
     if spec.weights:
-        load_weights(model, Path(base_dir) / spec.weights)
+        state = read_weights(Path(base_dir) / spec.weights, spec.trust_pickle)
+        load_weights(model, state, Path(base_dir) / spec.weights)
     return model
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a state_dict file into ``model``; mismatches name the first offending keys."""
+def read_weights(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A state_dict from ``.safetensors``, or from a ``.pt``/``.pth`` file loaded without pickle code.
+
+    A whole pickled ``nn.Module`` (what ``torch.save(model)`` writes) runs arbitrary code when
+    loaded, so it is read only with ``trust_pickle: true``. ``{"state_dict": ...}`` / ``{"model":
+    ...}`` wrappers and DataParallel's ``module.`` prefix are unwrapped.
+    """
+    if not path.is_file():
+        raise UserError(f"model.weights: file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise UserError(
+                f"model.weights: {path} is not a readable safetensors file: {exc}"
+            ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"model.weights: file not found: {path}") from None
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(
-            f"model.weights: {path} is not a state_dict that loads safely "
-            f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]})"
-        ) from None
-    if not isinstance(state, dict):
+        if not trust_pickle:
+            first = str(exc).strip().splitlines()[0][:200]
+            raise UserError(
+                f"model.weights: {path} is not a plain state_dict ({first}). It looks like a "
+                "pickled object, such as a whole model saved with torch.save(model). Unpickling "
+                "runs arbitrary code from the file, so iterprune does it only when the schedule "
+                "says model.trust_pickle: true — or "
+                + CONVERT_HINT.format(path=path, stem=path.with_suffix(""))
+            ) from None
+        state = torch.load(path, map_location="cpu", weights_only=False)  # opted in: trust_pickle
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if len(state) <= 3 and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(
             f"model.weights: {path} holds {type(state).__name__}, expected a state_dict"
         )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` into ``model``; mismatches name the first offending keys."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape
+        if k in state and state[k].shape != v.shape
     ]
     problems = []
     if missing:
@@ -69,14 +118,17 @@ def load_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def build_loaders(spec: DataSpec, seed: int, base_dir: str = ".") -> tuple[Any, Any]:
+def build_loaders(spec: DataSpec, seed: int, base_dir: str = ".", pin_memory: bool = False):
     """(train, validation) iterables of (inputs, targets) batches."""
     if spec.builtin == "digits":
         return examples.digits_loaders(spec.batch_size, spec.val_fraction, seed, **spec.kwargs)
+    if spec.imagefolder is not None:
+        return imagefolder_loaders(
+            spec.imagefolder, spec.batch_size, spec.workers, base_dir, pin_memory
+        )
     fn = resolve_factory(str(spec.factory), base_dir)
-    kwargs = {"batch_size": spec.batch_size, **spec.kwargs}
     try:
-        result = fn(**kwargs)
+        result = fn(batch_size=spec.batch_size, **spec.kwargs)
     except TypeError as exc:
         raise UserError(f"data.factory '{spec.factory}' could not be called: {exc}") from None
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
@@ -85,3 +137,50 @@ def build_loaders(spec: DataSpec, seed: int, base_dir: str = ".") -> tuple[Any, 
             f"got {type(result).__name__}"
         )
     return result[0], result[1]
+
+
+def imagefolder_loaders(
+    spec: ImageFolderSpec,
+    batch_size: int,
+    workers: int,
+    base_dir: str = ".",
+    pin_memory: bool = False,
+) -> tuple[DataLoader, DataLoader]:
+    """torchvision ImageFolder loaders with the standard ImageNet-style transforms."""
+    from torchvision import datasets, transforms
+
+    size = spec.image_size
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = transforms.Compose([
+        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), normalize,
+    ])  # fmt: skip
+    val_tf = transforms.Compose([
+        transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
+        transforms.ToTensor(), normalize,
+    ])  # fmt: skip
+    sets = {}
+    for split, folder, tf in (("train", spec.train, train_tf), ("val", spec.val, val_tf)):
+        root = Path(base_dir) / folder
+        if not root.is_dir():
+            raise UserError(f"data.imagefolder.{split}: folder not found: {root}")
+        try:
+            sets[split] = datasets.ImageFolder(str(root), transform=tf)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise UserError(
+                f"data.imagefolder.{split}: {root} holds no usable images ({exc}); expected one "
+                "sub-folder per class with .jpg/.png/... files inside"
+            ) from None
+    if sets["train"].classes != sets["val"].classes:
+        only_train = sorted(set(sets["train"].classes) - set(sets["val"].classes))
+        only_val = sorted(set(sets["val"].classes) - set(sets["train"].classes))
+        raise UserError(
+            "data.imagefolder: train and val have different classes "
+            f"(only in train: {only_train[:5] or 'none'}; only in val: {only_val[:5] or 'none'})"
+        )
+    train = DataLoader(sets["train"], batch_size=batch_size, shuffle=True, num_workers=workers,
+                       generator=torch.Generator(), pin_memory=pin_memory,
+                       persistent_workers=False)  # fmt: skip
+    val = DataLoader(sets["val"], batch_size=batch_size, shuffle=False, num_workers=workers,
+                     pin_memory=pin_memory)  # fmt: skip
+    return train, val

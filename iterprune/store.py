@@ -69,6 +69,14 @@ def _initial(db: Database) -> None:
     db["events"].create_index(["run", "id"])
 
 
+@migrations(name="0002_latency_and_early_stopping")
+def _latency(db: Database) -> None:
+    for column in ("latency_ms_p50", "latency_ms_p99"):
+        db["rounds"].add_column(column, float)
+        db["runs"].add_column(f"baseline_{column}", float)
+    db["rounds"].add_column("best_epoch", int)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,7 +44,12 @@ class MaskEnforcer:
 
 
 def build_optimizer(
-    name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
+    name: str,
+    params: Iterable[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     params = list(params)
     if name == "adam":
@@ -49,7 +57,9 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        return torch.optim.SGD(
+            params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov
+        )
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -58,6 +68,8 @@ class TrainResult:
     loss: float
     batches: int
     finite: bool = True
+    best_accuracy: float | None = None  # with early stopping: the kept epoch's accuracy
+    best_epoch: int | None = None
 
 
 @dataclass
@@ -66,6 +78,8 @@ class Position:
 
     ``loader_state`` is the train loader's generator state at the start of ``epoch``: restoring it
     and re-creating the iterator reproduces the epoch's order, and ``batch`` batches are skipped.
+    The ``best_*`` fields carry early stopping's state (``best_state`` holds the model and
+    optimizer state of the best epoch so far).
     """
 
     epoch: int = 0
@@ -73,13 +87,37 @@ class Position:
     loss_sum: float = 0.0
     count: int = 0
     loader_state: torch.Tensor | None = None
+    best_accuracy: float | None = None
+    best_epoch: int | None = None
+    stale_epochs: int = 0
+    best_state: dict[str, Any] | None = None
 
 
-def _batches(loader: Iterable) -> int:
+@dataclass
+class Options:
+    """How to train, beyond model, data and optimizer (all optional)."""
+
+    enforcer: MaskEnforcer | None = None
+    device: torch.device | str = "cpu"
+    max_batches: int | None = None  # per epoch
+    cosine_lr: float | None = None  # base lr of a cosine decay over the whole call
+    scaler: Any = None  # a torch.amp.GradScaler: mixed precision (CUDA)
+    validate: Callable[[], float] | None = None  # accuracy after each epoch, for early stopping
+    patience: int | None = None
+    progress: Progress | None = None
+    should_stop: Callable[[], bool] | None = None
+    start: Position | None = None
+    on_resumed: Callable[[], None] | None = None  # after the skipped batches: restore RNG states
+    checkpoint: Callable[[Position], None] | None = None
+    checkpoint_due: Callable[[], bool] | None = None
+
+
+def _batches(loader: Iterable, cap: int | None) -> int:
     try:
-        return len(loader)  # type: ignore[arg-type]
+        n = len(loader)  # type: ignore[arg-type]
     except TypeError:
-        return 0
+        return cap or 0
+    return min(n, cap) if cap else n
 
 
 def train(
@@ -87,29 +125,25 @@ def train(
     loader: Iterable,
     optimizer: torch.optim.Optimizer,
     epochs: int,
-    enforcer: MaskEnforcer | None = None,
-    device: torch.device | str = "cpu",
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    start: Position | None = None,
-    on_resumed: Callable[[], None] | None = None,
-    checkpoint: Callable[[Position], None] | None = None,
-    checkpoint_due: Callable[[], bool] | None = None,
+    opts: Options | None = None,
 ) -> TrainResult:
-    """Train for ``epochs``; stops early (finite=False) on a NaN or infinite loss.
+    """Train for ``epochs``; ends early (finite=False) on a NaN or infinite loss.
 
-    With ``start``, training continues from that position; ``on_resumed`` runs once the skipped
-    batches are behind (to restore the RNG states saved with the position). ``checkpoint`` is
-    called with the current position after a batch when ``checkpoint_due()`` says so, and when
-    ``should_stop()`` ends training early.
+    With ``opts.validate`` and ``opts.patience``, accuracy is measured after every epoch, training
+    stops once it has not improved for ``patience`` epochs, and the best epoch's model and optimizer
+    state are put back. ``opts.checkpoint`` is called with the position after a batch when
+    ``opts.checkpoint_due()`` says so, and when ``opts.should_stop()`` ends training early.
     """
+    o = opts or Options()
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    pos = start or Position()
+    pos = o.start or Position()
     generator = getattr(loader, "generator", None)
-    n_batches = _batches(loader)
+    n_batches = _batches(loader, o.max_batches)
+    total_steps = max(1, epochs * n_batches)
+    device_type = torch.device(o.device).type
     for epoch in range(pos.epoch, epochs):
-        resuming = start is not None and epoch == start.epoch
+        resuming = o.start is not None and epoch == o.start.epoch
         if resuming and pos.loader_state is not None and generator is not None:
             generator.set_state(pos.loader_state)
         loader_state = generator.get_state() if isinstance(generator, torch.Generator) else None
@@ -117,28 +151,62 @@ def train(
         skip = pos.batch if resuming else 0
         for _ in range(skip):
             next(batches)
-        if resuming and on_resumed is not None:
-            on_resumed()
+        if resuming and o.on_resumed is not None:
+            o.on_resumed()
         for i, (x, y) in enumerate(batches, start=skip):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if o.max_batches is not None and i >= o.max_batches:
+                break
+            if o.cosine_lr is not None:
+                lr = o.cosine_lr * 0.5 * (1 + math.cos(math.pi * pos.count / total_steps))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            x, y = x.to(o.device, non_blocking=True), y.to(o.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            with torch.autocast(device_type, enabled=o.scaler is not None):
+                loss = loss_fn(model(x), y)
             value = float(loss.detach())
             if not math.isfinite(value):
                 return TrainResult(loss=value, batches=pos.count, finite=False)
-            loss.backward()
-            optimizer.step()
-            if enforcer is not None:
-                enforcer.mask_weights()
-            pos = Position(epoch, i + 1, pos.loss_sum + value, pos.count + 1, loader_state)
-            if progress is not None:
-                progress(epoch, i + 1, n_batches)
-            stopping = should_stop is not None and should_stop()
-            if checkpoint is not None and (stopping or (checkpoint_due and checkpoint_due())):
-                checkpoint(pos)
+            if o.scaler is not None:
+                o.scaler.scale(loss).backward()
+                o.scaler.step(optimizer)
+                o.scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if o.enforcer is not None:
+                o.enforcer.mask_weights()
+            pos = dataclasses.replace(pos, epoch=epoch, batch=i + 1, loss_sum=pos.loss_sum + value,
+                                      count=pos.count + 1, loader_state=loader_state)  # fmt: skip
+            if o.progress is not None:
+                o.progress(epoch, i + 1, n_batches)
+            stopping = o.should_stop is not None and o.should_stop()
+            if o.checkpoint is not None and (stopping or (o.checkpoint_due and o.checkpoint_due())):
+                o.checkpoint(pos)
             if stopping:
                 return TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
-    return TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
+        if o.validate is not None and o.patience is not None:
+            pos = _early_stopping(pos, epoch, model, optimizer, o.validate())
+            if pos.stale_epochs >= o.patience:
+                break
+    result = TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
+    if pos.best_state is not None:
+        model.load_state_dict(pos.best_state["model"])
+        optimizer.load_state_dict(pos.best_state["optimizer"])
+        result.best_accuracy, result.best_epoch = pos.best_accuracy, pos.best_epoch
+    return result
+
+
+def _early_stopping(
+    pos: Position, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, accuracy: float
+) -> Position:
+    model.train()
+    if pos.best_accuracy is None or accuracy > pos.best_accuracy:
+        best = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "optimizer": copy.deepcopy(optimizer.state_dict())}  # fmt: skip
+        return dataclasses.replace(pos, best_accuracy=accuracy, best_epoch=epoch, stale_epochs=0,
+                                   best_state=best)  # fmt: skip
+    return dataclasses.replace(pos, stale_epochs=pos.stale_epochs + 1)
 
 
 @torch.no_grad()

@@ -66,8 +66,8 @@ def test_checkpoint_every_n_batches_keeps_only_the_newest(tmp_path: Path, tiny_t
     runner = make_runner(tmp_path, text + "when: {checkpoint_every: 4}\n", stopper)
     stopper.runner = runner
     saved = []
-    real = runner._save_mid
-    runner._save_mid = lambda r, a, m, pos: (saved.append((r, a, pos.count)), real(r, a, m, pos))
+    real = runner.snapshots.save_mid
+    runner.snapshots.save_mid = lambda r, a, n, state: (saved.append((r, a, n)), real(r, a, n, state))
     while runner.step():
         pass
     # round 1: 20 batches, a checkpoint every 4; round 2: stopped after its 5th batch

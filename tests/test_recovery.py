@@ -141,7 +141,7 @@ def test_a_fresh_lease_from_another_host_is_refused_and_a_stale_one_taken_over(
     path = write_schedule(tiny_text.replace("target_sparsity: 0.6", "target_sparsity: 0.3"))
     store = Store(state)
     from iterprune import schedule
-    from iterprune.runner import open_run
+    from iterprune.runs import open_run
 
     open_run(store, schedule.load(path), str(path))
     store.update_run("tiny", pid=777, host="gpu-box-2", heartbeat_at=time.time() - 5)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from iterprune import pruning, schedule, training
-from iterprune.runner import Runner, open_run
+from iterprune.runner import Runner
+from iterprune.runs import open_run
 from iterprune.store import Store
 
 

@@ -63,11 +63,11 @@ MALFORMED = {
     "bool_as_number": (VALID + "validate: {max_drop: yes}\n", "must be a number, got boolean true"),
     "both_builtin_and_factory": (
         "model: {builtin: digits_cnn, factory: 'a:b'}\ndata: {builtin: digits}\n",
-        "model (line 1): give exactly one of 'builtin' or 'factory' (both given)",
+        "model (line 1): give exactly one of 'builtin' / 'torchvision' / 'factory' (builtin and factory given)",
     ),
     "neither_builtin_nor_factory": (
         "model: {kwargs: {}}\ndata: {builtin: digits}\n",
-        "model (line 1): give exactly one of 'builtin' or 'factory' (neither given)",
+        "model (line 1): give exactly one of 'builtin' / 'torchvision' / 'factory' (none given)",
     ),
     "factory_does_not_import": (
         "model: {factory: 'no_such_module_xyz:build'}\ndata: {builtin: digits}\n",
@@ -107,6 +107,43 @@ MALFORMED = {
         "model.builtin (line 1): must be one of",
     ),
     "nan_number": (VALID + "validate: {max_drop: .nan}\n", "must be a finite number"),
+    "unknown_torchvision_model": (
+        "model: {torchvision: resnet5O}\ndata: {builtin: digits}\n",
+        "unknown torchvision model 'resnet5O'; close matches: resnet50",
+    ),
+    "imagefolder_missing_dirs": (
+        VALID.replace("builtin: digits\n", "imagefolder: {train: nope}\n"),
+        "data.imagefolder.train (line 4): folder not found: nope",
+    ),
+    "imagefolder_without_val": (
+        VALID.replace("builtin: digits\n", "imagefolder: {train: .}\n"),
+        "data.imagefolder.val (line 4): missing",
+    ),
+    "amp_bad_value": (
+        VALID + "finetune: {amp: maybe}\n",
+        "finetune.amp (line 5): must be auto, true or false, got 'maybe'",
+    ),
+    "nesterov_with_adam": (
+        VALID + "finetune: {nesterov: true}\n",
+        "finetune.nesterov (line 5): applies to optimizer sgd only",
+    ),
+    "lr_schedule_unknown": (VALID + "finetune: {lr_schedule: cosin}\n", "did you mean 'cosine'"),
+    "patience_zero": (
+        VALID + "finetune: {patience: 0}\n",
+        "finetune.patience (line 5): must be >= 1, got 0",
+    ),
+    "benchmark_bad_shape": (
+        VALID + "benchmark: {input_shape: 224}\n",
+        "benchmark.input_shape (line 5): must be a list of positive integers",
+    ),
+    "checkpoint_every_bad": (
+        VALID + "when: {checkpoint_every: soon}\n",
+        "when.checkpoint_every (line 5): must be a number of batches",
+    ),
+    "trust_pickle_text": (
+        VALID.replace("builtin: digits_cnn", "{builtin: digits_cnn, trust_pickle: 'yes'}"),
+        "must be true or false",
+    ),
 }
 
 
@@ -152,8 +189,14 @@ def test_fingerprint_ignores_comments_but_not_values() -> None:
     assert schedule.differences(a.canonical(), c.canonical()) == ["seed: 1 -> 2"]
 
 
-def test_canonical_round_trips() -> None:
-    s = schedule.parse(VALID + "prune: {exclude: ['0', 'fc*']}\n")
+def test_canonical_round_trips(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    text = ("model: {torchvision: resnet18, num_classes: 3}\n"
+            f"data: {{imagefolder: {{train: {tmp_path / 'train'}, val: {tmp_path / 'train'}}}}}\n"
+            "prune: {exclude: ['0', 'fc*']}\nbenchmark: {input_shape: [3, 32, 32]}\n"
+            "finetune: {amp: false, patience: 2, lr_schedule: cosine}\nwhen: {checkpoint_every: 10m}\n")  # fmt: skip
+    s = schedule.parse(text)
+    assert s.finetune.amp == "off" and s.when.checkpoint_every_s == 600
     assert schedule.from_canonical(s.canonical()) == s
 
 

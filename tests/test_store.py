@@ -16,7 +16,8 @@ def new_run(store: Store, run: str = "r") -> None:
 def test_schema_is_created_by_migrations_in_wal_mode(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert {"runs", "rounds", "layers", "checkpoints", "events"} <= set(store.db.table_names())
-    assert [m.name for m in migrations.applied(store.db)] == ["0001_initial"]
+    assert [m.name for m in migrations.applied(store.db)] == [
+        "0001_initial", "0002_latency_and_early_stopping"]
     assert store.db.journal_mode == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
@@ -52,3 +53,15 @@ def test_readers_see_committed_state_from_another_connection(tmp_path: Path) -> 
     new_run(writer)
     writer.update_run("r", phase="finetune")
     assert reader.run("r")["phase"] == "finetune"
+
+
+def test_a_database_from_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    db = Database(tmp_path / "iterprune.db")
+    migrations.apply(db, stop_before="0002_latency_and_early_stopping")
+    db["runs"].insert({"run": "old", "status": "finished"})
+    db.close()
+    store = Store(tmp_path)
+    assert store.run("old")["status"] == "finished"
+    assert "latency_ms_p50" in store.db["rounds"].columns_dict

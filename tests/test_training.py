@@ -39,7 +39,9 @@ def test_pruned_weights_stay_exactly_zero_through_fine_tuning(
         seen.append(all(torch.all(p[~mask[n]] == 0) for n, p in params.items()))
 
     enforcer = training.MaskEnforcer(params, mask)
-    training.train(model, toy_loader(seed=1), optimizer, 3, enforcer, progress=check)
+    training.train(
+        model, toy_loader(seed=1), optimizer, 3, training.Options(enforcer, progress=check)
+    )
     assert len(seen) == 12 and all(seen), f"{name}: a pruned weight revived"
 
 

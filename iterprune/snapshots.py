@@ -1,0 +1,68 @@
+"""A run's checkpoints as the runner sees them: write one and record it, find the newest that
+verifies, continue from a mid-round one, and clean up what is no longer referenced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from iterprune import checkpoints, paths
+from iterprune.store import Store
+
+Warn = Callable[[str, str], None]  # (kind, message)
+
+
+class Snapshots:
+    def __init__(self, store: Store, run_id: str, warn: Warn) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.state_dir = store.state_dir
+        self.warn = warn
+
+    def write(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """Write ``state`` crash-safely; the row fields (path, sha256, bytes) to record it with."""
+        written = checkpoints.save(state, path)
+        return {"path": str(path.relative_to(self.state_dir)), "sha256": written.sha256,
+                "bytes": written.bytes}  # fmt: skip
+
+    def save_mid(self, round_: int, attempt: int, batches: int, state: dict[str, Any]) -> None:
+        path = paths.mid_checkpoint_file(self.state_dir, self.run_id, round_, attempt, batches)
+        row = self.write(path, state)
+        self.forget(self.store.replace_mid(self.run_id, round_, attempt, row))
+
+    def newest_valid(self, up_to_round: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(row, state) of the newest dense/accepted checkpoint that passes its sha256 check."""
+        rows = [c for c in reversed(self.store.checkpoints(self.run_id))
+                if c["kind"] != "mid" and c["round"] <= up_to_round]  # fmt: skip
+        for row in rows:
+            try:
+                return row, checkpoints.load(self.state_dir / row["path"], row["sha256"])
+            except checkpoints.CheckpointCorrupt as exc:
+                self.warn("corrupt", f"{exc}; trying an older checkpoint")
+        raise checkpoints.CheckpointCorrupt(
+            f"run '{self.run_id}' has no valid checkpoint left in {self.state_dir}; start it "
+            f"again with: iterprune start SCHEDULE.yaml --fresh"
+        )
+
+    def mid(self, round_: int, attempt: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(row, state) of the attempt's mid-round checkpoint, if it has one that verifies."""
+        row = self.store.mid_checkpoint(self.run_id, round_, attempt)
+        if row is None:
+            return None
+        try:
+            return row, checkpoints.load(self.state_dir / row["path"], row["sha256"])
+        except checkpoints.CheckpointCorrupt as exc:
+            self.warn("corrupt", f"{exc}; redoing round {round_}.{attempt} from its start")
+            self.forget(self.store.drop_mids(self.run_id, round_, attempt))
+            return None
+
+    def forget(self, files: list[str]) -> None:
+        """Delete files whose rows are already gone (a crash in between leaves them to sweep)."""
+        for rel in files:
+            (self.state_dir / rel).unlink(missing_ok=True)
+
+    def sweep(self) -> list[Path]:
+        """Remove temporary files and files no row references (left by a crash)."""
+        keep = {self.state_dir / c["path"] for c in self.store.checkpoints(self.run_id)}
+        return checkpoints.sweep(paths.checkpoint_dir(self.state_dir, self.run_id), keep)

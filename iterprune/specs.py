@@ -1,0 +1,130 @@
+"""The sections of a schedule as frozen dataclasses (validated and built by ``schedule.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    builtin: str | None = None
+    torchvision: str | None = None
+    factory: str | None = None
+    num_classes: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class ImageFolderSpec:
+    train: str
+    val: str
+    image_size: int = 224
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    builtin: str | None = None
+    imagefolder: ImageFolderSpec | None = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    workers: int = 0
+    val_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    epochs: int = 15
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    method: str = "global_magnitude"
+    step: float = 0.10
+    target_sparsity: float = 0.90
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    epochs: int = 2
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    lr_schedule: str = "constant"
+    amp: str = "auto"  # auto | on | off
+    patience: int | None = None
+    max_batches_per_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class ValidateSpec:
+    max_drop: float = 1.0
+
+
+@dataclass(frozen=True)
+class RollbackSpec:
+    retries: int = 3
+    shrink: float = 0.5
+    min_step: float = 0.01
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    keep: str = "last"
+
+
+@dataclass(frozen=True)
+class WhenSpec:
+    """Mid-round checkpoints inside fine-tuning: every N batches, or every so many seconds."""
+
+    checkpoint_every_batches: int | None = None
+    checkpoint_every_s: float | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Inference latency measured after every accepted round."""
+
+    batch_size: int = 8
+    input_shape: tuple[int, ...] = (3, 224, 224)
+    iterations: int = 20
+    warmup: int = 3
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    validate: ValidateSpec = field(default_factory=ValidateSpec)
+    rollback: RollbackSpec = field(default_factory=RollbackSpec)
+    checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
+    when: WhenSpec = field(default_factory=WhenSpec)
+    benchmark: BenchmarkSpec | None = None
+    base_dir: str = "."
+
+    def canonical(self) -> dict[str, Any]:
+        """The schedule as plain data, without where it was read from: what identifies a run."""
+        data = dataclasses.asdict(self)
+        data.pop("base_dir")
+        return json.loads(json.dumps(data, sort_keys=True, default=list))
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.canonical(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
