@@ -5,6 +5,10 @@ followed by ``prune.remove`` (what a by-hand script does). Both are timed in thi
 fresh copies of the same weights, and the median of several runs is reported. Both must produce
 the same mask, which is checked. Target: ratio (iterprune / torch) <= 0.15.
 
+Peak memory: in a fresh process each, the high-water mark above the resident size just before
+the prune (Linux: reset through /proc/self/clear_refs, read as VmHWM), against the size of the
+prunable weights. Target: iterprune holds at most one extra copy of them.
+
     python bench/prune_step.py [--repeats 5] [--threads 2]
 """
 
@@ -13,8 +17,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -44,13 +52,45 @@ def run_torch(model: torch.nn.Module, amount: float) -> tuple[float, dict]:
     return time.perf_counter() - start, masks
 
 
+def _status_mb(key: str) -> float:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) / 1024
+
+
+def peak_extra_mb(method: str, amount: float, threads: int) -> float:
+    """Peak memory of one prune above the resident size before it, in a fresh process (MB):
+    in this process, memory freed by the timing runs would be reused and hide the peak."""
+    out = subprocess.run([sys.executable, __file__, "--peak-of", method, "--amount", str(amount),
+                          "--threads", str(threads)], capture_output=True, text=True, check=True)  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _measure_peak(method: str, amount: float) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    params = pruning.prunable_parameters(model)
+    mask = pruning.dense_mask(params)  # a run holds its current mask before every prune
+    n = round(pruning.count_alive(mask) * amount)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+    base = _status_mb("VmRSS")
+    if method == "iterprune":
+        pruning.apply(params, pruning.prune(params, mask, n))
+    else:
+        run_torch(model, amount)
+    print(_status_mb("VmHWM") - base)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--amount", type=float, default=0.4)
+    ap.add_argument("--peak-of", choices=["iterprune", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.peak_of:
+        _measure_peak(args.peak_of, args.amount)
+        return
     torch.manual_seed(0)
     base = torchvision.models.resnet50()
     n_weights = sum(p.numel() for p in pruning.prunable_parameters(base).values())
@@ -64,6 +104,9 @@ def main() -> None:
         theirs.append(t_torch)
     it_s, torch_s = statistics.median(ours), statistics.median(theirs)
     ratio = it_s / torch_s
+    weights_mb = n_weights * 4 / 2**20
+    mem_ours = peak_extra_mb("iterprune", args.amount, args.threads)
+    mem_torch = peak_extra_mb("torch", args.amount, args.threads)
 
     print(f"ResNet-50, {n_weights:,} prunable weights, {args.amount:.0%} global magnitude, "
           f"{args.threads} threads, median of {args.repeats}")  # fmt: skip
@@ -71,9 +114,19 @@ def main() -> None:
     print(f"{'torch global_unstructured(L1) + remove':<44}{torch_s:>10.3f}{1.0:>8.2f}")
     print(f"{'iterprune pruning.prune + apply':<44}{it_s:>10.3f}{ratio:>8.2f}")
     print(f"masks identical: {same}; target ratio <= 0.15: {'met' if ratio <= 0.15 else 'NOT met'}")
+    print(
+        f"{'peak extra memory':<44}{'MB':>10}{'copies':>8}   (prunable weights: {weights_mb:.0f} MB)"
+    )
+    print(
+        f"{'torch global_unstructured(L1) + remove':<44}{mem_torch:>10.0f}{mem_torch / weights_mb:>8.2f}"
+    )
+    print(f"{'iterprune pruning.prune + apply':<44}{mem_ours:>10.0f}{mem_ours / weights_mb:>8.2f}")
+    print(f"target at most one extra copy: {'met' if mem_ours <= weights_mb else 'NOT met'}")
     print(json.dumps({"ratio": round(ratio, 4), "iterprune_s": round(it_s, 4),
                       "torch_s": round(torch_s, 4), "masks_identical": same,
-                      "weights": n_weights, "threads": args.threads}))  # fmt: skip
+                      "peak_extra_mb": round(mem_ours, 1), "torch_peak_extra_mb": round(mem_torch, 1),
+                      "weights_mb": round(weights_mb, 1), "weights": n_weights,
+                      "threads": args.threads}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -54,6 +54,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from iterprune import analysis, schedule, sources
+
+    s = schedule.load(args.schedule)
+    model = sources.build_model(s.model, s.seed, s.base_dir)
+    doc = {"schedule": args.schedule, "model": s.model.builtin or s.model.torchvision or s.model.factory,
+           "weights": s.model.weights, **analysis.weight_report(model, s.prune.exclude)}  # fmt: skip
+    if args.json:
+        _print_json(doc)
+        return EXIT_OK
+    from iterprune import console
+
+    _console().print(console.analysis_view(doc))
+    return EXIT_OK
+
+
 def _serve(store, run_id: str, lease_timeout: float) -> int:
     from iterprune import console, daemon
     from iterprune.runner import Runner
@@ -188,6 +204,8 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
      "iterprune resume digits-cnn", cmd_resume),
     ("validate", "check a schedule and report every problem at once",
      "iterprune validate schedules/digits.yaml", cmd_validate),
+    ("analyze", "weight-distribution report of the schedule's model, before pruning",
+     "iterprune analyze schedules/resnet50-imagefolder.yaml --json", cmd_analyze),
     ("runs", "list the runs in the state directory",
      "iterprune runs\n  iterprune runs --json", cmd_runs),
     ("history", "every round and attempt of a run",
@@ -219,19 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=f"Example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         p.set_defaults(fn=fn)
-        if name in ("start", "validate"):
+        if name in ("start", "validate", "analyze"):
             p.add_argument("schedule", metavar="SCHEDULE.yaml", help="the schedule file")
         else:
             if name not in ("runs", "status"):
                 p.add_argument("run", metavar="RUN", help="the run id (see: iterprune runs)")
             elif name == "status":
                 p.add_argument("run", metavar="RUN", nargs="?", help="one run (default: all)")
-        if name != "validate":
+        if name not in ("validate", "analyze"):
             p.add_argument(
                 "--state-dir", metavar="DIR",
                 help=f"state directory (default: ${paths.ENV_STATE_DIR}, else ./state)",
             )  # fmt: skip
-        if name in ("runs", "history", "show", "status"):
+        if name in ("runs", "history", "show", "status", "analyze"):
             p.add_argument("--json", action="store_true", help="print one JSON document")
         if name == "start":
             p.add_argument("--fresh", action="store_true",

@@ -237,6 +237,23 @@ def layers_table(doc: dict[str, Any]) -> Table:
     return table
 
 
+def analysis_view(doc: dict[str, Any]) -> Group:
+    pct = "  ".join(f"{k} {v:.1e}" for k, v in doc["percentiles"].items())
+    weights = doc["weights"] or "random initialisation (no model.weights)"
+    head = Text.assemble(
+        ("model ", "dim"), str(doc["model"]), ("   weights ", "dim"), weights,
+        ("\n|w| percentiles  ", "dim"), pct,
+        ("\nbelow 1e-3 ", "dim"), f"{doc['near_zero']:.2%} of {doc['params']:,} prunable weights",
+    )  # fmt: skip
+    table = _table("per layer")
+    for name in ("layer", "params", "mean |w|", "std |w|", "< 1e-3"):
+        table.add_column(name, justify="left" if name == "layer" else "right")
+    for r in doc["layers"]:
+        table.add_row(r["layer"], f"{r['params']:,}", f"{r['mean_abs']:.2e}", f"{r['std_abs']:.2e}",
+                      _frac(r["near_zero"]))  # fmt: skip
+    return Group(head, table)
+
+
 def status_table(rows: list[dict[str, Any]]) -> Table:
     table = _table("status")
     for name in ("run", "status", "phase", "round", "pid", "heartbeat"):

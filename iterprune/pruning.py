@@ -106,20 +106,63 @@ def _select(scores: torch.Tensor, alive: torch.Tensor, n_prune: int) -> torch.Te
     return keep
 
 
-def _flat_scores(params: dict[str, nn.Parameter], method: str, generator: torch.Generator | None):
+def _random_scores(params: dict[str, nn.Parameter], generator: torch.Generator | None):
+    return torch.cat([torch.rand(p.numel(), generator=generator) for p in params.values()])
+
+
+def _layer_scores(p: nn.Parameter, alive: torch.Tensor) -> torch.Tensor:
+    """|w| of one layer, flat, with already-pruned weights at -inf (always pruned first)."""
+    return (
+        p.detach()
+        .abs()
+        .reshape(-1)
+        .float()
+        .masked_fill_(~alive.reshape(-1).to(p.device), -math.inf)
+    )
+
+
+@torch.no_grad()
+def _global_magnitude(params: dict[str, nn.Parameter], mask: Mask, n_prune: int) -> Mask:
+    """One exact global threshold, computed layer by layer.
+
+    Never concatenates the weights: a strided sample brackets the threshold, one pass counts the
+    weights under the bracket and gathers the few inside it, and a last pass builds the masks.
+    Peak extra memory is one layer's scores plus the new masks.
+    """
+    names = list(params)
     total = sum(p.numel() for p in params.values())
-    first = next(iter(params.values()))
-    flat = torch.empty(total, dtype=torch.float32, device=first.device)
-    offset = 0
-    with torch.no_grad():
-        for p in params.values():
-            n = p.numel()
-            if method == "random":
-                flat[offset : offset + n] = torch.rand(n, generator=generator).to(flat.device)
-            else:
-                torch.abs(p.detach().reshape(-1), out=flat[offset : offset + n])
-            offset += n
-    return flat
+    k = total - count_alive(mask) + n_prune  # weights pruned after this step
+    stride = max(1, total // _SAMPLE)
+    # a strided view would keep every layer's scores alive until the cat: clone each sample
+    sample = torch.cat([_layer_scores(params[n], mask[n])[::stride].clone() for n in names])
+    sample = sample.sort().values
+    m, q = sample.numel(), k / total
+    margin = 6.0 * math.sqrt(m * q * (1 - q)) + 16
+    lo, hi = sample[max(0, int(q * m - margin))], sample[min(m - 1, int(q * m + margin))]
+    below, inside = 0, []
+    for n in names:
+        scores = _layer_scores(params[n], mask[n])
+        below += int(torch.count_nonzero(scores < lo))
+        inside.append(scores[(scores >= lo) & (scores <= hi)])
+    candidates = torch.cat(inside)
+    if below < k <= below + candidates.numel():
+        threshold = torch.kthvalue(candidates, k - below).values
+    else:  # the sample missed (rare): exact selection over everything
+        threshold = kth_smallest(torch.cat([_layer_scores(params[n], mask[n]) for n in names]), k)
+    out: Mask = {}
+    kept = 0
+    for n in names:
+        keep = _layer_scores(params[n], mask[n]) > threshold
+        kept += int(torch.count_nonzero(keep))
+        out[n] = keep
+    surplus = total - kept - k
+    for n in reversed(names):  # ties at the threshold: keep the last ones, deterministically
+        if surplus <= 0:
+            break
+        ties = (_layer_scores(params[n], mask[n]) == threshold).nonzero().flatten()[-surplus:]
+        out[n][ties] = True
+        surplus -= ties.numel()
+    return {n: out[n].view_as(params[n]).cpu() for n in names}
 
 
 def prune(
@@ -136,10 +179,12 @@ def prune(
     removes the same fraction of the remaining weights in every layer; ``random`` is the control.
     """
     names = list(params)
-    flat_alive = torch.cat([mask[n].reshape(-1).to(params[n].device) for n in names])
+    if n_prune <= 0:
+        return {n: mask[n].clone() for n in names}
+    if method == "global_magnitude":
+        return _global_magnitude(params, mask, n_prune)
     if method == "layer_magnitude":
-        alive_total = int(torch.count_nonzero(flat_alive))
-        fraction = n_prune / alive_total if alive_total else 0.0
+        fraction = n_prune / count_alive(mask)
         out = {}
         for name in names:
             p, m = params[name], mask[name].to(params[name].device)
@@ -147,14 +192,14 @@ def prune(
             keep = _select(p.detach().abs().reshape(-1).float(), m.reshape(-1), k)
             out[name] = keep.view_as(m).cpu()
         return out
-    if method not in ("global_magnitude", "random"):
+    if method != "random":
         raise ValueError(f"unknown pruning method {method!r}")
-    scores = _flat_scores(params, method, generator)
-    keep = _select(scores, flat_alive, n_prune)
+    flat_alive = torch.cat([mask[n].reshape(-1) for n in names])
+    keep = _select(_random_scores(params, generator), flat_alive, n_prune)
     out, offset = {}, 0
     for name in names:
         n = params[name].numel()
-        out[name] = keep[offset : offset + n].view_as(params[name]).cpu()
+        out[name] = keep[offset : offset + n].view_as(params[name])
         offset += n
     return out
 

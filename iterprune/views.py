@@ -10,7 +10,7 @@ from iterprune.store import Store
 
 ROUND_KEYS = (
     "round", "attempt", "status", "step", "target_sparsity", "sparsity", "params", "val_accuracy",
-    "drop", "duration_s", "loss", "note",
+    "drop", "duration_s", "loss", "note", "best_epoch", "latency_ms_p50", "latency_ms_p99",
 )  # fmt: skip
 
 
@@ -46,6 +46,8 @@ def history(store: Store, run: str) -> dict[str, Any]:
         "reason": row["reason"],
         "baseline_accuracy": row["baseline_accuracy"],
         "baseline_params": row["baseline_params"],
+        "baseline_latency_ms_p50": row["baseline_latency_ms_p50"],
+        "baseline_latency_ms_p99": row["baseline_latency_ms_p99"],
         "rounds": [{k: r[k] for k in ROUND_KEYS} for r in store.rounds(run)],
     }
 

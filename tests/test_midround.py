@@ -67,7 +67,10 @@ def test_checkpoint_every_n_batches_keeps_only_the_newest(tmp_path: Path, tiny_t
     stopper.runner = runner
     saved = []
     real = runner.snapshots.save_mid
-    runner.snapshots.save_mid = lambda r, a, n, state: (saved.append((r, a, n)), real(r, a, n, state))
+    runner.snapshots.save_mid = lambda r, a, n, state: (
+        saved.append((r, a, n)),
+        real(r, a, n, state),
+    )
     while runner.step():
         pass
     # round 1: 20 batches, a checkpoint every 4; round 2: stopped after its 5th batch

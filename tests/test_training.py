@@ -80,3 +80,40 @@ def test_evaluate_does_not_touch_the_global_rng() -> None:
     accuracy = training.evaluate(model, toy_loader())
     assert 0 <= accuracy <= 100
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience() -> None:
+    model = toy_model()
+    optimizer = training.build_optimizer("adam", model.parameters(), 0.05, 0.0, 0.9)
+    scripted = iter([50.0, 60.0, 55.0, 40.0, 99.0])
+    snapshots = []
+
+    def validate() -> float:
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scripted)
+
+    result = training.train(model, toy_loader(), optimizer, 10,
+                            training.Options(validate=validate, patience=2))  # fmt: skip
+    assert len(snapshots) == 4  # epochs 3 and 4 did not improve on epoch 2: stop
+    assert (result.best_epoch, result.best_accuracy) == (1, 60.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshots[1][k])
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_call() -> None:
+    model = toy_model()
+    optimizer = training.build_optimizer("sgd", model.parameters(), 0.1, 0.0, 0.9, nesterov=True)
+    seen = []
+    training.train(model, toy_loader(), optimizer, 2, training.Options(
+        cosine_lr=0.1, progress=lambda *a: seen.append(optimizer.param_groups[0]["lr"])))  # fmt: skip
+    assert seen[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(seen, seen[1:], strict=False))
+    assert seen[-1] < 0.01
+    assert optimizer.param_groups[0]["nesterov"]
+
+
+def test_max_batches_per_epoch_bounds_each_epoch() -> None:
+    model = toy_model()
+    optimizer = training.build_optimizer("adam", model.parameters(), 1e-3, 0.0, 0.9)
+    result = training.train(model, toy_loader(), optimizer, 3, training.Options(max_batches=2))
+    assert result.batches == 6
