@@ -22,7 +22,11 @@ DECISION_STYLE = {"accepted": "green", "rolled_back": "yellow", "running": "cyan
 
 
 def make_console(**kwargs: Any) -> Console:
-    return Console(**kwargs)
+    """A console; without a terminal (a pipe, a file) tables get 120 columns instead of Rich's 80."""
+    console = Console(**kwargs)
+    if not console.is_terminal and "width" not in kwargs:
+        console = Console(width=120, **kwargs)
+    return console
 
 
 def _pct(value: float | None, digits: int = 2) -> str:
@@ -44,17 +48,21 @@ def _table(title: str | None = None) -> Table:
 
 
 def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
+    """The rounds so far; lottery runs with a control add its accuracy, benchmarks the latency."""
+    control = any(r.get("control_accuracy") is not None for r in rows)
+    speed = any(r.get("latency_ms_p50") is not None for r in rows)
     table = _table(title)
-    for name, justify in [
-        ("round", "right"), ("step", "right"), ("target", "right"), ("sparsity", "right"),
-        ("nonzero", "right"), ("acc %", "right"), ("drop", "right"), ("decision", "left"),
-        ("time", "right"),
-    ]:  # fmt: skip
+    columns = [("round", "right"), ("step", "right"), ("target", "right"), ("sparsity", "right"),
+               ("nonzero", "right"), ("acc %", "right"), ("drop", "right")]  # fmt: skip
+    columns += [("ctrl %", "right")] if control else []
+    columns += [("ms p50", "right")] if speed else []
+    columns += [("decision", "left"), ("time", "right")]
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
         status = r.get("status") or "running"
         drop = r.get("drop")
-        table.add_row(
+        cells = [
             f"{r['round']}.{r['attempt']}",
             _frac(r.get("step"), 1),
             _frac(r.get("target_sparsity"), 1),
@@ -62,6 +70,11 @@ def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
             "—" if r.get("params") is None else f"{r['params']:,}",
             _pct(r.get("val_accuracy")),
             "—" if drop is None else f"{drop:+.2f}",
+        ]
+        cells += [_pct(r.get("control_accuracy"))] if control else []
+        cells += [_pct(r.get("latency_ms_p50"))] if speed else []
+        table.add_row(
+            *cells,
             Text(status.replace("_", " "), style=DECISION_STYLE.get(status, "")),
             "—" if r.get("duration_s") is None else f"{r['duration_s']:.1f}s",
         )
@@ -171,8 +184,14 @@ class PlainReporter:
         self._line(
             f"round {row['round']}.{row['attempt']} {row['status'].replace('_', ' ')}: "
             f"step {_frac(row['step'])}, sparsity {_frac(row.get('sparsity'))}, accuracy "
-            f"{_pct(row.get('val_accuracy'))}% (drop {row.get('drop', 0):+.2f}), "
-            f"{row.get('duration_s', 0):.1f}s"
+            f"{_pct(row.get('val_accuracy'))}% (drop {row.get('drop', 0):+.2f})"
+            + (
+                f", control {row['control_accuracy']:.2f}%"
+                if row.get("control_accuracy") is not None
+                else ""
+            )
+            + (f", {row['latency_ms_p50']:.2f} ms" if row.get("latency_ms_p50") is not None else "")
+            + f", {row.get('duration_s', 0):.1f}s"
         )
 
     def event(self, level: str, kind: str, message: str) -> None:

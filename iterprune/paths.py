@@ -22,6 +22,10 @@ def checkpoint_file(state: Path, run: str, round_: int, attempt: int) -> Path:
     return checkpoint_dir(state, run) / name
 
 
+def rewind_file(state: Path, run: str) -> Path:
+    return checkpoint_dir(state, run) / "rewind.pt"
+
+
 def mid_checkpoint_file(state: Path, run: str, round_: int, attempt: int, batches: int) -> Path:
     return checkpoint_dir(state, run) / f"round-{round_:04d}-a{attempt}-mid-{batches:07d}.pt"
 

@@ -57,6 +57,8 @@ class Runner:
         )
         self.model: nn.Module | None = None
         self.accepted: Accepted | None = None
+        self.rewind: dict[str, torch.Tensor] | None = None  # lottery mode's rewind weights
+        self.mask: pruning.Mask | None = None
         self._phase_name = "pretrain"
         self._batches_done = 0
         self._last_mid = (0.0, 0)
@@ -109,6 +111,9 @@ class Runner:
     def _pretrain(self) -> None:
         s, model = self.schedule, self.model
         assert model is not None
+        lottery = s.lottery
+        if lottery is not None and lottery.rewind == "init":
+            self.rewind = _clone(model.state_dict())
         if s.pretrain.epochs and not s.model.weights:
             rng.seed_everything(rng.derive_seed(s.seed, 0, 0), (self.train_loader,))
             self._phase(
@@ -117,23 +122,40 @@ class Runner:
                 f"pretraining dense model, {s.pretrain.epochs} epochs",
             )
             optimizer = torch.optim.Adam(model.parameters(), lr=s.pretrain.lr)
+            self._batches_done = 0
+
+            def progress(epoch: int, batch: int, batches: int) -> None:
+                self._epoch_progress(epoch, batch, batches)
+                if lottery is not None and self.rewind is None and (
+                    (lottery.rewind == "step" and self._batches_done == lottery.at)
+                    or (lottery.rewind == "epoch" and epoch + 1 == lottery.at and batch == batches)
+                ):  # fmt: skip
+                    self.rewind = _clone(model.state_dict())
+
             result = training.train(
                 model, self.train_loader, optimizer, s.pretrain.epochs,
-                training.Options(device=self.device, progress=self._epoch_progress,
-                                 should_stop=self.stop.is_set),
+                training.Options(device=self.device, progress=progress, should_stop=self.stop.is_set),
             )  # fmt: skip
             if self.stop.is_set():
                 return
             if not result.finite:
                 raise RunConflict(f"pretraining diverged (loss {result.loss}); lower pretrain.lr")
+        if lottery is not None and self.rewind is None:
+            raise UserError(
+                f"lottery.rewind.{lottery.rewind}: {lottery.at} is past the end of pretraining "
+                f"({self._batches_done} steps in {s.pretrain.epochs} epochs)"
+            )
         self._phase("validate", 1, "measuring the dense baseline")
         baseline = training.evaluate(model, self.val_loader, self.device)
         speed = self._latency()
         mask = pruning.dense_mask(self.params)
-        written = self.snapshots.write(
+        written = [{"round": 0, "attempt": 0, "kind": "dense", **self.snapshots.write(
             paths.checkpoint_file(self.state_dir, self.run_id, 0, 0),
             {"model": model.state_dict(), "mask": mask, "optimizer": None},
-        )
+        )}]  # fmt: skip
+        if self.rewind is not None:
+            written.append({"round": 0, "attempt": 0, "kind": "rewind", **self.snapshots.write(
+                paths.rewind_file(self.state_dir, self.run_id), {"model": self.rewind})})  # fmt: skip
         self.store.record_baseline(
             self.run_id,
             {
@@ -147,7 +169,7 @@ class Runner:
                 **{f"baseline_{k}": v for k, v in speed.items()},
             },  # fmt: skip
             pruning.layer_stats(model, s.prune.exclude),
-            {"round": 0, "attempt": 0, "kind": "dense", **written},
+            written,
         )
         self.accepted = Accepted(0, _clone(model.state_dict()), mask, None)
         latency_note = f", {speed['latency_ms_p50']:.2f} ms/batch" if speed else ""
@@ -167,6 +189,8 @@ class Runner:
             self.optimizer.load_state_dict(state["optimizer"])
         self.accepted = Accepted(ckpt["round"], _clone(self.model.state_dict()),
                                  state["mask"], copy.deepcopy(state["optimizer"]))  # fmt: skip
+        if self.schedule.lottery is not None:
+            self.rewind = self.snapshots.rewind_point()
         self._event("info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})")
 
     def _fall_back(self, round_: int, row: dict[str, Any]) -> None:
@@ -226,10 +250,13 @@ class Runner:
             accuracy = training.evaluate(self.model, self.val_loader, self.device)
         drop = float(row["baseline_accuracy"]) - accuracy
         achieved = pruning.sparsity(new_mask)
+        control = None
+        if s.lottery is not None and s.lottery.control == "random_reinit":
+            control = self._control(round_, attempt, new_mask)
         fields = {
             "step": step, "target_sparsity": target, "sparsity": achieved,
             "params": alive - n_prune, "val_accuracy": accuracy, "drop": drop, "loss": result.loss,
-            "best_epoch": result.best_epoch, "finished_at": now(),
+            "best_epoch": result.best_epoch, "control_accuracy": control, "finished_at": now(),
         }  # fmt: skip
         layers = pruning.layer_stats(self.model, s.prune.exclude)
         if result.finite and drop <= s.validate.max_drop + 1e-9:
@@ -264,6 +291,11 @@ class Runner:
             pruning.check_sparsity(
                 mask, pruning.count_alive(self.accepted.mask) - n_prune, s.prune.method
             )
+            if (
+                self.rewind is not None
+            ):  # lottery ticket: surviving weights back to the rewind point
+                self.model.load_state_dict(self.rewind)
+                self.optimizer = self._new_optimizer()  # the method resets the optimizer too
             pruning.apply(self.params, mask)
         else:
             row, state = mid
@@ -274,6 +306,7 @@ class Runner:
             self._event("info", "resume", f"continuing round {round_}.{attempt} at epoch "
                         f"{position.epoch + 1}, batch {position.batch} (mid-round checkpoint "
                         f"{row['path']})")  # fmt: skip
+        self.mask = mask  # the attempt's mask: the decision this round applies
         scaler = torch.amp.GradScaler("cuda") if self.amp else None
         if scaler is not None and mid is not None and mid[1].get("scaler"):
             scaler.load_state_dict(mid[1]["scaler"])
@@ -304,6 +337,39 @@ class Runner:
             for group in self.optimizer.param_groups:
                 group["lr"] = f.lr
         return mask, training.train(self.model, self.train_loader, self.optimizer, f.epochs, opts)
+
+    def _control(self, round_: int, attempt: int, mask: pruning.Mask) -> float:
+        """The random-reinit control: the same mask and budget from a fresh initialisation."""
+        s = self.schedule
+        f = s.finetune
+        self._phase("control", f.epochs, f"round {round_}.{attempt}: control (random reinit)")
+        generator = rng.loader_generator(self.train_loader)
+        loader_state = generator.get_state() if generator is not None else None
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            seed = rng.derive_seed(s.seed + 1, round_, attempt)
+            rng.seed_everything(seed, (self.train_loader,))
+            spec = dataclasses.replace(s.model, weights=None)
+            model = sources.build_model(spec, seed, s.base_dir).to(self.device)
+            params = pruning.prunable_parameters(model, s.prune.exclude)
+            pruning.apply(params, mask)
+            optimizer = training.build_optimizer(
+                f.optimizer, model.parameters(), f.lr, f.weight_decay, f.momentum, f.nesterov
+            )
+            opts = training.Options(
+                enforcer=training.MaskEnforcer(params, mask), device=self.device,
+                max_batches=f.max_batches_per_epoch,
+                cosine_lr=f.lr if f.lr_schedule == "cosine" else None,
+                validate=(lambda: training.evaluate(model, self.val_loader, self.device))
+                if f.patience else None,
+                patience=f.patience, progress=self._epoch_progress,
+            )  # fmt: skip
+            result = training.train(model, self.train_loader, optimizer, f.epochs, opts)
+            accuracy = result.best_accuracy
+            if accuracy is None:
+                accuracy = training.evaluate(model, self.val_loader, self.device)
+        if generator is not None and loader_state is not None:
+            generator.set_state(loader_state)
+        return accuracy
 
     def _mid_due(self) -> bool:
         when = self.schedule.when

@@ -27,6 +27,7 @@ from iterprune.specs import (  # noqa: F401  (re-exported: the schedule's types)
     DataSpec,
     FinetuneSpec,
     ImageFolderSpec,
+    LotterySpec,
     ModelSpec,
     PretrainSpec,
     PruneSpec,
@@ -90,7 +91,7 @@ def torchvision_models() -> list[str]:
 
 TOP_KEYS = (
     "name", "seed", "device", "threads", "model", "data", "pretrain", "prune", "finetune",
-    "validate", "rollback", "checkpoints", "when", "benchmark",
+    "validate", "rollback", "checkpoints", "when", "benchmark", "lottery",
 )  # fmt: skip
 
 
@@ -254,6 +255,40 @@ def _benchmark(c: Checker, raw: dict) -> BenchmarkSpec | None:
     )
 
 
+def _lottery(c: Checker, raw: dict, pretrain_epochs: int, has_weights: bool) -> LotterySpec | None:
+    if raw.get("lottery") is None:
+        return None
+    section = c.section(raw, "lottery", ("rewind", "control"))
+    rewind, at = section.get("rewind", "init"), 0
+    if isinstance(rewind, dict):
+        c.unknown_keys(rewind, ("epoch", "step"), "lottery.rewind")
+        given = [k for k in ("epoch", "step") if k in rewind]
+        if len(given) != 1:
+            c.fail(
+                "lottery.rewind", "give exactly one of 'epoch' or 'step' (e.g. rewind: {epoch: 1})"
+            )
+            rewind = "init"
+        else:
+            kind = given[0]
+            at = _positive(c, rewind, kind, "lottery.rewind", 1)
+            rewind = kind
+            if has_weights or pretrain_epochs == 0:
+                c.fail(f"lottery.rewind.{kind}",
+                       "rewinding to a point of dense training needs pretrain.epochs > 0 and no model.weights")  # fmt: skip
+            elif kind == "epoch" and at > pretrain_epochs:
+                c.fail(
+                    "lottery.rewind.epoch",
+                    f"must not exceed pretrain.epochs ({pretrain_epochs}), got {at}",
+                )
+    elif rewind != "init":
+        c.fail(
+            "lottery.rewind", f"must be init, {{epoch: K}} or {{step: K}}, got {describe(rewind)}"
+        )
+        rewind = "init"
+    control = c.text(section, "control", "lottery", None, ("random_reinit",))
+    return LotterySpec(rewind=rewind, at=at, control=control)
+
+
 def _build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | None:
     c = Checker(doc)
     c.unknown_keys(raw, TOP_KEYS, "")
@@ -307,7 +342,12 @@ def _build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule |
         checkpoints=CheckpointSpec(keep=c.text(k, "keep", "checkpoints", "last", KEEP) or "last"),
         when=_when(c, raw),
         benchmark=_benchmark(c, raw),
+        lottery=None,
         base_dir=str(base_dir),
+    )
+    schedule = dataclasses.replace(
+        schedule,
+        lottery=_lottery(c, raw, schedule.pretrain.epochs, schedule.model.weights is not None),
     )
     return None if c.problems else schedule
 
@@ -376,7 +416,7 @@ _SPECS: dict[str, type] = {
     "model": ModelSpec, "data": DataSpec, "imagefolder": ImageFolderSpec, "pretrain": PretrainSpec,
     "prune": PruneSpec, "finetune": FinetuneSpec, "validate": ValidateSpec,
     "rollback": RollbackSpec, "checkpoints": CheckpointSpec, "when": WhenSpec,
-    "benchmark": BenchmarkSpec,
+    "benchmark": BenchmarkSpec, "lottery": LotterySpec,
 }  # fmt: skip
 
 

@@ -34,7 +34,7 @@ class Snapshots:
     def newest_valid(self, up_to_round: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """(row, state) of the newest dense/accepted checkpoint that passes its sha256 check."""
         rows = [c for c in reversed(self.store.checkpoints(self.run_id))
-                if c["kind"] != "mid" and c["round"] <= up_to_round]  # fmt: skip
+                if c["kind"] in ("dense", "accepted") and c["round"] <= up_to_round]  # fmt: skip
         for row in rows:
             try:
                 return row, checkpoints.load(self.state_dir / row["path"], row["sha256"])
@@ -44,6 +44,21 @@ class Snapshots:
             f"run '{self.run_id}' has no valid checkpoint left in {self.state_dir}; start it "
             f"again with: iterprune start SCHEDULE.yaml --fresh"
         )
+
+    def rewind_point(self) -> dict[str, Any]:
+        """The lottery rewind weights; without them the run cannot go on (exit code 5)."""
+        rows = [c for c in self.store.checkpoints(self.run_id) if c["kind"] == "rewind"]
+        if not rows:
+            raise checkpoints.CheckpointCorrupt(
+                f"run '{self.run_id}' has no recorded rewind point; start it again with --fresh"
+            )
+        try:
+            return checkpoints.load(self.state_dir / rows[-1]["path"], rows[-1]["sha256"])["model"]
+        except checkpoints.CheckpointCorrupt as exc:
+            raise checkpoints.CheckpointCorrupt(
+                f"{exc}. It holds the lottery rewind point, which every round needs; start the run "
+                "again with: iterprune start SCHEDULE.yaml --fresh"
+            ) from None
 
     def mid(self, round_: int, attempt: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """(row, state) of the attempt's mid-round checkpoint, if it has one that verifies."""

@@ -102,6 +102,15 @@ class BenchmarkSpec:
 
 
 @dataclass(frozen=True)
+class LotterySpec:
+    """Lottery-ticket mode: after each prune, reset surviving weights to the rewind point."""
+
+    rewind: str = "init"  # init | epoch | step
+    at: int = 0  # the epoch or step of dense training the rewind point is taken after
+    control: str | None = None  # random_reinit: also train the same mask from a fresh init
+
+
+@dataclass(frozen=True)
 class Schedule:
     name: str
     model: ModelSpec
@@ -117,6 +126,7 @@ class Schedule:
     checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
     when: WhenSpec = field(default_factory=WhenSpec)
     benchmark: BenchmarkSpec | None = None
+    lottery: LotterySpec | None = None
     base_dir: str = "."
 
     def canonical(self) -> dict[str, Any]:

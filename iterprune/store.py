@@ -77,6 +77,11 @@ def _latency(db: Database) -> None:
     db["rounds"].add_column("best_epoch", int)
 
 
+@migrations(name="0003_lottery_control")
+def _lottery(db: Database) -> None:
+    db["rounds"].add_column("control_accuracy", float)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -284,10 +289,12 @@ class Store:
         run: str,
         run_fields: dict[str, Any],
         layers: list[dict[str, Any]],
-        checkpoint: dict[str, Any],
+        checkpoints: list[dict[str, Any]],
     ) -> None:
+        """The dense baseline (and a lottery run's rewind point), its layers and stats, at once."""
         with self.transaction():
-            self._add_checkpoint(run, checkpoint)
+            for checkpoint in checkpoints:
+                self._add_checkpoint(run, checkpoint)
             self._insert_layers(run, 0, 0, layers)
             self._update_run(run, run_fields)
 

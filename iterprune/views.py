@@ -11,6 +11,7 @@ from iterprune.store import Store
 ROUND_KEYS = (
     "round", "attempt", "status", "step", "target_sparsity", "sparsity", "params", "val_accuracy",
     "drop", "duration_s", "loss", "note", "best_epoch", "latency_ms_p50", "latency_ms_p99",
+    "control_accuracy",
 )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ def test_schema_is_created_by_migrations_in_wal_mode(tmp_path: Path) -> None:
     assert [m.name for m in migrations.applied(store.db)] == [
         "0001_initial",
         "0002_latency_and_early_stopping",
+        "0003_lottery_control",
     ]
     assert store.db.journal_mode == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

@@ -1,0 +1,119 @@
+"""Lottery-ticket mode: after every prune the surviving weights are exactly the rewind weights,
+the mask only shrinks, the rewind point survives resume, and the random-reinit control runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_runner import Recorder, final_state, make_runner
+
+from iterprune import cli, pruning
+from iterprune.runner import Runner
+from iterprune.store import Store
+
+
+class AtTrainingStart(Recorder):
+    """Captures weights, the attempt's mask and the accepted mask when each training starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner: Runner | None = None
+        self.starts: list[tuple[dict, dict, dict]] = []
+
+    def phase(self, name: str, total: int, description: str) -> None:
+        super().phase(name, total, description)
+        if name == "finetune" and self.runner is not None:
+            params = pruning.prunable_parameters(self.runner.model)
+            weights = {n: p.detach().clone() for n, p in params.items()}
+            self.starts.append((weights, self.runner.mask, self.runner.accepted.mask))
+
+
+def lottery_text(tiny_text: str, rewind: str) -> str:
+    return (
+        tiny_text.replace("pretrain: {epochs: 4", "pretrain: {epochs: 3")
+        + f"lottery: {{rewind: {rewind}}}\n"
+    )
+
+
+@pytest.mark.parametrize("rewind", ["init", "{epoch: 1}", "{step: 5}"])
+def test_training_starts_from_rewind_weights_times_the_mask_every_round(
+    tmp_path: Path, tiny_text: str, rewind: str
+) -> None:
+    rec = AtTrainingStart()
+    runner = make_runner(tmp_path, lottery_text(tiny_text, rewind), rec)
+    rec.runner = runner
+    while runner.step():
+        pass
+    rewind_state = runner.snapshots.rewind_point()
+    assert len(rec.starts) >= 2
+    for weights, mask, accepted in rec.starts:
+        for name, w in weights.items():
+            assert torch.equal(w, rewind_state[name] * mask[name]), name
+            assert not (mask[name] & ~accepted[name]).any(), "the mask grew"
+    assert runner.store.run("tiny")["status"] == "finished"
+
+
+def test_rewind_points_differ_as_asked(tmp_path: Path, tiny_text: str) -> None:
+    points = {}
+    for rewind in ("init", "{epoch: 1}"):
+        runner = make_runner(tmp_path / rewind.strip("{}: "), lottery_text(tiny_text, rewind))
+        points[rewind] = runner.snapshots.rewind_point()
+        trained = runner.accepted.model
+    assert not torch.equal(points["init"]["1.weight"], points["{epoch: 1}"]["1.weight"])
+    assert not torch.equal(points["{epoch: 1}"]["1.weight"], trained["1.weight"])
+
+
+def test_control_accuracy_is_recorded_and_shown(tmp_path: Path, tiny_text: str, capsys) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(lottery_text(tiny_text, "init").replace(
+        "lottery: {rewind: init}", "lottery: {rewind: init, control: random_reinit}"))  # fmt: skip
+    state = str(tmp_path / "s")
+    assert cli.main(["start", str(path), "--state-dir", state]) == 0
+    out = capsys.readouterr().out
+    assert "control " in out
+    cli.main(["history", "tiny", "--json", "--state-dir", state])
+    rounds = json.loads(capsys.readouterr().out)["rounds"]
+    assert rounds and all(0 <= r["control_accuracy"] <= 100 for r in rounds)
+    cli.main(["history", "tiny", "--state-dir", state])
+    assert "ctrl %" in capsys.readouterr().out
+
+
+def test_rewind_point_survives_resume_and_the_run_ends_identically(
+    tmp_path: Path, tiny_text: str
+) -> None:
+    text = lottery_text(tiny_text, "{epoch: 1}") .replace(
+        "lottery: {rewind: {epoch: 1}}", "lottery: {rewind: {epoch: 1}, control: random_reinit}")  # fmt: skip
+    whole = make_runner(tmp_path / "a", text)
+    while whole.step():
+        pass
+    expected = final_state(whole)
+    first = make_runner(tmp_path / "b", text)
+    assert first.step()
+    first.store.close()
+    resumed = Runner(Store(tmp_path / "b"), "tiny", Recorder())
+    resumed.prepare()
+    while resumed.step():
+        pass
+    rows, weights = final_state(resumed)
+    assert rows == expected[0]
+    assert all(torch.equal(weights[k], expected[1][k]) for k in weights)
+    controls = [r["control_accuracy"] for r in resumed.store.rounds("tiny")]
+    assert controls == [r["control_accuracy"] for r in whole.store.rounds("tiny")]
+
+
+def test_a_corrupt_rewind_point_stops_the_run_with_exit_code_5(
+    tmp_path: Path, tiny_text: str, capsys
+) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(lottery_text(tiny_text, "init"))
+    state = tmp_path / "s"
+    assert cli.main(["start", str(path), "--state-dir", str(state)]) == 0
+    store = Store(state)
+    store.update_run("tiny", status="stopped")
+    (state / "checkpoints" / "tiny" / "rewind.pt").write_bytes(b"oops")
+    capsys.readouterr()
+    assert cli.main(["resume", "tiny", "--state-dir", str(state)]) == 5
+    assert "rewind point" in capsys.readouterr().err
