@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +100,31 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"run '{run_id}' already finished: {row['reason']}")
         print(f"See it with: iterprune history {run_id}   (start it again with --fresh)")
         return EXIT_OK
+    if args.detach:
+        return _detach(store, run_id, args.lease_timeout)
     return _serve(store, run_id, args.lease_timeout)
+
+
+def _detach(store, run_id: str, lease_timeout: float) -> int:
+    """Serve the run from a background process (new session, no terminal), logging to a file."""
+    from iterprune import daemon
+
+    with daemon.run_lock(store.state_dir, run_id, store):
+        pass  # nobody serves it now: errors until here reach the caller
+    log = paths.log_file(store.state_dir, run_id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iterprune", "resume", run_id, "--state-dir",
+             str(store.state_dir.resolve()), "--lease-timeout", str(lease_timeout)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    print(f"run {run_id} started in the background: pid {proc.pid}")
+    print(f"log: {log}")
+    print(f"follow it: iterprune logs {run_id} -f    status: iterprune status {run_id}    "
+          f"stop it: iterprune stop {run_id}")  # fmt: skip
+    return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -144,10 +172,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     rows = views.status(_store(args), args.run)
-    for r in rows:
-        alive = r["pid"] is not None and _pid_alive(r["pid"])
-        if r["status"] == "running" and not alive:
-            r["status"] = "interrupted"
     if args.json:
         if args.run:
             _print_json(rows[0])
@@ -161,45 +185,56 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         if r["status"] == "interrupted":
             con.print(f"{r['run']} was interrupted; continue it with: iterprune resume {r['run']}")
+        if r["next_window_at"] and r["status"] == "paused":
+            con.print(f"{r['run']} waits for its time window: next opening {r['next_window_at']}")
         if r["error"]:
             con.print(f"{r['run']} last error: {r['error']}")
     return EXIT_OK
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    row = views.status(_store(args), args.run)[0]
-    pid = row["pid"]
-    if row["status"] != "running" or pid is None or not _pid_alive(pid):
-        print(f"run '{args.run}' is not running (status: {row['status']})")
+    store = _store(args)
+    row = views.status(store, args.run)[0]
+    if row["status"] not in ("running", "paused"):
+        print(f"run '{args.run}' is not being served (status: {row['status']})")
         return EXIT_OK
-    os.kill(pid, signal.SIGTERM)
-    print(f"asked pid {pid} to stop run '{args.run}'; it stops after the current batch")
+    store.request_stop(args.run)  # the owner's heartbeat sees it, on whatever host it runs
+    owner = store.run(args.run) or {}
+    if owner.get("host") == socket.gethostname() and owner.get("pid"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(owner["pid"], signal.SIGTERM)  # same machine: at once
+    print(f"asked pid {owner.get('pid')} on {owner.get('host')} to stop run '{args.run}': it "
+          "finishes the current batch, writes a mid-round checkpoint and exits")  # fmt: skip
+    print(f"continue it later with: iterprune resume {args.run}")
     return EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     store = _store(args)
     views.status(store, args.run)  # unknown run -> exit 2
-    for e in store.events(args.run):
-        print(f"{e['at'][:19].replace('T', ' ')} {e['level']:<7} {e['message']}")
-    return EXIT_OK
-
-
-def _pid_alive(pid: int) -> bool:
+    last = 0
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        while True:
+            for e in store.events(args.run, after_id=last):
+                print(
+                    f"{e['at'][:19].replace('T', ' ')} {e['level']:<7} {e['message']}", flush=True
+                )
+                last = e["id"]
+            if not args.follow or views.status(store, args.run)[0]["status"] not in (
+                "running",
+                "paused",
+            ):
+                return EXIT_OK
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 # --- the parser ---------------------------------------------------------------------------------
 
 COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
     ("start", "start (or continue) a run from a schedule",
-     "iterprune start schedules/digits.yaml\n  iterprune start my.yaml --state-dir /data/prune --fresh", cmd_start),
+     "iterprune start schedules/digits.yaml\n  iterprune start my.yaml --detach --state-dir /data/prune", cmd_start),
     ("resume", "continue a stopped or interrupted run",
      "iterprune resume digits-cnn", cmd_resume),
     ("validate", "check a schedule and report every problem at once",
@@ -216,8 +251,8 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
      "iterprune status\n  iterprune status digits-cnn --json", cmd_status),
     ("stop", "ask the process serving a run to stop after its current batch",
      "iterprune stop digits-cnn", cmd_stop),
-    ("logs", "the run's event log",
-     "iterprune logs digits-cnn", cmd_logs),
+    ("logs", "the run's event log (-f follows it while the run is served)",
+     "iterprune logs digits-cnn -f", cmd_logs),
 ]  # fmt: skip
 
 
@@ -251,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
             )  # fmt: skip
         if name in ("runs", "history", "show", "status", "analyze"):
             p.add_argument("--json", action="store_true", help="print one JSON document")
+        if name == "logs":
+            p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
         if name == "start":
+            p.add_argument("--detach", action="store_true",
+                           help="serve the run from a background process; log in <state>/logs/RUN.log")  # fmt: skip
             p.add_argument("--fresh", action="store_true",
                            help="start a new run id even if this schedule's run exists")  # fmt: skip
         if name in ("start", "resume"):

@@ -275,12 +275,15 @@ def analysis_view(doc: dict[str, Any]) -> Group:
 
 def status_table(rows: list[dict[str, Any]]) -> Table:
     table = _table("status")
-    for name in ("run", "status", "phase", "round", "pid", "heartbeat"):
+    for name in ("run", "status", "phase", "round", "progress", "pid", "heartbeat"):
         table.add_column(name)
     for r in rows:
         age = r.get("heartbeat_age_s")
+        style = {"finished": "green", "failed": "red", "interrupted": "yellow"}.get(r["status"], "")
         table.add_row(
-            r["run"], r["status"], r.get("phase") or "—", str(r.get("round") or 0),
+            r["run"], Text(r["status"], style=style), r.get("phase") or "—",
+            f"{r.get('round') or 0}.{r.get('attempt') or 0}",
+            (r.get("progress") or "—") if r["status"] in ("running", "paused") else "—",
             str(r.get("pid") or "—"), "—" if age is None else f"{age:.0f}s ago",
         )  # fmt: skip
     return table

@@ -51,6 +51,7 @@ class Runner:
         self.schedule = load_schedule(store, run_id)
         self.reporter = reporter or NullReporter()
         self.stop = stop or threading.Event()
+        self.pause = threading.Event()  # the time window closed: checkpoint and wait for it
         self.state_dir = store.state_dir
         self.snapshots = Snapshots(
             store, run_id, lambda kind, msg: self._event("warning", kind, msg)
@@ -61,6 +62,7 @@ class Runner:
         self.mask: pruning.Mask | None = None
         self._phase_name = "pretrain"
         self._batches_done = 0
+        self._progress = (0, 0, 0)
         self._last_mid = (0.0, 0)
 
     # --- set-up -------------------------------------------------------------------------------
@@ -238,10 +240,13 @@ class Runner:
             self.run_id, round_, attempt, {"step": step, "target_sparsity": target}
         )
         new_mask, result = self._prune_and_finetune(round_, attempt, step, n_prune)
-        if self.stop.is_set():
+        if self.stop.is_set() or self.pause.is_set():
             self.store.interrupt_attempt(self.run_id, round_, attempt)
             self._restore()
-            return False
+            if not self.stop.is_set():
+                self._event("info", "paused", f"the time window closed: round {round_}.{attempt} "
+                            "checkpointed, to be continued when it opens")  # fmt: skip
+            return not self.stop.is_set()
 
         self._set_phase("validate")
         self._phase("validate", 1, f"round {round_}.{attempt}: validating")
@@ -329,7 +334,8 @@ class Runner:
             cosine_lr=f.lr if f.lr_schedule == "cosine" else None,
             validate=(lambda: training.evaluate(self.model, self.val_loader, self.device))
             if f.patience else None,
-            patience=f.patience, progress=self._epoch_progress, should_stop=self.stop.is_set,
+            patience=f.patience, progress=self._epoch_progress,
+            should_stop=lambda: self.stop.is_set() or self.pause.is_set(),
             start=position, on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
             checkpoint=save_mid, checkpoint_due=self._mid_due,
         )  # fmt: skip
@@ -486,8 +492,20 @@ class Runner:
 
     def _epoch_progress(self, epoch: int, batch: int, batches: int) -> None:
         self._batches_done += 1
+        self._progress = (epoch, batch, batches)
         faults.point(f"{self._phase_name}_batch")
         self.reporter.advance(epoch + (batch / batches if batches else 1.0))
+
+    def progress_text(self) -> str:
+        """Where the current phase is, for ``status`` (the heartbeat stores it)."""
+        epoch, batch, batches = self._progress
+        if self._phase_name in ("pretrain", "finetune", "control"):
+            return f"{self._phase_name} epoch {epoch + 1}, batch {batch}/{batches or '?'}"
+        return self._phase_name
+
+    def announce(self, level: str, kind: str, message: str) -> None:
+        """An event from whoever serves the run: into the event log and to the reporter."""
+        self._event(level, kind, message)
 
     def _event(self, level: str, kind: str, message: str) -> None:
         self.store.add_event(self.run_id, level, kind, message)

@@ -220,19 +220,48 @@ def _finetune(c: Checker, raw: dict) -> FinetuneSpec:
     return spec
 
 
+def _duration(c: Checker, raw: dict, key: str, path: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match and float(match.group(1)) > 0:
+        return float(match.group(1)) * _UNIT_S[match.group(2)]
+    c.fail(f"{path}.{key}", f"must be a duration like 30s, 10m, 2h, got {describe(value)}")
+    return None
+
+
 def _when(c: Checker, raw: dict) -> WhenSpec:
-    w = c.section(raw, "when", ("checkpoint_every",))
+    w = c.section(raw, "when", ("window", "timezone", "window_policy", "pause_between_rounds",
+                                "checkpoint_every"))  # fmt: skip
+    window = c.text(w, "window", "when", None)
+    timezone = c.text(w, "timezone", "when", None)
+    if window is not None:
+        from iterprune.daemon import window_problem  # the cron rules live with APScheduler
+
+        problem = window_problem(window, timezone)
+        if problem is not None:
+            key = "timezone" if problem.startswith("unknown timezone") else "window"
+            c.fail(f"when.{key}", f"{problem} ({window!r})" if key == "window" else problem)
+    elif timezone is not None:
+        c.fail("when.timezone", "applies only with when.window")
+    spec = WhenSpec(
+        window=window, timezone=timezone,
+        window_policy=c.text(w, "window_policy", "when", "finish", ("finish", "pause")) or "finish",
+        pause_between_rounds_s=_duration(c, w, "pause_between_rounds", "when"),
+    )  # fmt: skip
     every = w.get("checkpoint_every")
     if every is None:
-        return WhenSpec()
-    match = _DURATION.match(every) if isinstance(every, str) else None
+        return spec
     if isinstance(every, int) and not isinstance(every, bool) and every >= 1:
-        return WhenSpec(checkpoint_every_batches=every)
-    if match and float(match.group(1)) > 0:
-        return WhenSpec(checkpoint_every_s=float(match.group(1)) * _UNIT_S[match.group(2)])
+        return dataclasses.replace(spec, checkpoint_every_batches=every)
+    if isinstance(every, str) and _DURATION.match(every):
+        return dataclasses.replace(
+            spec, checkpoint_every_s=_duration(c, w, "checkpoint_every", "when")
+        )
     c.fail("when.checkpoint_every",
            f"must be a number of batches (>= 1) or a duration like 30s, 10m, 2h, got {describe(every)}")  # fmt: skip
-    return WhenSpec()
+    return spec
 
 
 def _benchmark(c: Checker, raw: dict) -> BenchmarkSpec | None:

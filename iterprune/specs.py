@@ -85,8 +85,12 @@ class CheckpointSpec:
 
 @dataclass(frozen=True)
 class WhenSpec:
-    """Mid-round checkpoints inside fine-tuning: every N batches, or every so many seconds."""
+    """When rounds run (a cron window), and how often a round checkpoints itself."""
 
+    window: str | None = None  # standard 5-field cron, matched minute by minute
+    timezone: str | None = None  # of the window (default UTC)
+    window_policy: str = "finish"  # a round running when the window closes: finish | pause
+    pause_between_rounds_s: float | None = None
     checkpoint_every_batches: int | None = None
     checkpoint_every_s: float | None = None
 

@@ -82,6 +82,12 @@ def _lottery(db: Database) -> None:
     db["rounds"].add_column("control_accuracy", float)
 
 
+@migrations(name="0004_window")
+def _window(db: Database) -> None:
+    db["runs"].add_column("next_window_at", str)
+    db["runs"].add_column("stop_requested", int)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -173,17 +179,26 @@ class Store:
                 and now_s - beat < timeout_s
             ):
                 return row
-            self._update_run(run, {"pid": pid, "host": host, "heartbeat_at": now_s})
+            self._update_run(
+                run, {"pid": pid, "host": host, "heartbeat_at": now_s, "stop_requested": None}
+            )
         return None
 
-    def heartbeat(self, run: str, pid: int, host: str, now_s: float) -> bool:
-        """Refresh the lease; False when another process has taken it over."""
+    def heartbeat(
+        self, run: str, pid: int, host: str, now_s: float, progress: str | None = None
+    ) -> bool:
+        """Refresh the lease (and the progress line); False when the owner should stop: another
+        process has taken the lease over, or ``iterprune stop`` asked."""
         with self.transaction():
             cursor = self.db.execute(
-                "update runs set heartbeat_at = ? where run = ? and pid = ? and host = ?",
-                [now_s, run, pid, host],
+                "update runs set heartbeat_at = ?, progress = coalesce(?, progress) "
+                "where run = ? and pid = ? and host = ? and stop_requested is null",
+                [now_s, progress, run, pid, host],
             )
         return cursor.rowcount == 1
+
+    def request_stop(self, run: str) -> None:
+        self.update_run(run, stop_requested=1)
 
     def rewind_to(self, run: str, round_: int, run_fields: dict[str, Any]) -> list[str]:
         """Forget every round after ``round_`` (their checkpoints were lost); returns their files."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import Any
 
@@ -75,22 +77,49 @@ def show(store: Store, run: str, round_: int | None = None) -> dict[str, Any]:
     }
 
 
-def status(store: Store, run: str | None = None) -> list[dict[str, Any]]:
+def status(
+    store: Store, run: str | None = None, lease_timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """What each run is doing, from the database alone.
+
+    A run the database calls running or paused whose process is gone (no such pid on this host,
+    or no heartbeat for longer than the lease timeout) is reported as ``interrupted``.
+    """
     rows = [_run(store, run)] if run else store.runs()
     out = []
     for r in rows:
         beat = r["heartbeat_at"]
+        age = None if beat is None else max(0.0, time.time() - beat)
+        state = r["status"]
+        if state in ("running", "paused") and _owner_gone(r, age, lease_timeout):
+            state = "interrupted"
         out.append(
             {
                 "run": r["run"],
-                "status": r["status"],
+                "status": state,
                 "phase": r["phase"],
                 "round": r["round"],
                 "attempt": r["attempt"],
+                "progress": r["progress"],
                 "pid": r["pid"],
-                "heartbeat_age_s": None if beat is None else max(0.0, time.time() - beat),
+                "heartbeat_age_s": age,
+                "next_window_at": r["next_window_at"],
                 "error": r["error"],
                 "reason": r["reason"],
             }  # fmt: skip
         )
     return out
+
+
+def _owner_gone(row: dict[str, Any], age: float | None, lease_timeout: float) -> bool:
+    if row["pid"] is None:
+        return True
+    if row["host"] == socket.gethostname():
+        try:
+            os.kill(row["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+    return age is None or age > lease_timeout

@@ -16,11 +16,9 @@ def new_run(store: Store, run: str = "r") -> None:
 def test_schema_is_created_by_migrations_in_wal_mode(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert {"runs", "rounds", "layers", "checkpoints", "events"} <= set(store.db.table_names())
-    assert [m.name for m in migrations.applied(store.db)] == [
-        "0001_initial",
-        "0002_latency_and_early_stopping",
-        "0003_lottery_control",
-    ]
+    applied = [m.name for m in migrations.applied(store.db)]
+    assert applied[0] == "0001_initial" and len(applied) >= 4
+    assert migrations.pending(store.db) == []
     assert store.db.journal_mode == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
