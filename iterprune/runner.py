@@ -70,7 +70,7 @@ class Runner:
     def prepare(self) -> None:
         """Build model and data, pin threads, and load (or create) the last accepted state."""
         s, row = self.schedule, self._row()
-        torch.set_num_threads(int(row["num_threads"]))
+        self.pin_threads()
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
@@ -102,6 +102,11 @@ class Runner:
             self._load_accepted()
         for path in self.snapshots.sweep():
             self._event("info", "sweep", f"removed unreferenced file {path.name}")
+
+    def pin_threads(self) -> None:
+        """Use the run's recorded thread count (it changes float results); call it in every thread
+        that trains, since OpenMP keeps the setting per thread."""
+        torch.set_num_threads(int(self._row()["num_threads"]))
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         f = self.schedule.finetune
