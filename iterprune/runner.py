@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune import faults, latency, paths, pruning, rng, sources, training
+from iterprune import faults, latency, paths, pruning, recipe, rng, sources, training
 from iterprune.errors import RunConflict, UnknownRun, UserError
 from iterprune.reporter import NullReporter, Reporter
 from iterprune.runs import load_schedule
@@ -109,11 +109,8 @@ class Runner:
         torch.set_num_threads(int(self._row()["num_threads"]))
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        f = self.schedule.finetune
         assert self.model is not None
-        return training.build_optimizer(
-            f.optimizer, self.model.parameters(), f.lr, f.weight_decay, f.momentum, f.nesterov
-        )
+        return recipe.optimizer(self.schedule.finetune, self.model)
 
     def _pretrain(self) -> None:
         s, model = self.schedule, self.model
@@ -262,7 +259,13 @@ class Runner:
         achieved = pruning.sparsity(new_mask)
         control = None
         if s.lottery is not None and s.lottery.control == "random_reinit":
-            control = self._control(round_, attempt, new_mask)
+            self._phase(
+                "control", s.finetune.epochs, f"round {round_}.{attempt}: control (random reinit)"
+            )
+            control = recipe.control_accuracy(
+                s, new_mask, self.train_loader, self.val_loader, self.device,
+                rng.derive_seed(s.seed + 1, round_, attempt), self._epoch_progress,
+            )  # fmt: skip
         fields = {
             "step": step, "target_sparsity": target, "sparsity": achieved,
             "params": alive - n_prune, "val_accuracy": accuracy, "drop": drop, "loss": result.loss,
@@ -301,9 +304,7 @@ class Runner:
             pruning.check_sparsity(
                 mask, pruning.count_alive(self.accepted.mask) - n_prune, s.prune.method
             )
-            if (
-                self.rewind is not None
-            ):  # lottery ticket: surviving weights back to the rewind point
+            if self.rewind is not None:  # lottery: surviving weights back to the rewind point
                 self.model.load_state_dict(self.rewind)
                 self.optimizer = self._new_optimizer()  # the method resets the optimizer too
             pruning.apply(self.params, mask)
@@ -333,13 +334,9 @@ class Runner:
         self._phase("finetune", f.epochs, f"round {round_}.{attempt}: fine-tuning")
         self._batches_done = position.count if position else 0
         self._last_mid = (time.monotonic(), self._batches_done)
-        opts = training.Options(
-            enforcer=training.MaskEnforcer(self.params, mask), device=self.device,
-            max_batches=f.max_batches_per_epoch, scaler=scaler,
-            cosine_lr=f.lr if f.lr_schedule == "cosine" else None,
-            validate=(lambda: training.evaluate(self.model, self.val_loader, self.device))
-            if f.patience else None,
-            patience=f.patience, progress=self._epoch_progress,
+        opts = recipe.options(
+            f, self.model, self.params, mask, self.val_loader, self.device,
+            scaler=scaler, progress=self._epoch_progress,
             should_stop=lambda: self.stop.is_set() or self.pause.is_set(),
             start=position, on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
             checkpoint=save_mid, checkpoint_due=self._mid_due,
@@ -348,39 +345,6 @@ class Runner:
             for group in self.optimizer.param_groups:
                 group["lr"] = f.lr
         return mask, training.train(self.model, self.train_loader, self.optimizer, f.epochs, opts)
-
-    def _control(self, round_: int, attempt: int, mask: pruning.Mask) -> float:
-        """The random-reinit control: the same mask and budget from a fresh initialisation."""
-        s = self.schedule
-        f = s.finetune
-        self._phase("control", f.epochs, f"round {round_}.{attempt}: control (random reinit)")
-        generator = rng.loader_generator(self.train_loader)
-        loader_state = generator.get_state() if generator is not None else None
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            seed = rng.derive_seed(s.seed + 1, round_, attempt)
-            rng.seed_everything(seed, (self.train_loader,))
-            spec = dataclasses.replace(s.model, weights=None)
-            model = sources.build_model(spec, seed, s.base_dir).to(self.device)
-            params = pruning.prunable_parameters(model, s.prune.exclude)
-            pruning.apply(params, mask)
-            optimizer = training.build_optimizer(
-                f.optimizer, model.parameters(), f.lr, f.weight_decay, f.momentum, f.nesterov
-            )
-            opts = training.Options(
-                enforcer=training.MaskEnforcer(params, mask), device=self.device,
-                max_batches=f.max_batches_per_epoch,
-                cosine_lr=f.lr if f.lr_schedule == "cosine" else None,
-                validate=(lambda: training.evaluate(model, self.val_loader, self.device))
-                if f.patience else None,
-                patience=f.patience, progress=self._epoch_progress,
-            )  # fmt: skip
-            result = training.train(model, self.train_loader, optimizer, f.epochs, opts)
-            accuracy = result.best_accuracy
-            if accuracy is None:
-                accuracy = training.evaluate(model, self.val_loader, self.device)
-        if generator is not None and loader_state is not None:
-            generator.set_state(loader_state)
-        return accuracy
 
     def _mid_due(self) -> bool:
         when = self.schedule.when
