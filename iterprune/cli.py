@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from iterprune import __version__, paths, views
@@ -209,6 +210,32 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from iterprune import export
+
+    store = _store(args)
+    views.status(store, args.run)  # unknown run -> exit 2
+    doc = export.export(store, args.run, args.round, Path(args.out), args.format)
+    ratio = doc["bytes"] / doc["dense_state_dict_bytes"]
+    print(f"wrote {doc['out']} ({doc['format']}): round {doc['round']}, sparsity "
+          f"{doc['sparsity']:.2%}, accuracy {doc['val_accuracy']:.2f}%")  # fmt: skip
+    print(f"size {doc['bytes'] / 2**20:.2f} MiB; the dense state_dict is "
+          f"{doc['dense_state_dict_bytes'] / 2**20:.2f} MiB ({ratio:.0%})")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    store = _store(args)
+    docs = [views.summary(store, args.run), views.summary(store, args.other)]
+    if args.json:
+        _print_json(docs)
+        return EXIT_OK
+    from iterprune import console
+
+    _console().print(console.compare_table(docs))
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     store = _store(args)
     views.status(store, args.run)  # unknown run -> exit 2
@@ -251,6 +278,10 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
      "iterprune status\n  iterprune status digits-cnn --json", cmd_status),
     ("stop", "ask the process serving a run to stop after its current batch",
      "iterprune stop digits-cnn", cmd_stop),
+    ("export", "write a round's weights for use without iterprune (pt, safetensors, sparse)",
+     "iterprune export digits-cnn --round best --format sparse --out digits.sparse.pt", cmd_export),
+    ("compare", "two runs side by side",
+     "iterprune compare digits-cnn digits-lottery", cmd_compare),
     ("logs", "the run's event log (-f follows it while the run is served)",
      "iterprune logs digits-cnn -f", cmd_logs),
 ]  # fmt: skip
@@ -284,7 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--state-dir", metavar="DIR",
                 help=f"state directory (default: ${paths.ENV_STATE_DIR}, else ./state)",
             )  # fmt: skip
-        if name in ("runs", "history", "show", "status", "analyze"):
+        if name == "compare":
+            p.add_argument("other", metavar="RUN_B", help="the run to compare with")
+        if name == "export":
+            p.add_argument("--round", default="last", metavar="N|best|last",
+                           help="which accepted round (default: last; best: the sparsest)")  # fmt: skip
+            p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
+            p.add_argument("--format", default="pt", choices=["pt", "safetensors", "sparse"],
+                           help="pt/safetensors: a plain state_dict; sparse: bit-packed mask + values")  # fmt: skip
+        if name in ("runs", "history", "show", "status", "analyze", "compare"):
             p.add_argument("--json", action="store_true", help="print one JSON document")
         if name == "logs":
             p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")

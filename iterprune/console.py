@@ -239,9 +239,48 @@ def history_view(doc: dict[str, Any]) -> Group:
         f"{doc['baseline_params'] or 0:,}",
     )  # fmt: skip
     parts: list[Any] = [head, rounds_table(doc["rounds"])]
+    accepted = [r["val_accuracy"] for r in doc["rounds"] if r["status"] == "accepted"]
+    if len(accepted) > 1:
+        shown = accepted[-60:]
+        label = "accuracy by accepted round" + (
+            f" (last {len(shown)})" if len(shown) < len(accepted) else ""
+        )
+        parts.append(Text.assemble((f"{label}  ", "dim"), sparkline(shown),
+                                   ("  ", ""), f"{min(shown):.2f}–{max(shown):.2f}%"))  # fmt: skip
     if doc.get("reason"):
         parts.append(Text(doc["reason"], style="dim"))
     return Group(*parts)
+
+
+def sparkline(values: list[float]) -> str:
+    """One block character per value, scaled between the smallest and the largest."""
+    blocks = "▁▂▃▄▅▆▇█"
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    return "".join(blocks[min(7, int((v - lo) / span * 7 + 0.5))] for v in values)
+
+
+def compare_table(docs: list[dict[str, Any]]) -> Table:
+    table = _table("compare")
+    table.add_column("")
+    for d in docs:
+        table.add_column(d["run"], justify="right")
+    rows = [
+        ("status", lambda d: d["status"]), ("model", lambda d: str(d["model"])),
+        ("baseline accuracy", lambda d: _pct(d["baseline_accuracy"])),
+        ("final sparsity", lambda d: _frac(d["sparsity"])),
+        ("final accuracy", lambda d: _pct(d["val_accuracy"])),
+        ("control accuracy", lambda d: _pct(d["control_accuracy"])),
+        ("non-zero weights", lambda d: f"{d['params'] or 0:,}"),
+        ("latency p50 ms", lambda d: _pct(d["latency_ms_p50"])),
+        ("accepted rounds", lambda d: str(d["accepted_rounds"])),
+        ("attempts (rolled back)", lambda d: f"{d['attempts']} ({d['rolled_back']})"),
+        ("time in rounds", lambda d: f"{d['duration_s']:.0f}s"),
+        ("ended", lambda d: d["reason"] or "—"),
+    ]  # fmt: skip
+    for label, cell in rows:
+        table.add_row(label, *[cell(d) for d in docs])
+    return table
 
 
 def layers_table(doc: dict[str, Any]) -> Table:

@@ -123,3 +123,24 @@ def _owner_gone(row: dict[str, Any], age: float | None, lease_timeout: float) ->
             pass
         return False
     return age is None or age > lease_timeout
+
+
+def summary(store: Store, run: str) -> dict[str, Any]:
+    """One run in numbers, for ``compare``."""
+    row = _run(store, run)
+    rounds = store.rounds(run)
+    accepted = [r for r in rounds if r["status"] == "accepted"]
+    last = accepted[-1] if accepted else None
+    return {
+        "run": run, "status": row["status"], "reason": row["reason"], "model": row["model"],
+        "baseline_accuracy": row["baseline_accuracy"],
+        "sparsity": last["sparsity"] if last else 0.0,
+        "val_accuracy": last["val_accuracy"] if last else row["baseline_accuracy"],
+        "params": last["params"] if last else row["baseline_params"],
+        "accepted_rounds": len(accepted),
+        "attempts": len(rounds),
+        "rolled_back": sum(1 for r in rounds if r["status"] == "rolled_back"),
+        "duration_s": sum(r["duration_s"] or 0.0 for r in rounds),
+        "control_accuracy": last["control_accuracy"] if last else None,
+        "latency_ms_p50": last["latency_ms_p50"] if last else row["baseline_latency_ms_p50"],
+    }  # fmt: skip

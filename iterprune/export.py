@@ -1,0 +1,122 @@
+"""Exports of a run's rounds that need no iterprune to use: plain state_dicts (``pt``,
+``safetensors``) with the masks baked in as zeros, and a compact ``sparse`` file (bit-packed mask
+plus the surviving values) that :func:`load_sparse` turns back into the exact state_dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iterprune import checkpoints
+from iterprune.errors import UserError
+from iterprune.store import Store
+
+SPARSE_FORMAT = "iterprune-sparse/1"
+FORMATS = ("pt", "safetensors", "sparse")
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def choose_round(store: Store, run: str, which: str) -> dict[str, Any]:
+    """The accepted round ``which`` names (a number, ``last`` or ``best``) and its checkpoint row.
+
+    ``best`` is the sparsest accepted round (ties: the more accurate); round 0 is the dense model.
+    """
+    accepted = [r for r in store.rounds(run) if r["status"] == "accepted"]
+    kept = {c["round"]: c for c in store.checkpoints(run) if c["kind"] in ("dense", "accepted")}
+    if which == "last":
+        chosen = accepted[-1]["round"] if accepted else 0
+    elif which == "best":
+        chosen = (
+            max(accepted, key=lambda r: (r["sparsity"], r["val_accuracy"]))["round"]
+            if accepted
+            else 0
+        )
+    elif which.isdigit():
+        chosen = int(which)
+        if chosen and chosen not in {r["round"] for r in accepted}:
+            raise UserError(f"run '{run}' has no accepted round {chosen}")
+    else:
+        raise UserError(f"--round must be a number, last or best, got {which!r}")
+    if chosen not in kept:
+        raise UserError(
+            f"the checkpoint of round {chosen} was not kept (schedule checkpoints.keep: last keeps "
+            f"the dense model and the newest round); rounds with a checkpoint: "
+            f"{', '.join(map(str, sorted(kept)))}"
+        )
+    row = next((r for r in accepted if r["round"] == chosen), None)
+    return {"round": chosen, "row": row, "checkpoint": kept[chosen]}
+
+
+def baked_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The checkpoint's state_dict with every masked weight exactly zero."""
+    model = {k: v.clone() for k, v in state["model"].items()}
+    for name, keep in state["mask"].items():
+        model[name].mul_(keep.to(model[name].dtype))
+    return model
+
+
+def write(state: dict[str, Any], out: Path, fmt: str) -> int:
+    """Write the export; returns its size in bytes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = baked_state(state)
+    if fmt == "pt":
+        torch.save(tensors, out)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
+    elif fmt == "sparse":
+        torch.save(to_sparse(tensors, state["mask"]), out)
+    else:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return out.stat().st_size
+
+
+def to_sparse(tensors: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> dict[str, Any]:
+    dense, sparse = {}, {}
+    for name, t in tensors.items():
+        keep = mask.get(name)
+        if keep is None:
+            dense[name] = t
+            continue
+        flat = keep.reshape(-1)
+        padded = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)]).view(-1, 8)
+        bits = (padded.to(torch.uint8) * _BITS).sum(dim=1, dtype=torch.uint8)
+        sparse[name] = {"shape": list(t.shape), "bits": bits, "values": t.reshape(-1)[flat].clone()}
+    return {"format": SPARSE_FORMAT, "dense": dense, "sparse": sparse}
+
+
+def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
+    """The exact state_dict stored in a ``--format sparse`` export (no pickled code is run)."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != SPARSE_FORMAT:
+        raise ValueError(f"{path} is not an iterprune sparse export ({SPARSE_FORMAT})")
+    state = dict(data["dense"])
+    for name, entry in data["sparse"].items():
+        shape = entry["shape"]
+        n = 1
+        for d in shape:
+            n *= d
+        keep = ((entry["bits"].unsqueeze(1) & _BITS) > 0).reshape(-1)[:n]
+        values = entry["values"]
+        t = torch.zeros(n, dtype=values.dtype)
+        t[keep] = values
+        state[name] = t.view(shape)
+    return state
+
+
+def export(store: Store, run: str, which: str, out: Path, fmt: str) -> dict[str, Any]:
+    """Export one round of a run; a summary of what was written."""
+    chosen = choose_round(store, run, which)
+    ckpt = chosen["checkpoint"]
+    state = checkpoints.load(store.state_dir / ckpt["path"], ckpt["sha256"])
+    size = write(state, out, fmt)
+    dense_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
+    row = chosen["row"] or {}
+    return {
+        "run": run, "round": chosen["round"], "format": fmt, "out": str(out), "bytes": size,
+        "dense_state_dict_bytes": dense_bytes, "sparsity": row.get("sparsity", 0.0),
+        "val_accuracy": row.get("val_accuracy", (store.run(run) or {}).get("baseline_accuracy")),
+    }  # fmt: skip
