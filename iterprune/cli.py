@@ -215,12 +215,34 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     store = _store(args)
     views.status(store, args.run)  # unknown run -> exit 2
-    doc = export.export(store, args.run, args.round, Path(args.out), args.format)
+    shape = None
+    if args.input_shape:
+        try:
+            shape = tuple(int(x) for x in args.input_shape.split(","))
+        except ValueError:
+            raise UserError(
+                f"--input-shape must look like 3,224,224, got {args.input_shape!r}"
+            ) from None
+    doc = export.export(store, args.run, args.round, Path(args.out), args.format, shape)
     ratio = doc["bytes"] / doc["dense_state_dict_bytes"]
     print(f"wrote {doc['out']} ({doc['format']}): round {doc['round']}, sparsity "
           f"{doc['sparsity']:.2%}, accuracy {doc['val_accuracy']:.2f}%")  # fmt: skip
     print(f"size {doc['bytes'] / 2**20:.2f} MiB; the dense state_dict is "
           f"{doc['dense_state_dict_bytes'] / 2**20:.2f} MiB ({ratio:.0%})")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from iterprune import plots
+
+    store = _store(args)
+    history = views.history(store, args.run)
+    layers = views.show(store, args.run, args.round)
+    max_drop = _json.loads(store.run(args.run)["schedule"])["validate"]["max_drop"]
+    plots.plot(history, layers, max_drop, Path(args.out))
+    print(f"wrote {args.out}")
     return EXIT_OK
 
 
@@ -280,6 +302,8 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
      "iterprune stop digits-cnn", cmd_stop),
     ("export", "write a round's weights for use without iterprune (pt, safetensors, sparse)",
      "iterprune export digits-cnn --round best --format sparse --out digits.sparse.pt", cmd_export),
+    ("plot", "accuracy vs sparsity of every attempt, and per-layer sparsity, as a PNG",
+     "iterprune plot digits-cnn --out digits.png", cmd_plot),
     ("compare", "two runs side by side",
      "iterprune compare digits-cnn digits-lottery", cmd_compare),
     ("logs", "the run's event log (-f follows it while the run is served)",
@@ -317,12 +341,23 @@ def build_parser() -> argparse.ArgumentParser:
             )  # fmt: skip
         if name == "compare":
             p.add_argument("other", metavar="RUN_B", help="the run to compare with")
+        if name == "plot":
+            p.add_argument("--out", required=True, metavar="PATH.png", help="the image to write")
+            p.add_argument(
+                "--round",
+                type=int,
+                metavar="N",
+                help="round of the layer bars (default: last accepted)",
+            )
         if name == "export":
             p.add_argument("--round", default="last", metavar="N|best|last",
                            help="which accepted round (default: last; best: the sparsest)")  # fmt: skip
             p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
-            p.add_argument("--format", default="pt", choices=["pt", "safetensors", "sparse"],
-                           help="pt/safetensors: a plain state_dict; sparse: bit-packed mask + values")  # fmt: skip
+            p.add_argument("--format", default="pt", choices=["pt", "safetensors", "sparse", "onnx"],
+                           help="pt/safetensors: a plain state_dict; sparse: bit-packed mask + values; "
+                                "onnx: a graph for Netron / ONNX Runtime")  # fmt: skip
+            p.add_argument("--input-shape", metavar="C,H,W",
+                           help="onnx: the shape of one example (default: the schedule's benchmark)")  # fmt: skip
         if name in ("runs", "history", "show", "status", "analyze", "compare"):
             p.add_argument("--json", action="store_true", help="print one JSON document")
         if name == "logs":

@@ -14,7 +14,7 @@ from iterprune.errors import UserError
 from iterprune.store import Store
 
 SPARSE_FORMAT = "iterprune-sparse/1"
-FORMATS = ("pt", "safetensors", "sparse")
+FORMATS = ("pt", "safetensors", "sparse", "onnx")
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -57,11 +57,13 @@ def baked_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return model
 
 
-def write(state: dict[str, Any], out: Path, fmt: str) -> int:
-    """Write the export; returns its size in bytes."""
+def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_shape=None) -> int:
+    """Write the export; returns its size in bytes (``onnx`` needs the model and an input shape)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = baked_state(state)
-    if fmt == "pt":
+    if fmt == "onnx":
+        _onnx(model, tensors, input_shape, out)
+    elif fmt == "pt":
         torch.save(tensors, out)
     elif fmt == "safetensors":
         from safetensors.torch import save_file
@@ -72,6 +74,30 @@ def write(state: dict[str, Any], out: Path, fmt: str) -> int:
     else:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return out.stat().st_size
+
+
+def _onnx(model: Any, tensors: dict[str, torch.Tensor], input_shape, out: Path) -> None:
+    """An ONNX graph of the pruned model, for Netron or ONNX Runtime (the onnx extra)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--format onnx needs the onnx extra: pip install 'iterprune[onnx]'"
+        ) from None
+    model.load_state_dict(tensors)
+    model.eval()
+    example = torch.randn(1, *input_shape)
+    try:
+        # one self-contained file, unless the weights pass protobuf's 2 GB limit
+        big = sum(t.numel() * t.element_size() for t in tensors.values()) > 1_500_000_000
+        torch.onnx.export(
+            model, (example,), str(out), dynamo=True, external_data=big, verbose=False
+        )
+    except Exception as exc:
+        raise UserError(
+            f"the model could not be exported to ONNX: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def to_sparse(tensors: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -107,12 +133,22 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def export(store: Store, run: str, which: str, out: Path, fmt: str) -> dict[str, Any]:
+def export(
+    store: Store,
+    run: str,
+    which: str,
+    out: Path,
+    fmt: str,
+    input_shape: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
     """Export one round of a run; a summary of what was written."""
     chosen = choose_round(store, run, which)
     ckpt = chosen["checkpoint"]
     state = checkpoints.load(store.state_dir / ckpt["path"], ckpt["sha256"])
-    size = write(state, out, fmt)
+    model = None
+    if fmt == "onnx":
+        model, input_shape = _architecture(store, run, input_shape)
+    size = write(state, out, fmt, model, input_shape)
     dense_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
     row = chosen["row"] or {}
     return {
@@ -120,3 +156,22 @@ def export(store: Store, run: str, which: str, out: Path, fmt: str) -> dict[str,
         "dense_state_dict_bytes": dense_bytes, "sparsity": row.get("sparsity", 0.0),
         "val_accuracy": row.get("val_accuracy", (store.run(run) or {}).get("baseline_accuracy")),
     }  # fmt: skip
+
+
+def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None):
+    """A fresh model of the run's architecture, and the input shape to trace it with."""
+    import dataclasses
+
+    from iterprune import runs, sources
+
+    s = runs.load_schedule(store, run)
+    if input_shape is None and s.benchmark is not None:
+        input_shape = s.benchmark.input_shape
+    if input_shape is None and s.data.builtin == "digits":
+        input_shape = (1, 8, 8)
+    if input_shape is None:
+        raise UserError(
+            "--format onnx needs the input shape of one example: --input-shape 3,224,224"
+        )
+    model = sources.build_model(dataclasses.replace(s.model, weights=None), s.seed, s.base_dir)
+    return model, tuple(input_shape)

@@ -28,6 +28,20 @@ class Reporter(Protocol):
         """The run ended (finished, stopped, failed)."""
 
 
+class Tee:
+    """Tells several reporters the same things."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        self.reporters = reporters
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any) -> None:
+            for r in self.reporters:
+                getattr(r, name)(*args)
+
+        return call
+
+
 class NullReporter:
     def run_started(self, info: dict[str, Any]) -> None:
         pass

@@ -13,6 +13,7 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from iterprune import faults, latency, paths, pruning, recipe, rng, sources, training
 from iterprune.errors import RunConflict, UnknownRun, UserError
-from iterprune.reporter import NullReporter, Reporter
+from iterprune.reporter import NullReporter, Reporter, Tee
 from iterprune.runs import load_schedule
 from iterprune.snapshots import Snapshots
 from iterprune.store import Store, now
@@ -95,6 +96,11 @@ class Runner:
             )
         self.total = sum(p.numel() for p in self.params.values())
         self.optimizer = self._new_optimizer()
+        if s.report.tensorboard:
+            from iterprune.board import TensorBoardReporter
+
+            logdir = Path(s.base_dir) / s.report.tensorboard
+            self.reporter = Tee(self.reporter, TensorBoardReporter(logdir / self.run_id))
         self.reporter.run_started(self._info())
         if row["baseline_accuracy"] is None:
             self._pretrain()
@@ -380,7 +386,7 @@ class Runner:
                                  copy.deepcopy(self.optimizer.state_dict()))  # fmt: skip
         if self.schedule.checkpoints.keep == "last":
             self.snapshots.forget(self.store.drop_superseded(self.run_id))
-        self._round_done(round_, attempt, fields)
+        self._round_done(round_, attempt, fields, layers)
         return True
 
     def _roll_back(self, round_: int, attempt: int, fields: dict, layers: list) -> bool:
@@ -401,7 +407,7 @@ class Runner:
             event=("warning", "rolled_back",
                    f"round {round_}.{attempt} rolled back ({fields['note']}); next step {new_step:.4f}"),
         ))  # fmt: skip
-        self._round_done(round_, attempt, fields)
+        self._round_done(round_, attempt, fields, layers)
         if ended:
             self._event("info", "finished", ended)
             self.reporter.run_done("finished", ended)
@@ -480,8 +486,8 @@ class Runner:
         self.store.add_event(self.run_id, level, kind, message)
         self.reporter.event(level, kind, message)
 
-    def _round_done(self, round_: int, attempt: int, fields: dict) -> None:
-        self.reporter.round_done({"round": round_, "attempt": attempt, **fields})
+    def _round_done(self, round_: int, attempt: int, fields: dict, layers: list) -> None:
+        self.reporter.round_done({"round": round_, "attempt": attempt, **fields, "layers": layers})
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from iterprune.specs import (  # noqa: F401  (re-exported: the schedule's types)
     ModelSpec,
     PretrainSpec,
     PruneSpec,
+    ReportSpec,
     RollbackSpec,
     Schedule,
     ValidateSpec,
@@ -109,7 +110,7 @@ _SPECS: dict[str, type] = {
     "model": ModelSpec, "data": DataSpec, "imagefolder": ImageFolderSpec, "pretrain": PretrainSpec,
     "prune": PruneSpec, "finetune": FinetuneSpec, "validate": ValidateSpec,
     "rollback": RollbackSpec, "checkpoints": CheckpointSpec, "when": WhenSpec,
-    "benchmark": BenchmarkSpec, "lottery": LotterySpec,
+    "benchmark": BenchmarkSpec, "lottery": LotterySpec, "report": ReportSpec,
 }  # fmt: skip
 
 

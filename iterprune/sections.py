@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import re
 import sys
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from iterprune.specs import (
     ModelSpec,
     PretrainSpec,
     PruneSpec,
+    ReportSpec,
     RollbackSpec,
     Schedule,
     ValidateSpec,
@@ -72,7 +74,7 @@ def torchvision_models() -> list[str]:
 
 TOP_KEYS = (
     "name", "seed", "device", "threads", "model", "data", "pretrain", "prune", "finetune",
-    "validate", "rollback", "checkpoints", "when", "benchmark", "lottery",
+    "validate", "rollback", "checkpoints", "when", "benchmark", "lottery", "report",
 )  # fmt: skip
 
 
@@ -299,6 +301,17 @@ def _lottery(c: Checker, raw: dict, pretrain_epochs: int, has_weights: bool) -> 
     return LotterySpec(rewind=rewind, at=at, control=control)
 
 
+def _report(c: Checker, raw: dict) -> ReportSpec:
+    r = c.section(raw, "report", ("tensorboard",))
+    logdir = c.text(r, "tensorboard", "report", None)
+    if logdir is not None and importlib.util.find_spec("tensorboard") is None:
+        c.fail(
+            "report.tensorboard",
+            "needs the tensorboard package: pip install 'iterprune[tensorboard]'",
+        )
+    return ReportSpec(tensorboard=logdir)
+
+
 def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | None:
     """The Schedule for a parsed document, or None when the checker recorded problems."""
     c = Checker(doc)
@@ -354,6 +367,7 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
         when=_when(c, raw),
         benchmark=_benchmark(c, raw),
         lottery=None,
+        report=_report(c, raw),
         base_dir=str(base_dir),
     )
     schedule = dataclasses.replace(

@@ -115,6 +115,11 @@ class LotterySpec:
 
 
 @dataclass(frozen=True)
+class ReportSpec:
+    tensorboard: str | None = None  # a log directory, relative to the schedule
+
+
+@dataclass(frozen=True)
 class Schedule:
     name: str
     model: ModelSpec
@@ -131,6 +136,7 @@ class Schedule:
     when: WhenSpec = field(default_factory=WhenSpec)
     benchmark: BenchmarkSpec | None = None
     lottery: LotterySpec | None = None
+    report: ReportSpec = field(default_factory=ReportSpec)
     base_dir: str = "."
 
     def canonical(self) -> dict[str, Any]:

@@ -1,0 +1,49 @@
+"""TensorBoard: scalars per accepted round and a histogram of per-layer sparsity (optional extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCALARS = ("sparsity", "val_accuracy", "drop", "loss", "latency_ms_p50", "latency_ms_p99",
+           "control_accuracy")  # fmt: skip
+
+
+class TensorBoardReporter:
+    """A reporter that writes what matters per round to a TensorBoard log directory."""
+
+    def __init__(self, logdir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(logdir))
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        prefix = "round" if row.get("status") == "accepted" else "rolled_back"
+        step = row["round"]
+        for key in SCALARS:
+            if row.get(key) is not None:
+                self.writer.add_scalar(f"{prefix}/{key}", row[key], step)
+        layers = row.get("layers")
+        if layers and prefix == "round":
+            values = torch.tensor([x["sparsity"] for x in layers])
+            self.writer.add_histogram("layer_sparsity", values, step, bins=20)
+        self.writer.flush()
+
+    def run_started(self, info: dict[str, Any]) -> None:
+        if info.get("baseline_accuracy") is not None:
+            self.writer.add_scalar("round/val_accuracy", info["baseline_accuracy"], 0)
+            self.writer.add_scalar("round/sparsity", 0.0, 0)
+
+    def phase(self, name: str, total: int, description: str) -> None:
+        pass
+
+    def advance(self, done: float) -> None:
+        pass
+
+    def event(self, level: str, kind: str, message: str) -> None:
+        pass
+
+    def run_done(self, status: str, reason: str) -> None:
+        self.writer.close()
