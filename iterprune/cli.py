@@ -300,7 +300,7 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
      "iterprune status\n  iterprune status digits-cnn --json", cmd_status),
     ("stop", "ask the process serving a run to stop after its current batch",
      "iterprune stop digits-cnn", cmd_stop),
-    ("export", "write a round's weights for use without iterprune (pt, safetensors, sparse)",
+    ("export", "write a round's weights for use without iterprune (pt, safetensors, sparse, onnx)",
      "iterprune export digits-cnn --round best --format sparse --out digits.sparse.pt", cmd_export),
     ("plot", "accuracy vs sparsity of every attempt, and per-layer sparsity, as a PNG",
      "iterprune plot digits-cnn --out digits.png", cmd_plot),
