@@ -300,7 +300,7 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
      "iterprune status\n  iterprune status digits-cnn --json", cmd_status),
     ("stop", "ask the process serving a run to stop after its current batch",
      "iterprune stop digits-cnn", cmd_stop),
-    ("export", "write a round's weights for use without iterprune (pt, safetensors, sparse, onnx)",
+    ("export", "write a round's weights for use without iterprune (pt, pt2, safetensors, sparse, onnx)",
      "iterprune export digits-cnn --round best --format sparse --out digits.sparse.pt", cmd_export),
     ("plot", "accuracy vs sparsity of every attempt, and per-layer sparsity, as a PNG",
      "iterprune plot digits-cnn --out digits.png", cmd_plot),
@@ -353,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--round", default="last", metavar="N|best|last",
                            help="which accepted round (default: last; best: the sparsest)")  # fmt: skip
             p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
-            p.add_argument("--format", default="pt", choices=["pt", "safetensors", "sparse", "onnx"],
+            p.add_argument("--format", default="pt", choices=["pt", "pt2", "safetensors", "sparse", "onnx"],
                            help="pt/safetensors: a plain state_dict; sparse: bit-packed mask + values; "
-                                "onnx: a graph for Netron / ONNX Runtime")  # fmt: skip
+                                "onnx: a graph for Netron / ONNX Runtime; pt2: a torch.export program")  # fmt: skip
             p.add_argument("--input-shape", metavar="C,H,W",
                            help="onnx: the shape of one example (default: the schedule's benchmark)")  # fmt: skip
         if name in ("runs", "history", "show", "status", "analyze", "compare"):

@@ -14,7 +14,7 @@ from iterprune.errors import UserError
 from iterprune.store import Store
 
 SPARSE_FORMAT = "iterprune-sparse/1"
-FORMATS = ("pt", "safetensors", "sparse", "onnx")
+FORMATS = ("pt", "pt2", "safetensors", "sparse", "onnx")
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -61,8 +61,22 @@ def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_s
     """Write the export; returns its size in bytes (``onnx`` needs the model and an input shape)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = baked_state(state)
+    if model is not None:  # the run's architecture, channel-pruned if it was, with these weights
+        arch = state.get("architecture")
+        if arch:
+            from iterprune import channels
+
+            channels.rebuild(model, arch, tensors)
+        else:
+            model.load_state_dict(tensors)
+        model.eval()
     if fmt == "onnx":
-        _onnx(model, tensors, input_shape, out)
+        _onnx(model, input_shape, out)
+    elif fmt == "pt2":
+        program = torch.export.export(model, (torch.randn(1, *input_shape),))
+        torch.export.save(program, str(out))
+    elif fmt == "pt" and state.get("architecture"):
+        torch.save(model, out)  # a channel run's smaller nn.Module itself (a pickle)
     elif fmt == "pt":
         torch.save(tensors, out)
     elif fmt == "safetensors":
@@ -76,7 +90,7 @@ def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_s
     return out.stat().st_size
 
 
-def _onnx(model: Any, tensors: dict[str, torch.Tensor], input_shape, out: Path) -> None:
+def _onnx(model: Any, input_shape, out: Path) -> None:
     """An ONNX graph of the pruned model, for Netron or ONNX Runtime (the onnx extra)."""
     try:
         import onnx  # noqa: F401
@@ -85,8 +99,7 @@ def _onnx(model: Any, tensors: dict[str, torch.Tensor], input_shape, out: Path) 
         raise UserError(
             "--format onnx needs the onnx extra: pip install 'iterprune[onnx]'"
         ) from None
-    model.load_state_dict(tensors)
-    model.eval()
+    tensors = model.state_dict()
     example = torch.randn(1, *input_shape)
     try:
         # one self-contained file, unless the weights pass protobuf's 2 GB limit
@@ -146,8 +159,8 @@ def export(
     ckpt = chosen["checkpoint"]
     state = checkpoints.load(store.state_dir / ckpt["path"], ckpt["sha256"])
     model = None
-    if fmt == "onnx":
-        model, input_shape = _architecture(store, run, input_shape)
+    if fmt in ("onnx", "pt2") or state.get("architecture"):
+        model, input_shape = _architecture(store, run, input_shape, fmt in ("onnx", "pt2"))
     size = write(state, out, fmt, model, input_shape)
     dense_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
     row = chosen["row"] or {}
@@ -158,7 +171,7 @@ def export(
     }  # fmt: skip
 
 
-def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None):
+def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, need_shape: bool):
     """A fresh model of the run's architecture, and the input shape to trace it with."""
     import dataclasses
 
@@ -169,9 +182,7 @@ def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None):
         input_shape = s.benchmark.input_shape
     if input_shape is None and s.data.builtin == "digits":
         input_shape = (1, 8, 8)
-    if input_shape is None:
-        raise UserError(
-            "--format onnx needs the input shape of one example: --input-shape 3,224,224"
-        )
+    if input_shape is None and need_shape:
+        raise UserError("this format needs the shape of one example: --input-shape 3,224,224")
     model = sources.build_model(dataclasses.replace(s.model, weights=None), s.seed, s.base_dir)
-    return model, tuple(input_shape)
+    return model, tuple(input_shape) if input_shape is not None else None

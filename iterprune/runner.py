@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune import faults, latency, paths, pruning, recipe, rng, sources, training
+from iterprune import channels, faults, latency, paths, pruning, recipe, rng, sources, training
 from iterprune.errors import RunConflict, UnknownRun, UserError
 from iterprune.reporter import NullReporter, Reporter, Tee
 from iterprune.runs import load_schedule
@@ -35,6 +35,7 @@ class Accepted:
     model: dict[str, torch.Tensor]
     mask: pruning.Mask
     optimizer: dict[str, Any] | None
+    architecture: dict[str, dict[str, int]] | None = None  # channel mode: the smaller shapes
 
 
 class Runner:
@@ -94,7 +95,9 @@ class Runner:
             raise UserError(
                 "the model has no prunable Conv or Linear weights (check prune.exclude)"
             )
-        self.total = sum(p.numel() for p in self.params.values())
+        self.total = row["baseline_params"] or sum(p.numel() for p in self.params.values())
+        self.channel = s.prune.method == "channel"
+        self.example = self._example_input() if self.channel else None
         self.optimizer = self._new_optimizer()
         if s.report.tensorboard:
             from iterprune.board import TensorBoardReporter
@@ -194,11 +197,11 @@ class Runner:
         ckpt, state = self.snapshots.newest_valid(row["accepted_round"])
         if ckpt["round"] != row["accepted_round"]:
             self._fall_back(ckpt["round"], row)
-        self.model.load_state_dict(state["model"])
+        self._load_model(state["model"], state.get("architecture"))
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.accepted = Accepted(ckpt["round"], _clone(self.model.state_dict()),
-                                 state["mask"], copy.deepcopy(state["optimizer"]))  # fmt: skip
+        self.accepted = Accepted(ckpt["round"], _clone(self.model.state_dict()), state["mask"],
+                                 copy.deepcopy(state["optimizer"]), state.get("architecture"))  # fmt: skip
         if self.schedule.lottery is not None:
             self.rewind = self.snapshots.rewind_point()
         self._event("info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})")
@@ -227,7 +230,7 @@ class Runner:
         if row["status"] in ("finished", "failed"):
             return False
         assert self.accepted is not None and self.model is not None
-        alive = pruning.count_alive(self.accepted.mask)
+        alive = self._alive()
         if alive <= pruning.target_alive(self.total, s.prune.target_sparsity):
             return self._finish(f"target sparsity {s.prune.target_sparsity:.0%} reached")
         step = float(row["step"])
@@ -242,7 +245,7 @@ class Runner:
         # attempts that ended in a rollback count; one that was interrupted is continued or redone
         attempt = 1 + sum(1 for r in self.store.rounds(self.run_id)
                           if r["round"] == round_ and r["status"] == "rolled_back")  # fmt: skip
-        target = 1 - (alive - n_prune) / self.total
+        target = 1 - (alive - n_prune) / self.total  # channel mode: roughly, channels are coarse
         started = time.perf_counter()
         self.store.begin_attempt(
             self.run_id, round_, attempt, {"step": step, "target_sparsity": target}
@@ -262,7 +265,8 @@ class Runner:
         if accuracy is None:
             accuracy = training.evaluate(self.model, self.val_loader, self.device)
         drop = float(row["baseline_accuracy"]) - accuracy
-        achieved = pruning.sparsity(new_mask)
+        remaining = self._alive(new_mask)
+        achieved = 1 - remaining / self.total
         control = None
         if s.lottery is not None and s.lottery.control == "random_reinit":
             self._phase(
@@ -274,7 +278,8 @@ class Runner:
             )  # fmt: skip
         fields = {
             "step": step, "target_sparsity": target, "sparsity": achieved,
-            "params": alive - n_prune, "val_accuracy": accuracy, "drop": drop, "loss": result.loss,
+            "params": remaining, "val_accuracy": accuracy, "drop": drop, "loss": result.loss,
+            "macs": channels.macs_and_params(self.model, self.example)[0] if self.channel else None,
             "best_epoch": result.best_epoch, "control_accuracy": control, "finished_at": now(),
         }  # fmt: skip
         layers = pruning.layer_stats(self.model, s.prune.exclude)
@@ -303,13 +308,16 @@ class Runner:
             self._phase(
                 "prune", 1, f"round {round_}.{attempt}: pruning {step:.1%} of the remaining weights"
             )
-            generator = torch.Generator().manual_seed(rng.derive_seed(s.seed, round_, attempt))
-            mask = pruning.prune(
-                self.params, self.accepted.mask, n_prune, s.prune.method, generator
-            )
-            pruning.check_sparsity(
-                mask, pruning.count_alive(self.accepted.mask) - n_prune, s.prune.method
-            )
+            if self.channel:
+                mask = self._remove_channels(step)
+            else:
+                generator = torch.Generator().manual_seed(rng.derive_seed(s.seed, round_, attempt))
+                mask = pruning.prune(
+                    self.params, self.accepted.mask, n_prune, s.prune.method, generator
+                )
+                pruning.check_sparsity(
+                    mask, pruning.count_alive(self.accepted.mask) - n_prune, s.prune.method
+                )
             if self.rewind is not None:  # lottery: surviving weights back to the rewind point
                 self.model.load_state_dict(self.rewind)
                 self.optimizer = self._new_optimizer()  # the method resets the optimizer too
@@ -317,7 +325,7 @@ class Runner:
         else:
             row, state = mid
             mask, rng_state = state["mask"], state["rng"]
-            self.model.load_state_dict(state["model"])
+            self._load_model(state["model"], state.get("architecture"))
             self.optimizer.load_state_dict(state["optimizer"])
             position = training.Position(**state["position"])
             self._event("info", "resume", f"continuing round {round_}.{attempt} at epoch "
@@ -330,6 +338,7 @@ class Runner:
 
         def save_mid(pos: training.Position) -> None:
             state = {"model": self.model.state_dict(), "mask": mask, "rng": rng.capture(),
+                     "architecture": channels.architecture(self.model) if self.channel else None,
                      "optimizer": self.optimizer.state_dict(), "position": dataclasses.asdict(pos),
                      "scaler": scaler.state_dict() if scaler is not None else None}  # fmt: skip
             self.snapshots.save_mid(round_, attempt, pos.count, state)
@@ -352,6 +361,46 @@ class Runner:
                 group["lr"] = f.lr
         return mask, training.train(self.model, self.train_loader, self.optimizer, f.epochs, opts)
 
+    def _alive(self, mask: pruning.Mask | None = None) -> int:
+        """Prunable weights left: the mask's survivors, or (channel mode) the model's weights."""
+        if self.channel:
+            return sum(p.numel() for p in self.params.values())
+        return pruning.count_alive(mask if mask is not None else self.accepted.mask)
+
+    def _remove_channels(self, step: float) -> pruning.Mask:
+        """Channel mode: physically remove ``step`` of the remaining channels, then rebuild the
+        parameter list and the optimizer (the old state refers to removed parameters)."""
+        s = self.schedule
+        channels.remove_channels(self.model, self.example, step, s.prune.scope, s.prune.exclude)
+        self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
+        self.optimizer = self._new_optimizer()
+        return pruning.dense_mask(self.params)
+
+    def _load_model(self, state: dict[str, torch.Tensor], architecture: dict | None) -> None:
+        """Load weights; a channel-pruned architecture is rebuilt from a fresh model first."""
+        if architecture is not None and architecture != channels.architecture(self.model):
+            s = self.schedule
+            model = sources.build_model(
+                dataclasses.replace(s.model, weights=None), s.seed, s.base_dir
+            )
+            channels.rebuild(model, architecture, state)
+            self.model = model.to(self.device)
+            self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
+            self.optimizer = self._new_optimizer()
+        else:
+            self.model.load_state_dict(state)
+
+    def _example_input(self) -> torch.Tensor:
+        """One training example, to trace the model's dependency graph (channel mode); taken
+        without moving any random generator the run uses."""
+        generator = rng.loader_generator(self.train_loader)
+        state = generator.get_state() if generator is not None else None
+        with torch.random.fork_rng(devices=[]):
+            x, _ = next(iter(self.train_loader))
+        if generator is not None and state is not None:
+            generator.set_state(state)
+        return x[:1].to(self.device)
+
     def _mid_due(self) -> bool:
         when = self.schedule.when
         since, batches_then = self._last_mid
@@ -371,6 +420,7 @@ class Runner:
                 "model": self.model.state_dict(),
                 "mask": mask,
                 "optimizer": self.optimizer.state_dict(),
+                "architecture": channels.architecture(self.model) if self.channel else None,
             },
         )
         message = (f"round {round_}.{attempt} accepted: sparsity {fields['sparsity']:.2%}, "
@@ -383,7 +433,8 @@ class Runner:
             event=("info", "accepted", message),
         ))  # fmt: skip
         self.accepted = Accepted(round_, _clone(self.model.state_dict()), mask,
-                                 copy.deepcopy(self.optimizer.state_dict()))  # fmt: skip
+                                 copy.deepcopy(self.optimizer.state_dict()),
+                                 channels.architecture(self.model) if self.channel else None)  # fmt: skip
         if self.schedule.checkpoints.keep == "last":
             self.snapshots.forget(self.store.drop_superseded(self.run_id))
         self._round_done(round_, attempt, fields, layers)
@@ -417,7 +468,7 @@ class Runner:
     def _restore(self) -> None:
         """Put back the last accepted weights, mask and optimizer state, bit for bit."""
         assert self.accepted is not None and self.model is not None
-        self.model.load_state_dict(self.accepted.model)
+        self._load_model(self.accepted.model, self.accepted.architecture)
         if self.accepted.optimizer is None:
             self.optimizer = self._new_optimizer()
         else:

@@ -34,7 +34,7 @@ from iterprune.specs import (
 RUN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 BUILTIN_MODELS = ("digits_cnn", "digits_mlp")
 BUILTIN_DATA = ("digits",)
-METHODS = ("global_magnitude", "layer_magnitude", "random")
+METHODS = ("global_magnitude", "layer_magnitude", "random", "channel")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 KEEP = ("last", "all")
@@ -157,19 +157,23 @@ def _data(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
 
 
 def _prune(c: Checker, raw: dict) -> PruneSpec:
-    p = c.section(raw, "prune", ("method", "step", "target_sparsity", "exclude"))
+    p = c.section(raw, "prune", ("method", "step", "target_sparsity", "exclude", "scope"))
     exclude = p.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
         c.fail("prune.exclude", f"must be a list of module-name patterns, got {describe(exclude)}")
         exclude = []
-    return PruneSpec(
+    spec = PruneSpec(
         method=c.text(p, "method", "prune", "global_magnitude", METHODS) or "global_magnitude",
         step=c.number(p, "step", "prune", 0.10, check=lambda v: 0 < v < 1, rule="in (0, 1)"),
         target_sparsity=c.number(
             p, "target_sparsity", "prune", 0.90, check=lambda v: 0 < v < 1, rule="in (0, 1)"
         ),  # fmt: skip
         exclude=tuple(exclude),
+        scope=c.text(p, "scope", "prune", "global", ("global", "layer")) or "global",
     )
+    if "scope" in p and spec.method != "channel":
+        c.fail("prune.scope", f"applies to method channel only, not {spec.method}")
+    return spec
 
 
 def _finetune(c: Checker, raw: dict) -> FinetuneSpec:
@@ -315,6 +319,11 @@ def _report(c: Checker, raw: dict) -> ReportSpec:
 def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | None:
     """The Schedule for a parsed document, or None when the checker recorded problems."""
     c = Checker(doc)
+    if "phases" in raw:
+        c.fail("phases", "a schedule has one pruning method; to follow a channel phase with an "
+               "unstructured one, export the first run (iterprune export RUN --format pt holds "
+               "the smaller module) and start a second schedule whose model.factory loads it")  # fmt: skip
+        raw = {k: v for k, v in raw.items() if k != "phases"}
     c.unknown_keys(raw, TOP_KEYS, "")
     name = c.text(raw, "name", "", default_name) or default_name
     if not RUN_NAME.match(name):
@@ -374,4 +383,7 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
         schedule,
         lottery=_lottery(c, raw, schedule.pretrain.epochs, schedule.model.weights is not None),
     )
+    if schedule.lottery is not None and schedule.prune.method == "channel":
+        c.fail("lottery", "lottery mode needs unstructured pruning: removing channels changes the "
+               "architecture, so the rewind weights no longer fit (use global_magnitude)")  # fmt: skip
     return None if c.problems else schedule

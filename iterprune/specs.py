@@ -50,6 +50,7 @@ class PruneSpec:
     step: float = 0.10
     target_sparsity: float = 0.90
     exclude: tuple[str, ...] = ()
+    scope: str = "global"  # channel: rank channels over the whole model, or per layer
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,11 @@ def _window(db: Database) -> None:
     db["runs"].add_column("stop_requested", int)
 
 
+@migrations(name="0005_macs")
+def _macs(db: Database) -> None:
+    db["rounds"].add_column("macs", int)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 

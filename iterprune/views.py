@@ -13,7 +13,7 @@ from iterprune.store import Store
 ROUND_KEYS = (
     "round", "attempt", "status", "step", "target_sparsity", "sparsity", "params", "val_accuracy",
     "drop", "duration_s", "loss", "note", "best_epoch", "latency_ms_p50", "latency_ms_p99",
-    "control_accuracy",
+    "control_accuracy", "macs",
 )  # fmt: skip
 
 

@@ -140,6 +140,18 @@ MALFORMED = {
         VALID + "when: {checkpoint_every: soon}\n",
         "when.checkpoint_every (line 5): must be a number of batches",
     ),
+    "phases_refused": (
+        VALID + "phases: [{method: channel}, {method: global_magnitude}]\n",
+        "phases (line 5): a schedule has one pruning method",
+    ),
+    "scope_without_channel": (
+        VALID + "prune: {scope: layer}\n",
+        "prune.scope (line 5): applies to method channel only",
+    ),
+    "lottery_with_channel": (
+        VALID + "prune: {method: channel}\nlottery: {rewind: init}\n",
+        "lottery mode needs unstructured pruning",
+    ),
     "trust_pickle_text": (
         VALID.replace("builtin: digits_cnn", "{builtin: digits_cnn, trust_pickle: 'yes'}"),
         "must be true or false",
