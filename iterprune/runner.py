@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -371,7 +372,12 @@ class Runner:
         """Channel mode: physically remove ``step`` of the remaining channels, then rebuild the
         parameter list and the optimizer (the old state refers to removed parameters)."""
         s = self.schedule
-        channels.remove_channels(self.model, self.example, step, s.prune.scope, s.prune.exclude)
+        # removing a fraction f of channels removes about 1 - (1 - f)^2 of the weights (a layer
+        # loses outputs and the next one inputs): do not remove much more than the target needs
+        alive = self._alive()
+        needed = 1 - math.sqrt(pruning.target_alive(self.total, s.prune.target_sparsity) / alive)
+        fraction = min(step, max(needed, 0.01))
+        channels.remove_channels(self.model, self.example, fraction, s.prune.scope, s.prune.exclude)
         self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
         self.optimizer = self._new_optimizer()
         return pruning.dense_mask(self.params)
