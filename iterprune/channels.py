@@ -8,6 +8,7 @@ the pure part — remove channels, measure MACs, save and restore the shapes.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +57,16 @@ def remove_channels(
         pruning_ratio=fraction, global_pruning=scope == "global", ignored_layers=ignored,
     )  # fmt: skip
     pruner.step()
+
+
+def round_fraction(step: float, alive: int, target_alive: int) -> float:
+    """The fraction of channels to remove this round: ``step``, but not much past the target.
+
+    Removing a fraction f of the channels removes about 1 - (1 - f)^2 of the weights (a layer
+    loses outputs and the next one inputs).
+    """
+    needed = 1 - math.sqrt(target_alive / alive) if alive > 0 else 0.0
+    return min(step, max(needed, 0.01))
 
 
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -98,7 +97,9 @@ class Runner:
             )
         self.total = row["baseline_params"] or sum(p.numel() for p in self.params.values())
         self.channel = s.prune.method == "channel"
-        self.example = self._example_input() if self.channel else None
+        self.example = (
+            sources.example_input(self.train_loader, self.device) if self.channel else None
+        )
         self.optimizer = self._new_optimizer()
         if s.report.tensorboard:
             from iterprune.board import TensorBoardReporter
@@ -372,11 +373,8 @@ class Runner:
         """Channel mode: physically remove ``step`` of the remaining channels, then rebuild the
         parameter list and the optimizer (the old state refers to removed parameters)."""
         s = self.schedule
-        # removing a fraction f of channels removes about 1 - (1 - f)^2 of the weights (a layer
-        # loses outputs and the next one inputs): do not remove much more than the target needs
-        alive = self._alive()
-        needed = 1 - math.sqrt(pruning.target_alive(self.total, s.prune.target_sparsity) / alive)
-        fraction = min(step, max(needed, 0.01))
+        target = pruning.target_alive(self.total, s.prune.target_sparsity)
+        fraction = channels.round_fraction(step, self._alive(), target)
         channels.remove_channels(self.model, self.example, fraction, s.prune.scope, s.prune.exclude)
         self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
         self.optimizer = self._new_optimizer()
@@ -395,17 +393,6 @@ class Runner:
             self.optimizer = self._new_optimizer()
         else:
             self.model.load_state_dict(state)
-
-    def _example_input(self) -> torch.Tensor:
-        """One training example, to trace the model's dependency graph (channel mode); taken
-        without moving any random generator the run uses."""
-        generator = rng.loader_generator(self.train_loader)
-        state = generator.get_state() if generator is not None else None
-        with torch.random.fork_rng(devices=[]):
-            x, _ = next(iter(self.train_loader))
-        if generator is not None and state is not None:
-            generator.set_state(state)
-        return x[:1].to(self.device)
 
     def _mid_due(self) -> bool:
         when = self.schedule.when

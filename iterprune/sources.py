@@ -184,3 +184,15 @@ def imagefolder_loaders(
     val = DataLoader(sets["val"], batch_size=batch_size, shuffle=False, num_workers=workers,
                      pin_memory=pin_memory)  # fmt: skip
     return train, val
+
+
+def example_input(loader: Any, device: torch.device) -> torch.Tensor:
+    """One training example (a batch of one), taken without moving any random generator the run
+    uses: to trace a model's dependency graph."""
+    generator = getattr(loader, "generator", None)
+    state = generator.get_state() if isinstance(generator, torch.Generator) else None
+    with torch.random.fork_rng(devices=[]):
+        x, _ = next(iter(loader))
+    if state is not None:
+        generator.set_state(state)
+    return x[:1].to(device)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner import Recorder, final_state, make_runner
+from test_runner import Recorder, assert_resume_matches_uninterrupted, make_runner
 
 from iterprune import cli, pruning
 from iterprune.runner import Runner
@@ -86,20 +86,7 @@ def test_rewind_point_survives_resume_and_the_run_ends_identically(
 ) -> None:
     text = lottery_text(tiny_text, "{epoch: 1}") .replace(
         "lottery: {rewind: {epoch: 1}}", "lottery: {rewind: {epoch: 1}, control: random_reinit}")  # fmt: skip
-    whole = make_runner(tmp_path / "a", text)
-    while whole.step():
-        pass
-    expected = final_state(whole)
-    first = make_runner(tmp_path / "b", text)
-    assert first.step()
-    first.store.close()
-    resumed = Runner(Store(tmp_path / "b"), "tiny", Recorder())
-    resumed.prepare()
-    while resumed.step():
-        pass
-    rows, weights = final_state(resumed)
-    assert rows == expected[0]
-    assert all(torch.equal(weights[k], expected[1][k]) for k in weights)
+    whole, resumed = assert_resume_matches_uninterrupted(tmp_path, text)
     controls = [r["control_accuracy"] for r in resumed.store.rounds("tiny")]
     assert controls == [r["control_accuracy"] for r in whole.store.rounds("tiny")]
 

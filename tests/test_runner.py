@@ -143,12 +143,17 @@ def final_state(runner: Runner) -> tuple[list, dict]:
 def test_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(
     tmp_path: Path, tiny_text: str
 ) -> None:
-    whole = make_runner(tmp_path / "a", tiny_text)
+    assert_resume_matches_uninterrupted(tmp_path, tiny_text)
+
+
+def assert_resume_matches_uninterrupted(tmp_path: Path, text: str) -> tuple[Runner, Runner]:
+    """Run ``text`` whole, and again stopped after one round and resumed by a new Runner; the
+    rounds and the final weights must be identical. Returns (whole, resumed)."""
+    whole = make_runner(tmp_path / "a", text)
     while whole.step():
         pass
     expected_rows, expected_weights = final_state(whole)
-
-    first = make_runner(tmp_path / "b", tiny_text)
+    first = make_runner(tmp_path / "b", text)
     assert first.step()  # one accepted round, then the process "dies"
     first.store.close()
     resumed = Runner(Store(tmp_path / "b"), "tiny", Recorder())
@@ -158,6 +163,7 @@ def test_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(
     rows, weights = final_state(resumed)
     assert rows == expected_rows
     assert_same_tensors(weights, expected_weights)
+    return whole, resumed
 
 
 def test_superseded_checkpoints_are_removed_but_dense_and_last_kept(
