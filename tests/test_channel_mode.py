@@ -96,3 +96,15 @@ def test_pt2_export_runs_without_iterprune_or_the_model_code(
         assert module[0].out_channels < 8
     else:  # a plain state_dict with the masks baked in
         assert isinstance(torch.load(whole, weights_only=True), dict)
+
+
+def test_channel_rounds_record_latency_with_a_benchmark_section(tmp_path: Path) -> None:
+    text = (
+        CHANNEL + "benchmark: {batch_size: 4, input_shape: [1, 8, 8], iterations: 3, warmup: 1}\n"
+    )
+    runner = make_runner(tmp_path, text)
+    while runner.step():
+        pass
+    rounds = [r for r in runner.store.rounds("tiny") if r["status"] == "accepted"]
+    assert rounds and all(r["latency_ms_p50"] > 0 and r["latency_ms_p99"] > 0 for r in rounds)
+    assert runner.store.run("tiny")["baseline_latency_ms_p50"] > 0
