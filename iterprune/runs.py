@@ -7,7 +7,8 @@ import json
 import torch
 
 from iterprune.errors import RunConflict, UnknownRun
-from iterprune.schedule import Schedule, differences, from_canonical
+from iterprune.schedule import differences, from_canonical
+from iterprune.specs import Schedule
 from iterprune.store import Store, dumps
 
 

@@ -8,7 +8,6 @@ are errors instead of silently keeping the last one.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +15,8 @@ import yaml
 
 from iterprune.checker import Doc, describe
 from iterprune.errors import UserError
-from iterprune.sections import build, resolve_factory, torchvision_models  # noqa: F401
-from iterprune.specs import (  # noqa: F401  (re-exported: the schedule's types)
-    BenchmarkSpec,
-    CheckpointSpec,
-    DataSpec,
-    FinetuneSpec,
-    ImageFolderSpec,
-    LotterySpec,
-    ModelSpec,
-    PretrainSpec,
-    PruneSpec,
-    ReportSpec,
-    RollbackSpec,
-    Schedule,
-    ValidateSpec,
-    WhenSpec,
-)
+from iterprune.sections import build
+from iterprune.specs import Schedule, from_dict
 
 
 class ScheduleError(UserError):
@@ -88,30 +72,7 @@ def load(path: str | Path) -> Schedule:
 
 def from_canonical(data: dict[str, Any], base_dir: str = ".") -> Schedule:
     """Rebuild a Schedule from ``Schedule.canonical()`` (as stored with a run)."""
-    return _from_dict(Schedule, {**data, "base_dir": base_dir})
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue  # stored by an older version: the default applies
-        value = data[f.name]
-        nested = _SPECS.get(f.name)
-        if nested is not None and isinstance(value, dict):
-            value = _from_dict(nested, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[f.name] = value
-    return cls(**values)
-
-
-_SPECS: dict[str, type] = {
-    "model": ModelSpec, "data": DataSpec, "imagefolder": ImageFolderSpec, "pretrain": PretrainSpec,
-    "prune": PruneSpec, "finetune": FinetuneSpec, "validate": ValidateSpec,
-    "rollback": RollbackSpec, "checkpoints": CheckpointSpec, "when": WhenSpec,
-    "benchmark": BenchmarkSpec, "lottery": LotterySpec, "report": ReportSpec,
-}  # fmt: skip
+    return from_dict(Schedule, {**data, "base_dir": base_dir})
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from iterprune import examples
 from iterprune.errors import UserError
-from iterprune.schedule import DataSpec, ImageFolderSpec, ModelSpec, resolve_factory
+from iterprune.sections import resolve_factory
+from iterprune.specs import DataSpec, ImageFolderSpec, ModelSpec
 
 BUILTIN_MODELS = {"digits_cnn": examples.digits_cnn, "digits_mlp": examples.digits_mlp}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,3 +150,25 @@ class Schedule:
     def fingerprint(self) -> str:
         text = json.dumps(self.canonical(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """A spec dataclass from plain data (as ``canonical()`` stores it), nested specs included.
+
+    Nested spec types come from the field annotations; lists become tuples; keys an older
+    version did not store get their defaults.
+    """
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        nested = next((t for t in (hints[f.name], *typing.get_args(hints[f.name]))
+                       if dataclasses.is_dataclass(t)), None)  # fmt: skip
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)

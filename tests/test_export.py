@@ -64,7 +64,7 @@ def test_exports_load_back_exactly(finished: Path, tmp_path: Path, fmt: str, whi
     for name, tensor in state["model"].items():
         expected = tensor * state["mask"][name] if name in state["mask"] else tensor
         assert torch.equal(loaded[name], expected), name
-    fresh = iterprune.sources.build_model(iterprune.schedule.ModelSpec(
+    fresh = iterprune.sources.build_model(iterprune.specs.ModelSpec(
         builtin="digits_mlp", kwargs={"hidden": 256}), seed=0)  # fmt: skip
     fresh.load_state_dict(loaded)  # a plain state_dict for a fresh model of the architecture
 
