@@ -55,9 +55,7 @@ def control_accuracy(
     Runs in forked random state and puts the loader's generator back, so the control never
     changes what the run itself draws.
     """
-    generator = rng.loader_generator(train_loader)
-    loader_state = generator.get_state() if generator is not None else None
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with rng.untouched(train_loader, device):
         rng.seed_everything(seed, (train_loader,))
         model = sources.build_model(dataclasses.replace(s.model, weights=None), seed, s.base_dir)
         model = model.to(device)
@@ -69,6 +67,4 @@ def control_accuracy(
         accuracy = result.best_accuracy
         if accuracy is None:
             accuracy = training.evaluate(model, val_loader, device)
-    if generator is not None and loader_state is not None:
-        generator.set_state(loader_state)
     return accuracy

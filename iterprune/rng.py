@@ -7,8 +7,10 @@ loader's own generator. States are stored as tensors and plain Python values, wh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,21 @@ def seed_everything(seed: int, loaders: tuple[Any, ...] = ()) -> None:
 def loader_generator(loader: Any) -> torch.Generator | None:
     generator = getattr(loader, "generator", None)
     return generator if isinstance(generator, torch.Generator) else None
+
+
+@contextlib.contextmanager
+def untouched(loader: Any, device: torch.device | None = None) -> Iterator[None]:
+    """Random numbers drawn inside leave the run's own untouched: torch's (forked) and the
+    loader's generator (put back), so side work never shifts what the run draws next."""
+    generator = loader_generator(loader)
+    state = generator.get_state() if generator is not None else None
+    devices = [device] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        if generator is not None and state is not None:
+            generator.set_state(state)
 
 
 def capture() -> dict[str, Any]:

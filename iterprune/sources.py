@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from iterprune import examples
+from iterprune import examples, rng
 from iterprune.errors import UserError
 from iterprune.sections import resolve_factory
 from iterprune.specs import DataSpec, ImageFolderSpec, ModelSpec
@@ -190,10 +190,6 @@ def imagefolder_loaders(
 def example_input(loader: Any, device: torch.device) -> torch.Tensor:
     """One training example (a batch of one), taken without moving any random generator the run
     uses: to trace a model's dependency graph."""
-    generator = getattr(loader, "generator", None)
-    state = generator.get_state() if isinstance(generator, torch.Generator) else None
-    with torch.random.fork_rng(devices=[]):
+    with rng.untouched(loader):
         x, _ = next(iter(loader))
-    if state is not None:
-        generator.set_state(state)
     return x[:1].to(device)
