@@ -1,15 +1,15 @@
 """Structured pruning that really removes channels (through torch-pruning's dependency graph),
 and a description of the smaller architecture that can be stored and rebuilt without pickle.
 
-Not wired into the round loop yet (``prune.method: channel`` is issue 6's remaining work): this is
-the pure part — remove channels, measure MACs, save and restore the shapes.
+The pure part of ``prune.method: channel``: remove channels, measure MACs, save and restore the
+shapes. The runner decides when.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -103,6 +103,22 @@ def rebuild(
             if buffer is not None and full in state:
                 module.register_buffer(key, torch.empty_like(state[full]))
     model.load_state_dict(state)
+
+
+def fit(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    arch: dict[str, dict[str, int]] | None,
+    fresh: Callable[[], nn.Module],
+) -> nn.Module:
+    """The model that holds ``state``: ``model`` itself, or, when ``arch`` (a checkpoint's channel
+    layout) differs from its shapes, a ``fresh()`` model shrunk to ``arch``."""
+    if arch is not None and arch != architecture(model):
+        model = fresh()
+        rebuild(model, arch, state)
+        return model
+    model.load_state_dict(state)
+    return model
 
 
 def describe(model: nn.Module) -> dict[str, Any]:

@@ -75,13 +75,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serve(store, run_id: str, lease_timeout: float) -> int:
+def _serve(store, run_id: str, lease_timeout: float, leader=None) -> int:
     from iterprune import console, daemon
     from iterprune.runner import Runner
 
     con = _console()
     with console.reporter_for(con) as reporter:
-        runner = Runner(store, run_id, reporter)
+        runner = Runner(store, run_id, reporter, leader=leader)
         status = daemon.serve(runner, lease_timeout)
     if status == "finished":
         con.print(f"Done. See the rounds with: iterprune history {run_id}")
@@ -89,21 +89,78 @@ def _serve(store, run_id: str, lease_timeout: float) -> int:
     return EXIT_STOPPED
 
 
+Opening = Callable[[], "tuple[Any, str | None]"]  # (store, run id); no run id: nothing to serve
+
+
+def _run(args: argparse.Namespace, opening: Opening) -> int:
+    """Serve the run that ``opening`` names: here, in the background, or under torchrun."""
+    from iterprune import distributed
+
+    if distributed.launched():
+        if getattr(args, "detach", False):
+            raise UserError("--detach cannot be used under torchrun; run torchrun itself in the "
+                            "background (nohup, tmux, a systemd unit)")  # fmt: skip
+        return _run_distributed(args, opening)
+    store, run_id = opening()
+    if run_id is None:
+        return EXIT_OK
+    if getattr(args, "detach", False):
+        return _detach(store, run_id, args.lease_timeout)
+    return _serve(store, run_id, args.lease_timeout)
+
+
+def _run_distributed(args: argparse.Namespace, opening: Opening) -> int:
+    """Under torchrun: rank 0 serves the run and leads; every other rank follows its orders.
+
+    A stop (``iterprune stop``, SIGTERM, Ctrl-C) ends every rank with exit code 0, so that an
+    elastic torchrun does not restart a run that was asked to stop; failures exit non-zero on
+    rank 0, and torchrun ends (or restarts) the other ranks.
+    """
+    from iterprune import distributed
+
+    group = distributed.Group()
+    try:
+        if group.rank != 0:
+            return distributed.follow(group)
+        leader = distributed.Leader(group)
+        code = EXIT_FAILED
+        try:
+            store, run_id = opening()
+            if run_id is None:
+                code = EXIT_OK
+                return code
+            leader.open(run_id, store.run(run_id))
+            code = _serve(store, run_id, args.lease_timeout, leader)
+            if code == EXIT_STOPPED:
+                print(f"stopped on all {group.world} ranks (exit code 0 under torchrun); continue "
+                      f"with: torchrun ... -m iterprune resume {run_id}")  # fmt: skip
+                code = EXIT_OK
+            return code
+        except IterpruneError as exc:
+            code = exc.exit_code
+            raise
+        finally:
+            leader.close(code)
+    finally:
+        group.close()
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from iterprune import schedule
     from iterprune.runs import open_run
 
-    s = schedule.load(args.schedule)  # every schedule problem surfaces before anything is written
-    store = _store(args, create=True)
-    run_id = open_run(store, s, os.path.abspath(args.schedule), fresh=args.fresh)
-    row = store.run(run_id)
-    if row and row["status"] == "finished":
-        print(f"run '{run_id}' already finished: {row['reason']}")
-        print(f"See it with: iterprune history {run_id}   (start it again with --fresh)")
-        return EXIT_OK
-    if args.detach:
-        return _detach(store, run_id, args.lease_timeout)
-    return _serve(store, run_id, args.lease_timeout)
+    def opening():
+        s = schedule.load(args.schedule)  # every schedule problem surfaces before any write
+        store = _store(args, create=True)
+        run_id = open_run(store, s, os.path.abspath(args.schedule), fresh=args.fresh)
+        row = store.run(run_id)
+        if row and row["status"] == "finished":
+            print(f"run '{run_id}' already finished: {row['reason']}")
+            print(f"See it with: iterprune history {run_id}   (start it again with --fresh)")
+            return store, None
+        return store, run_id
+
+    return _run(args, opening)
 
 
 def _detach(store, run_id: str, lease_timeout: float) -> int:
@@ -129,12 +186,15 @@ def _detach(store, run_id: str, lease_timeout: float) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    store = _store(args)
-    row = views.status(store, args.run)[0]
-    if row["status"] == "finished":
-        print(f"run '{args.run}' already finished: {row['reason']}")
-        return EXIT_OK
-    return _serve(store, args.run, args.lease_timeout)
+    def opening():
+        store = _store(args)
+        row = views.status(store, args.run)[0]
+        if row["status"] == "finished":
+            print(f"run '{args.run}' already finished: {row['reason']}")
+            return store, None
+        return store, args.run
+
+    return _run(args, opening)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

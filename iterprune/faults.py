@@ -1,7 +1,7 @@
 """Fault injection for crash tests: the process kills itself at a named point.
 
-``ITERPRUNE_KILL_AT=POINT[:N]`` sends SIGKILL to this process the N-th time (default 1) it reaches
-``POINT``. Points: ``pretrain_batch``, ``finetune_batch``, ``prune``, ``validate``,
+``ITERPRUNE_KILL_AT=POINT[:N][@RANK]`` sends SIGKILL to this process the N-th time (default 1) it
+reaches ``POINT``; with ``@RANK``, only in that torchrun rank (``RANK``; a single process is rank 0). Points: ``pretrain_batch``, ``finetune_batch``, ``prune``, ``validate``,
 ``checkpoint_write`` (temp file written, not yet renamed), ``checkpoint_renamed`` (file in place, row
 not yet committed), ``db_commit`` (inside a transaction, before COMMIT). Unset, a point costs one
 dictionary lookup.
@@ -20,6 +20,9 @@ _seen: dict[str, int] = {}
 def _read() -> tuple[str, int] | None:
     raw = os.environ.get(ENV, "")
     if not raw:
+        return None
+    raw, _, rank = raw.partition("@")
+    if rank and int(rank) != int(os.environ.get("RANK", "0") or 0):
         return None
     name, _, count = raw.partition(":")
     return name, int(count or 1)

@@ -1,17 +1,21 @@
-"""The schedule's fine-tuning section turned into training calls (optimizer, options), and the
-lottery-ticket control that applies the same recipe to a freshly initialised model."""
+"""The schedule's fine-tuning section turned into training calls (optimizer, options, one round's
+fine-tuning), and the lottery-ticket control that applies the same recipe to a freshly
+initialised model. Rank 0 and the other ranks under torchrun make the same calls."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from iterprune import pruning, rng, sources, training
 from iterprune.specs import FinetuneSpec, Schedule
+
+if TYPE_CHECKING:
+    from iterprune.distributed import Group
 
 
 def optimizer(f: FinetuneSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -27,18 +31,38 @@ def options(
     mask: pruning.Mask,
     val_loader: Iterable,
     device: torch.device,
+    group: Group | None = None,
     **extra: Any,
 ) -> training.Options:
     """Training options for one round under ``mask``: schedule, early stopping, batch cap."""
     validate = None
     if f.patience:
-        validate = lambda: training.evaluate(model, val_loader, device)  # noqa: E731
+        validate = lambda: training.evaluate(model, val_loader, device, group)  # noqa: E731
     return training.Options(
         enforcer=training.MaskEnforcer(params, mask), device=device,
         max_batches=f.max_batches_per_epoch,
         cosine_lr=f.lr if f.lr_schedule == "cosine" else None,
-        validate=validate, patience=f.patience, **extra,
+        validate=validate, patience=f.patience, group=group, **extra,
     )  # fmt: skip
+
+
+def finetune(
+    f: FinetuneSpec,
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    mask: pruning.Mask,
+    optimizer: torch.optim.Optimizer,
+    loaders: tuple[Iterable, Iterable],
+    device: torch.device,
+    **extra: Any,
+) -> training.TrainResult:
+    """One round's fine-tuning of ``model`` under ``mask`` (``extra``: more :func:`options`)."""
+    train_loader, val_loader = loaders
+    opts = options(f, model, params, mask, val_loader, device, **extra)
+    if f.lr_schedule == "constant":
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = f.lr
+    return training.train(model, train_loader, optimizer, f.epochs, opts)
 
 
 def control_accuracy(
@@ -49,6 +73,7 @@ def control_accuracy(
     device: torch.device,
     seed: int,
     progress: Callable[[int, int, int], None] | None = None,
+    group: Group | None = None,
 ) -> float:
     """Train ``mask`` from a fresh random initialisation with the round's budget; its accuracy.
 
@@ -56,15 +81,15 @@ def control_accuracy(
     changes what the run itself draws.
     """
     with rng.untouched(train_loader, device):
-        rng.seed_everything(seed, (train_loader,))
+        rng.seed_everything(seed, (train_loader,), group.rank if group is not None else 0)
         model = sources.build_model(dataclasses.replace(s.model, weights=None), seed, s.base_dir)
         model = model.to(device)
         params = pruning.prunable_parameters(model, s.prune.exclude)
         pruning.apply(params, mask)
         f = s.finetune
-        opts = options(f, model, params, mask, val_loader, device, progress=progress)
-        result = training.train(model, train_loader, optimizer(f, model), f.epochs, opts)
+        result = finetune(f, model, params, mask, optimizer(f, model), (train_loader, val_loader),
+                          device, group=group, progress=progress)  # fmt: skip
         accuracy = result.best_accuracy
         if accuracy is None:
-            accuracy = training.evaluate(model, val_loader, device)
+            accuracy = training.evaluate(model, val_loader, device, group)
     return accuracy

@@ -23,14 +23,26 @@ def derive_seed(seed: int, round_: int, attempt: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def seed_everything(seed: int, loaders: tuple[Any, ...] = ()) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, loaders: tuple[Any, ...] = (), rank: int = 0) -> None:
+    """Seed every generator from ``seed``. Under torchrun each rank draws its own numbers (dropout,
+    augmentation), while the loaders' distributed samplers share ``seed`` so the shards stay
+    disjoint; rank 0 draws exactly what a single process draws."""
+    own = seed if rank == 0 else derive_seed(seed, -1, rank)
+    random.seed(own)
+    np.random.seed(own)
+    torch.manual_seed(own)
     for loader in loaders:
         generator = loader_generator(loader)
         if generator is not None:
-            generator.manual_seed(seed)
+            generator.manual_seed(own)
+        seed_sampler(loader, seed)
+
+
+def seed_sampler(loader: Any, seed: int) -> None:
+    """Give a loader's DistributedSampler the attempt's seed (each epoch adds its number)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch") and hasattr(sampler, "seed"):
+        sampler.seed = seed
 
 
 def loader_generator(loader: Any) -> torch.Generator | None:
@@ -44,6 +56,7 @@ def untouched(loader: Any, device: torch.device | None = None) -> Iterator[None]
     loader's generator (put back), so side work never shifts what the run draws next."""
     generator = loader_generator(loader)
     state = generator.get_state() if generator is not None else None
+    sampler_seed = getattr(getattr(loader, "sampler", None), "seed", None)
     devices = [device] if device is not None and device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -51,6 +64,8 @@ def untouched(loader: Any, device: torch.device | None = None) -> Iterator[None]
     finally:
         if generator is not None and state is not None:
             generator.set_state(state)
+        if sampler_seed is not None:
+            seed_sampler(loader, sampler_seed)
 
 
 def capture() -> dict[str, Any]:

@@ -8,13 +8,14 @@ Nothing but the runner talks to the store.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from iterprune.reporter import NullReporter, Reporter, Tee
 from iterprune.runs import load_schedule
 from iterprune.snapshots import Snapshots
 from iterprune.store import Store, now
+
+if TYPE_CHECKING:
+    from iterprune.distributed import Leader
 
 
 @dataclass
@@ -47,8 +51,11 @@ class Runner:
         run_id: str,
         reporter: Reporter | None = None,
         stop: threading.Event | None = None,
+        leader: Leader | None = None,
     ) -> None:
         self.store = store
+        self.leader = leader  # under torchrun: the other ranks, who do what this runner orders
+        self.group = leader.group if leader is not None else None
         self.run_id = run_id
         self.schedule = load_schedule(store, run_id)
         self.reporter = reporter or NullReporter()
@@ -74,9 +81,12 @@ class Runner:
         s, row = self.schedule, self._row()
         self.pin_threads()
         torch.use_deterministic_algorithms(True, warn_only=True)
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
-        )
+        if self.group is not None:
+            self.device = self.group.device = self.group.device_for(s.device)
+        else:
+            self.device = torch.device(
+                ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
+            )
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"device: {s.device} was asked for, but CUDA is not available here")
         if s.finetune.amp == "on" and self.device.type != "cuda":
@@ -90,6 +100,11 @@ class Runner:
         self.train_loader, self.val_loader = sources.build_loaders(
             s.data, s.seed, s.base_dir, pin_memory=self.device.type == "cuda"
         )
+        if self.group is not None:
+            from iterprune.distributed import shard
+
+            self.train_loader = shard(self.train_loader, self.group, train=True)
+            self.val_loader = shard(self.val_loader, self.group, train=False)
         self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
         if not self.params:
             raise UserError(
@@ -129,8 +144,10 @@ class Runner:
         lottery = s.lottery
         if lottery is not None and lottery.rewind == "init":
             self.rewind = _clone(model.state_dict())
+        self._sync(None)
         if s.pretrain.epochs and not s.model.weights:
-            rng.seed_everything(rng.derive_seed(s.seed, 0, 0), (self.train_loader,))
+            seed = rng.derive_seed(s.seed, 0, 0)
+            rng.seed_everything(seed, (self.train_loader,))
             self._phase(
                 "pretrain",
                 s.pretrain.epochs,
@@ -147,10 +164,13 @@ class Runner:
                 ):  # fmt: skip
                     self.rewind = _clone(model.state_dict())
 
-            result = training.train(
-                model, self.train_loader, optimizer, s.pretrain.epochs,
-                training.Options(device=self.device, progress=progress, should_stop=self.stop.is_set),
-            )  # fmt: skip
+            with self._order("pretrain", {"seed": seed, "lr": s.pretrain.lr,
+                                          "epochs": s.pretrain.epochs}):  # fmt: skip
+                result = training.train(
+                    model, self.train_loader, optimizer, s.pretrain.epochs,
+                    training.Options(device=self.device, progress=progress,
+                                     should_stop=self.stop.is_set, group=self.group),
+                )  # fmt: skip
             if self.stop.is_set():
                 return
             if not result.finite:
@@ -161,7 +181,7 @@ class Runner:
                 f"({self._batches_done} steps in {s.pretrain.epochs} epochs)"
             )
         self._phase("validate", 1, "measuring the dense baseline")
-        baseline = training.evaluate(model, self.val_loader, self.device)
+        baseline = self._evaluate()
         speed = self._latency()
         mask = pruning.dense_mask(self.params)
         written = [{"round": 0, "attempt": 0, "kind": "dense", **self.snapshots.write(
@@ -206,6 +226,7 @@ class Runner:
                                  copy.deepcopy(state["optimizer"]), state.get("architecture"))  # fmt: skip
         if self.schedule.lottery is not None:
             self.rewind = self.snapshots.rewind_point()
+        self._sync(self.accepted.mask)
         self._event("info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})")
 
     def _fall_back(self, round_: int, row: dict[str, Any]) -> None:
@@ -265,7 +286,7 @@ class Runner:
         self._phase("validate", 1, f"round {round_}.{attempt}: validating")
         accuracy = result.best_accuracy
         if accuracy is None:
-            accuracy = training.evaluate(self.model, self.val_loader, self.device)
+            accuracy = self._evaluate()
         drop = float(row["baseline_accuracy"]) - accuracy
         remaining = self._alive(new_mask)
         achieved = 1 - remaining / self.total
@@ -274,10 +295,13 @@ class Runner:
             self._phase(
                 "control", s.finetune.epochs, f"round {round_}.{attempt}: control (random reinit)"
             )
-            control = recipe.control_accuracy(
-                s, new_mask, self.train_loader, self.val_loader, self.device,
-                rng.derive_seed(s.seed + 1, round_, attempt), self._epoch_progress,
-            )  # fmt: skip
+            seed = rng.derive_seed(s.seed + 1, round_, attempt)
+            with self._order("control", {"mask": new_mask, "seed": seed}):
+                control = recipe.control_accuracy(
+                    s, new_mask, self.train_loader, self.val_loader, self.device, seed,
+                    self._epoch_progress, self.group,
+                )  # fmt: skip
+        self._verify_ranks(round_, attempt, new_mask)
         fields = {
             "step": step, "target_sparsity": target, "sparsity": achieved,
             "params": remaining, "val_accuracy": accuracy, "drop": drop, "loss": result.loss,
@@ -304,9 +328,10 @@ class Runner:
         s = self.schedule
         assert self.accepted is not None and self.model is not None
         position, rng_state = None, None
-        mid = self.snapshots.mid(round_, attempt)
+        seed = rng.derive_seed(s.seed, round_, attempt)
+        mid = self._usable_mid(round_, attempt)
         if mid is None:
-            rng.seed_everything(rng.derive_seed(s.seed, round_, attempt), (self.train_loader,))
+            rng.seed_everything(seed, (self.train_loader,))
             self._phase(
                 "prune", 1, f"round {round_}.{attempt}: pruning {step:.1%} of the remaining weights"
             )
@@ -330,6 +355,7 @@ class Runner:
             self._load_model(state["model"], state.get("architecture"))
             self.optimizer.load_state_dict(state["optimizer"])
             position = training.Position(**state["position"])
+            rng.seed_sampler(self.train_loader, seed)
             self._event("info", "resume", f"continuing round {round_}.{attempt} at epoch "
                         f"{position.epoch + 1}, batch {position.batch} (mid-round checkpoint "
                         f"{row['path']})")  # fmt: skip
@@ -343,6 +369,10 @@ class Runner:
                      "architecture": channels.architecture(self.model) if self.channel else None,
                      "optimizer": self.optimizer.state_dict(), "position": dataclasses.asdict(pos),
                      "scaler": scaler.state_dict() if scaler is not None else None}  # fmt: skip
+            if self.group is not None:  # every rank's random state, to continue each exactly
+                from iterprune.distributed import share_mid
+
+                state.update(world=self.group.world, ranks=share_mid(self.group, self.model, pos))
             self.snapshots.save_mid(round_, attempt, pos.count, state)
             self._last_mid = (time.monotonic(), pos.count)
 
@@ -351,17 +381,32 @@ class Runner:
         self._phase("finetune", f.epochs, f"round {round_}.{attempt}: fine-tuning")
         self._batches_done = position.count if position else 0
         self._last_mid = (time.monotonic(), self._batches_done)
-        opts = recipe.options(
-            f, self.model, self.params, mask, self.val_loader, self.device,
-            scaler=scaler, progress=self._epoch_progress,
-            should_stop=lambda: self.stop.is_set() or self.pause.is_set(),
-            start=position, on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
-            checkpoint=save_mid, checkpoint_due=self._mid_due,
-        )  # fmt: skip
-        if f.lr_schedule == "constant":
-            for group in self.optimizer.param_groups:
-                group["lr"] = f.lr
-        return mask, training.train(self.model, self.train_loader, self.optimizer, f.epochs, opts)
+        self._sync(mask)
+        order = {"seed": seed, "position": None if mid is None else mid[1]["position"],
+                 "ranks": None if mid is None else mid[1].get("ranks"),
+                 "scaler": None if mid is None else mid[1].get("scaler")}  # fmt: skip
+        with self._order("finetune", order):
+            result = recipe.finetune(
+                f, self.model, self.params, mask, self.optimizer,
+                (self.train_loader, self.val_loader), self.device, group=self.group,
+                scaler=scaler, progress=self._epoch_progress,
+                should_stop=lambda: self.stop.is_set() or self.pause.is_set(), start=position,
+                on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
+                checkpoint=save_mid, checkpoint_due=self._mid_due,
+            )  # fmt: skip
+        return mask, result
+
+    def _usable_mid(self, round_: int, attempt: int) -> tuple[dict, dict] | None:
+        """The attempt's mid-round checkpoint, unless it was written by a different number of
+        ranks (the shards, and so the batches, would differ): then the attempt is redone."""
+        mid = self.snapshots.mid(round_, attempt)
+        world = self.group.world if self.group is not None else 1
+        if mid is not None and mid[1].get("world", 1) != world:
+            self._event("warning", "resume", f"the mid-round checkpoint of round {round_}."
+                        f"{attempt} was written by {mid[1].get('world', 1)} rank(s) and this run "
+                        f"has {world}: the attempt is redone from its start")  # fmt: skip
+            return None
+        return mid
 
     def _alive(self, mask: pruning.Mask | None = None) -> int:
         """Prunable weights left: the mask's survivors, or (channel mode) the model's weights."""
@@ -382,17 +427,13 @@ class Runner:
 
     def _load_model(self, state: dict[str, torch.Tensor], architecture: dict | None) -> None:
         """Load weights; a channel-pruned architecture is rebuilt from a fresh model first."""
-        if architecture is not None and architecture != channels.architecture(self.model):
-            s = self.schedule
-            model = sources.build_model(
-                dataclasses.replace(s.model, weights=None), s.seed, s.base_dir
-            )
-            channels.rebuild(model, architecture, state)
+        s = self.schedule
+        model = channels.fit(self.model, state, architecture, lambda: sources.build_model(
+            dataclasses.replace(s.model, weights=None), s.seed, s.base_dir))  # fmt: skip
+        if model is not self.model:
             self.model = model.to(self.device)
             self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
             self.optimizer = self._new_optimizer()
-        else:
-            self.model.load_state_dict(state)
 
     def _mid_due(self) -> bool:
         when = self.schedule.when
@@ -436,6 +477,7 @@ class Runner:
     def _roll_back(self, round_: int, attempt: int, fields: dict, layers: list) -> bool:
         s = self.schedule
         self._restore()
+        self._sync(self.accepted.mask)  # every rank back to the accepted state
         new_step = fields["step"] * s.rollback.shrink
         run_fields: dict[str, Any] = {"step": new_step, "phase": "prune"}
         ended = None
@@ -466,6 +508,30 @@ class Runner:
             self.optimizer = self._new_optimizer()
         else:
             self.optimizer.load_state_dict(copy.deepcopy(self.accepted.optimizer))
+
+    # --- the other ranks (under torchrun) ----------------------------------------------------
+
+    def _order(self, name: str, payload: Any = None) -> contextlib.AbstractContextManager:
+        """Under torchrun: tell the other ranks to do ``name`` with us; else nothing."""
+        if self.leader is None:
+            return contextlib.nullcontext()
+        return self.leader.order(name, payload)
+
+    def _sync(self, mask: pruning.Mask | None) -> None:
+        """Under torchrun: send this rank's weights, mask and optimizer state to the others."""
+        if self.leader is not None:
+            architecture = channels.architecture(self.model) if self.channel else None
+            self.leader.sync(self.model, mask, self.optimizer, architecture)
+
+    def _evaluate(self) -> float:
+        with self._order("evaluate"):
+            return training.evaluate(self.model, self.val_loader, self.device, self.group)
+
+    def _verify_ranks(self, round_: int, attempt: int, mask: pruning.Mask) -> None:
+        if self.leader is not None:
+            digest = self.leader.verify(self.model, mask, f"round {round_}.{attempt}")
+            self._event("info", "ranks", f"round {round_}.{attempt}: all {self.group.world} ranks "
+                        f"hold identical weights and masks (sha256 {digest[:16]})")  # fmt: skip
 
     def _finish(self, reason: str) -> bool:
         self.store.update_run(self.run_id, status="finished", reason=reason, phase="done")
@@ -498,7 +564,8 @@ class Runner:
         return {
             "run": self.run_id, "model": row["model"], "baseline_accuracy": row["baseline_accuracy"],
             "target_sparsity": s.prune.target_sparsity, "max_drop": s.validate.max_drop,
-            "method": s.prune.method, "params": self.total, "device": str(self.device),
+            "method": s.prune.method, "params": self.total,
+            "device": str(self.device) + (f" × {self.group.world} ranks" if self.group else ""),
         }  # fmt: skip
 
     def _phase(self, name: str, total: int, description: str) -> None:

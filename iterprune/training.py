@@ -7,12 +7,15 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from iterprune.pruning import Mask
+
+if TYPE_CHECKING:
+    from iterprune.distributed import Group
 
 Progress = Callable[[int, int, int], None]  # (epoch, batch done, batches per epoch)
 
@@ -110,6 +113,7 @@ class Options:
     on_resumed: Callable[[], None] | None = None  # after the skipped batches: restore RNG states
     checkpoint: Callable[[Position], None] | None = None
     checkpoint_due: Callable[[], bool] | None = None
+    group: Group | None = None  # under torchrun: DDP, and rank 0's stop/checkpoint decisions
 
 
 def _batches(loader: Iterable, cap: int | None) -> int:
@@ -137,6 +141,8 @@ def train(
     o = opts or Options()
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+    net = o.group.wrap(model) if o.group is not None else model  # DDP all-reduces the gradients
+    sampler = getattr(loader, "sampler", None)
     pos = o.start or Position()
     generator = getattr(loader, "generator", None)
     n_batches = _batches(loader, o.max_batches)
@@ -147,6 +153,8 @@ def train(
         if resuming and pos.loader_state is not None and generator is not None:
             generator.set_state(pos.loader_state)
         loader_state = generator.get_state() if isinstance(generator, torch.Generator) else None
+        if o.group is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle of the shards
         batches = iter(loader)
         skip = pos.batch if resuming else 0
         for _ in range(skip):
@@ -163,9 +171,13 @@ def train(
             x, y = x.to(o.device, non_blocking=True), y.to(o.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type, enabled=o.scaler is not None):
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(net(x), y)
             value = float(loss.detach())
-            if not math.isfinite(value):
+            bad = not math.isfinite(value)
+            if o.group is not None:  # one collective: the mean loss, and what rank 0 decided
+                value, bad, stopping, due = o.group.agree(value, bad, _asked(o.should_stop),
+                                                          _asked(o.checkpoint_due))  # fmt: skip
+            if bad:
                 return TrainResult(loss=value, batches=pos.count, finite=False)
             if o.scaler is not None:
                 o.scaler.scale(loss).backward()
@@ -180,8 +192,10 @@ def train(
                                       count=pos.count + 1, loader_state=loader_state)  # fmt: skip
             if o.progress is not None:
                 o.progress(epoch, i + 1, n_batches)
-            stopping = o.should_stop is not None and o.should_stop()
-            if o.checkpoint is not None and (stopping or (o.checkpoint_due and o.checkpoint_due())):
+            if o.group is None:
+                stopping = _asked(o.should_stop)
+                due = o.checkpoint is not None and not stopping and _asked(o.checkpoint_due)
+            if o.checkpoint is not None and (stopping or due):
                 o.checkpoint(pos)
             if stopping:
                 return TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
@@ -189,12 +203,18 @@ def train(
             pos = _early_stopping(pos, epoch, model, optimizer, o.validate())
             if pos.stale_epochs >= o.patience:
                 break
+    if o.group is not None:
+        o.group.sync_buffers(model)  # BatchNorm statistics: rank 0's, on every rank
     result = TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
     if pos.best_state is not None:
         model.load_state_dict(pos.best_state["model"])
         optimizer.load_state_dict(pos.best_state["optimizer"])
         result.best_accuracy, result.best_epoch = pos.best_accuracy, pos.best_epoch
     return result
+
+
+def _asked(question: Callable[[], bool] | None) -> bool:
+    return question is not None and bool(question())
 
 
 def _early_stopping(
@@ -210,8 +230,19 @@ def _early_stopping(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy in points (0-100). Runs in a forked RNG so it never shifts training."""
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device | str = "cpu",
+    group: Group | None = None,
+) -> float:
+    """Top-1 accuracy in points (0-100). Runs in a forked RNG so it never shifts training.
+
+    Under torchrun each rank counts its shard of the validation set and the counts are summed, so
+    the figure is exact for the whole set however unevenly it splits.
+    """
+    if group is not None:
+        group.sync_buffers(model)
     model.eval()
     correct = seen = 0
     with torch.random.fork_rng(devices=[]):
@@ -220,4 +251,6 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "c
             correct += int((model(x).argmax(dim=1) == y).sum())
             seen += y.numel()
     model.train()
+    if group is not None:
+        correct, seen = (int(v) for v in group.sum([correct, seen]))
     return 100.0 * correct / seen if seen else 0.0
