@@ -130,7 +130,8 @@ class Group:
                 offset = 0
                 for s in group:
                     n = _numel(s.shape)
-                    t = flat[offset : offset + n].view(s.shape).to(dtype)
+                    # a copy of its own: some consumers (Generator.set_state) misread views
+                    t = flat[offset : offset + n].view(s.shape).to(dtype, copy=True)
                     received[s.index] = t.to(self.device) if s.cuda else t
                     offset += n
         return _fill(skeleton, received)
@@ -233,12 +234,12 @@ def shard(loader: Any, group: Group, train: bool) -> DataLoader:
 # --- what every rank checks and shares ----------------------------------------------------------
 
 
-def digest(model: nn.Module, mask: pruning.Mask | None) -> str:
-    """sha256 of a model's state (names, dtypes, shapes, bytes) and its mask."""
+def digest(state: dict[str, torch.Tensor], mask: pruning.Mask | None) -> str:
+    """sha256 of a model's state_dict (names, dtypes, shapes, bytes) and its mask."""
     h = hashlib.sha256()
-    for part, state in (("model", model.state_dict()), ("mask", mask or {})):
-        for key in sorted(state):
-            t = state[key].detach().cpu().contiguous()
+    for part, tensors in (("model", state), ("mask", mask or {})):
+        for key in sorted(tensors):
+            t = tensors[key].detach().cpu().contiguous()
             h.update(f"{part}/{key}/{t.dtype}/{tuple(t.shape)}".encode())
             h.update((t.to(torch.uint8) if t.dtype == torch.bool else t).view(-1).view(torch.uint8)
                      .numpy().tobytes())  # fmt: skip
@@ -290,7 +291,7 @@ class Leader:
     def verify(self, model: nn.Module, mask: pruning.Mask | None, label: str) -> str:
         """The digest every rank agrees on; raises :class:`RanksDisagree` when one differs."""
         with self.order("verify"):
-            digests = self.group.gather(digest(model, mask)) or []
+            digests = self.group.gather(digest(model.state_dict(), mask)) or []
         odd = [rank for rank, d in enumerate(digests) if d != digests[0]]
         if odd:
             raise RanksDisagree(
@@ -316,7 +317,9 @@ def follow(group: Group) -> int:
     kind, payload = group.broadcast()
     if kind == "done":
         return int(payload)
-    return Follower(group, payload).serve()
+    follower = Follower(group, payload)
+    with group._guard("following rank 0's orders"):  # DDP's own collectives raise too
+        return follower.serve()
 
 
 class Follower:
@@ -396,7 +399,7 @@ class Follower:
                                 group=self.group)  # fmt: skip
 
     def _verify(self, p: None) -> None:
-        self.group.gather(digest(self.model, self.mask))
+        self.group.gather(digest(self.model.state_dict(), self.mask))
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -1,0 +1,262 @@
+"""Under torchrun: two CPU ranks on the gloo backend, launched for real.
+
+The collective helpers are checked in two spawned processes; the whole run goes through
+``python -m torch.distributed.run`` (torchrun) and the real CLI, including kills of either rank
+and a resume that must end exactly where an uninterrupted two-rank run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from iterprune import checkpoints, distributed, examples, sources, training
+from iterprune.runs import load_schedule
+from iterprune.store import Store
+
+pytestmark = pytest.mark.slow
+
+SCHEDULE = """\
+name: ddp
+seed: 5
+threads: 1
+model: {builtin: digits_cnn, kwargs: {width: 8}}
+data: {builtin: digits, kwargs: {limit: 423}, batch_size: 16}
+pretrain: {epochs: 3, lr: 1.0e-2}
+prune: {method: global_magnitude, step: 0.5, target_sparsity: 0.9}
+finetune: {epochs: 2, optimizer: sgd, lr: 0.02, momentum: 0.9, patience: 1}
+validate: {max_drop: 1.5}
+rollback: {retries: 1, shrink: 0.5, min_step: 0.1}
+when: {checkpoint_every: 4}
+checkpoints: {keep: all}
+"""
+
+
+# --- the collective helpers, in two spawned processes -------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks(rank: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    group = distributed.Group()
+    try:
+        # a nested object with tensors of several dtypes arrives intact
+        torch.manual_seed(0)  # the same "w" on both ranks, to compare with
+        sent = {"w": torch.randn(3, 4), "m": [torch.tensor([True, False]), torch.tensor(7)],
+                "text": "x", "none": None, "pair": (1, torch.zeros(0))}  # fmt: skip
+        got = group.broadcast(sent if rank == 0 else None)
+        assert torch.equal(got["w"], sent["w"])
+        assert got["m"][0].dtype == torch.bool and got["m"][0].tolist() == [True, False]
+        assert got["m"][1].item() == 7 and got["text"] == "x" and got["none"] is None
+        assert isinstance(got["pair"], tuple) and got["pair"][1].shape == (0,)
+        weights = group.broadcast(sent["w"] if rank == 0 else None)
+        assert torch.equal(weights, got["w"])
+
+        # counts are summed exactly; rank 0 alone decides stop / checkpoint
+        assert group.sum([rank + 1, 10]) == [3.0, 20.0]
+        loss, bad, stop, due = group.agree(1.0 + 2 * rank, False, rank == 0, rank == 1)
+        assert (loss, bad, stop, due) == (2.0, False, True, False)
+        assert group.agree(1.0, rank == 1, False, False)[1] is True  # any rank's NaN counts
+
+        # validation shards: disjoint, unpadded, together the whole set (7 samples, 4 + 3)
+        data = torch.utils.data.TensorDataset(torch.arange(7.0), torch.arange(7))
+        loader = distributed.shard(torch.utils.data.DataLoader(data, batch_size=2), group, False)
+        mine = [int(y) for _, ys in loader for y in ys]
+        assert mine == list(range(rank, 7, 2))
+        everyone = group.gather(mine)
+        if rank == 0:
+            assert sorted(sum(everyone, [])) == list(range(7))
+
+        # the digest check passes when the ranks agree and fails when one rank differs
+        torch.manual_seed(1)
+        model = nn.Linear(4, 2)
+        mask = {"weight": torch.ones(2, 4, dtype=torch.bool)}
+        for differ in (False, True):
+            if rank == 0:
+                leader = distributed.Leader(group)
+                if differ:
+                    with pytest.raises(distributed.RanksDisagree, match=r"rank\(s\) 1"):
+                        leader.verify(model, mask, "round 1.1")
+                else:
+                    assert leader.verify(model, mask, "round 1.1") == distributed.digest(
+                        model.state_dict(), mask
+                    )
+            else:
+                kind, _ = group.broadcast()
+                assert kind == "verify"
+                state = {k: v.clone() for k, v in model.state_dict().items()}
+                if differ:
+                    state["bias"][0] += 1e-6
+                group.gather(distributed.digest(state, mask))
+    finally:
+        group.close()
+
+
+def test_collectives_between_two_processes() -> None:
+    mp.spawn(_ranks, args=(_free_port(),), nprocs=2, join=True)
+
+
+def test_a_single_process_creates_no_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.launched()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node 1: a plain single process
+    assert not distributed.launched()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched()
+
+
+# --- the real CLI under torchrun ----------------------------------------------------------------
+
+
+def torchrun(state: Path, *args: str, kill_at: str = "") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}  # fmt: skip
+    env.update(ITERPRUNE_STATE_DIR=str(state), ITERPRUNE_KILL_AT=kill_at, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "iterprune", *args],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def outcome(state: Path) -> tuple[list, str]:
+    store = Store(state)
+    try:
+        run = store.run("ddp")
+        assert run["status"] == "finished", run
+        rows = [(r["round"], r["attempt"], r["status"], r["step"], r["sparsity"],
+                 r["val_accuracy"]) for r in store.rounds("ddp")]  # fmt: skip
+        return rows, _checkpoint_digest(state, store, run["accepted_round"])
+    finally:
+        store.close()
+
+
+def _checkpoint_digest(state: Path, store: Store, round_: int) -> str:
+    row = [c for c in store.checkpoints("ddp") if c["round"] == round_ and c["kind"] != "mid"][-1]
+    saved = checkpoints.load(state / row["path"], row["sha256"])
+    return distributed.digest(saved["model"], saved["mask"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One uninterrupted two-rank run: (schedule, state directory)."""
+    root = tmp_path_factory.mktemp("ddp")
+    schedule = root / "ddp.yaml"
+    schedule.write_text(SCHEDULE)
+    done = torchrun(root / "state", "start", str(schedule))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return schedule, root / "state"
+
+
+def test_two_ranks_agree_after_every_attempt(reference: tuple[Path, Path]) -> None:
+    _, state = reference
+    store = Store(state)
+    rounds = store.rounds("ddp")
+    statuses = {r["status"] for r in rounds}
+    assert {"accepted", "rolled_back"} <= statuses, statuses  # the schedule exercises both
+    agreed = {}
+    for e in store.events("ddp"):
+        if e["kind"] == "ranks":
+            head = e["message"].split(":")[0]  # "round 2.1"
+            agreed[head] = e["message"]
+    for r in rounds:
+        message = agreed[f"round {r['round']}.{r['attempt']}"]
+        assert "all 2 ranks hold identical weights and masks" in message
+        if r["status"] == "accepted":  # the agreed digest is the accepted checkpoint's
+            assert _checkpoint_digest(state, store, r["round"])[:16] in message
+    assert store.run("ddp")["reason"]
+    store.close()
+
+
+def test_validation_accuracy_is_exact_over_uneven_shards(reference: tuple[Path, Path]) -> None:
+    _, state = reference
+    store = Store(state)
+    s = load_schedule(store, "ddp")
+    _, val = sources.build_loaders(s.data, s.seed, s.base_dir)
+    assert len(val.dataset) % 2 == 1  # the two shards are uneven
+    _, labels = examples.digits_tensors()
+    assert len(examples.split(labels[:423], 0.25, s.seed)[1]) == len(val.dataset)
+    expected = {0: store.run("ddp")["baseline_accuracy"]}
+    expected.update({r["round"]: r["val_accuracy"] for r in store.rounds("ddp")
+                     if r["status"] == "accepted"})  # fmt: skip
+    for row in store.checkpoints("ddp"):
+        if row["kind"] in ("dense", "accepted"):
+            saved = checkpoints.load(state / row["path"], row["sha256"])
+            model = sources.build_model(s.model, s.seed, s.base_dir)
+            model.load_state_dict(saved["model"])
+            # one process over the whole validation set: the figure the two ranks reported
+            assert training.evaluate(model, val) == expected[row["round"]], row
+    store.close()
+
+
+def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
+    reference: tuple[Path, Path], tmp_path: Path
+) -> None:
+    schedule, ref_state = reference
+    state = tmp_path / "state"
+    # a follower dies mid-fine-tuning: rank 0 notices, marks the run failed, torchrun exits
+    crashed = torchrun(state, "start", str(schedule), kill_at="finetune_batch:30@1")
+    assert crashed.returncode != 0
+    store = Store(state)
+    row = store.run("ddp")
+    assert row["status"] == "failed" and "lost contact" in row["error"], row
+    assert any(r["status"] == "accepted" for r in store.rounds("ddp"))  # it had got somewhere
+    store.close()
+    # rank 0 itself is killed (SIGKILL), after a mid-round checkpoint
+    crashed = torchrun(state, "resume", "ddp", kill_at="finetune_batch:9@0")
+    assert crashed.returncode != 0
+    resumed = torchrun(state, "resume", "ddp")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    events = [e["message"] for e in Store(state).events("ddp")]
+    assert any("continuing round" in m for m in events), events  # a mid-round checkpoint was used
+    assert outcome(state) == outcome(ref_state)
+
+
+def test_stop_ends_every_rank_with_exit_code_0(tmp_path: Path) -> None:
+    schedule = tmp_path / "ddp.yaml"
+    # a pause after each round: the stop lands while rank 0 waits and the others wait for orders
+    text = SCHEDULE.replace("name: ddp", "name: stopper")
+    schedule.write_text(text.replace("when: {", "when: {pause_between_rounds: 60s, "))
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(ITERPRUNE_STATE_DIR=str(state), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "iterprune", "start", str(schedule)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (state / "iterprune.db").exists():
+            store = Store(state)
+            row = store.run("stopper")
+            rounds = store.rounds("stopper")
+            store.close()
+            if row and row["pid"] and rounds:
+                break
+    stop = subprocess.run([sys.executable, "-m", "iterprune", "stop", "stopper"], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert stop.returncode == 0, stop.stderr
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped on all 2 ranks" in out
+    store = Store(state)
+    assert store.run("stopper")["status"] == "stopped"
+    store.close()
