@@ -75,7 +75,8 @@ class Group:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
-        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=_store(),
+                                rank=self.rank, world_size=self.world)  # fmt: skip
         self.orders = dist.new_group(backend="gloo", timeout=ORDERS_TIMEOUT)
         self.device = torch.device("cpu")  # the training device, once the schedule is known
 
@@ -180,6 +181,23 @@ class Group:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _store() -> dist.Store:
+    """The rendezvous store, with a key prefix of its own for each elastic restart.
+
+    Measured with torch 2.14: after torchrun restarts workers (``--max-restarts``) that were
+    killed, the plain ``env://`` set-up reads the previous attempt's gloo addresses from the
+    agent's store and fails ("connectFullMesh ... Connection refused").
+    """
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun serves it
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    base = dist.TCPStore(
+        os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500")),
+        world, is_master=rank == 0 and not agent, timeout=dt.timedelta(minutes=30),
+    )  # fmt: skip
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"iterprune/attempt-{attempt}", base)
 
 
 # --- data ---------------------------------------------------------------------------------------

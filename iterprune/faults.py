@@ -1,7 +1,8 @@
 """Fault injection for crash tests: the process kills itself at a named point.
 
 ``ITERPRUNE_KILL_AT=POINT[:N][@RANK]`` sends SIGKILL to this process the N-th time (default 1) it
-reaches ``POINT``; with ``@RANK``, only in that torchrun rank (``RANK``; a single process is rank 0). Points: ``pretrain_batch``, ``finetune_batch``, ``prune``, ``validate``,
+reaches ``POINT``; with ``@RANK``, only in that torchrun rank (``RANK``; a single process is rank 0).
+Workers that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) ignore it: the kill happens once. Points: ``pretrain_batch``, ``finetune_batch``, ``prune``, ``validate``,
 ``checkpoint_write`` (temp file written, not yet renamed), ``checkpoint_renamed`` (file in place, row
 not yet committed), ``db_commit`` (inside a transaction, before COMMIT). Unset, a point costs one
 dictionary lookup.
@@ -19,7 +20,7 @@ _seen: dict[str, int] = {}
 
 def _read() -> tuple[str, int] | None:
     raw = os.environ.get(ENV, "")
-    if not raw:
+    if not raw or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
         return None
     raw, _, rank = raw.partition("@")
     if rank and int(rank) != int(os.environ.get("RANK", "0") or 0):

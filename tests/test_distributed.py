@@ -124,13 +124,15 @@ def test_a_single_process_creates_no_process_group(monkeypatch: pytest.MonkeyPat
 # --- the real CLI under torchrun ----------------------------------------------------------------
 
 
-def torchrun(state: Path, *args: str, kill_at: str = "") -> subprocess.CompletedProcess:
+def torchrun(
+    state: Path, *args: str, kill_at: str = "", restarts: int = 0
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}  # fmt: skip
     env.update(ITERPRUNE_STATE_DIR=str(state), ITERPRUNE_KILL_AT=kill_at, OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "iterprune", *args],
+         "--max-restarts", str(restarts), "-m", "iterprune", *args],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -225,6 +227,19 @@ def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     events = [e["message"] for e in Store(state).events("ddp")]
     assert any("continuing round" in m for m in events), events  # a mid-round checkpoint was used
+    assert outcome(state) == outcome(ref_state)
+
+
+def test_torchrun_elastic_restart_after_rank_0_is_killed_continues_the_run(
+    reference: tuple[Path, Path], tmp_path: Path
+) -> None:
+    schedule, ref_state = reference
+    state = tmp_path / "state"
+    # rank 0 is SIGKILLed mid-round; torchrun restarts both ranks, and the new rank 0 takes the
+    # run over (same host: the dead owner's lock is gone) and continues it
+    done = torchrun(state, "start", str(schedule), kill_at="finetune_batch:25@0", restarts=1)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resumed from round" in done.stdout
     assert outcome(state) == outcome(ref_state)
 
 
