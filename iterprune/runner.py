@@ -329,7 +329,7 @@ class Runner:
         assert self.accepted is not None and self.model is not None
         position, rng_state = None, None
         seed = rng.derive_seed(s.seed, round_, attempt)
-        mid = self._usable_mid(round_, attempt)
+        mid = self.snapshots.mid(round_, attempt, self.group.world if self.group else 1)
         if mid is None:
             rng.seed_everything(seed, (self.train_loader,))
             self._phase(
@@ -395,18 +395,6 @@ class Runner:
                 checkpoint=save_mid, checkpoint_due=self._mid_due,
             )  # fmt: skip
         return mask, result
-
-    def _usable_mid(self, round_: int, attempt: int) -> tuple[dict, dict] | None:
-        """The attempt's mid-round checkpoint, unless it was written by a different number of
-        ranks (the shards, and so the batches, would differ): then the attempt is redone."""
-        mid = self.snapshots.mid(round_, attempt)
-        world = self.group.world if self.group is not None else 1
-        if mid is not None and mid[1].get("world", 1) != world:
-            self._event("warning", "resume", f"the mid-round checkpoint of round {round_}."
-                        f"{attempt} was written by {mid[1].get('world', 1)} rank(s) and this run "
-                        f"has {world}: the attempt is redone from its start")  # fmt: skip
-            return None
-        return mid
 
     def _alive(self, mask: pruning.Mask | None = None) -> int:
         """Prunable weights left: the mask's survivors, or (channel mode) the model's weights."""

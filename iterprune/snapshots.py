@@ -60,17 +60,27 @@ class Snapshots:
                 "again with: iterprune start SCHEDULE.yaml --fresh"
             ) from None
 
-    def mid(self, round_: int, attempt: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """(row, state) of the attempt's mid-round checkpoint, if it has one that verifies."""
+    def mid(
+        self, round_: int, attempt: int, world: int = 1
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(row, state) of the attempt's mid-round checkpoint, if it has one that verifies and
+        was written by ``world`` ranks (with another number of ranks the shards, and so the
+        batches, differ: the attempt is then redone from its start)."""
         row = self.store.mid_checkpoint(self.run_id, round_, attempt)
         if row is None:
             return None
         try:
-            return row, checkpoints.load(self.state_dir / row["path"], row["sha256"])
+            state = checkpoints.load(self.state_dir / row["path"], row["sha256"])
         except checkpoints.CheckpointCorrupt as exc:
             self.warn("corrupt", f"{exc}; redoing round {round_}.{attempt} from its start")
             self.forget(self.store.drop_mids(self.run_id, round_, attempt))
             return None
+        if state.get("world", 1) != world:
+            self.warn("resume", f"the mid-round checkpoint of round {round_}.{attempt} was "
+                      f"written by {state.get('world', 1)} rank(s) and this run has {world}: "
+                      "the attempt is redone from its start")  # fmt: skip
+            return None
+        return row, state
 
     def forget(self, files: list[str]) -> None:
         """Delete files whose rows are already gone (a crash in between leaves them to sweep)."""

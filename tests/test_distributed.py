@@ -8,6 +8,7 @@ and a resume that must end exactly where an uninterrupted two-rank run ends.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -223,6 +224,15 @@ def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
     # rank 0 itself is killed (SIGKILL), after a mid-round checkpoint
     crashed = torchrun(state, "resume", "ddp", kill_at="finetune_batch:9@0")
     assert crashed.returncode != 0
+    # the same state continued by one process: the two-rank mid-round checkpoint does not fit
+    single = tmp_path / "single"
+    shutil.copytree(state, single)
+    env = {**os.environ, "ITERPRUNE_STATE_DIR": str(single), "ITERPRUNE_KILL_AT": ""}
+    env.pop("WORLD_SIZE", None)
+    alone = subprocess.run([sys.executable, "-m", "iterprune", "resume", "ddp"], env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert "written by 2 rank(s) and this run has 1" in alone.stdout
     resumed = torchrun(state, "resume", "ddp")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     events = [e["message"] for e in Store(state).events("ddp")]
