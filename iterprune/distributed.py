@@ -109,33 +109,31 @@ class Group:
     # --- orders and state, from rank 0 --------------------------------------------------------
 
     def broadcast(self, obj: Any = None) -> Any:
-        """Rank 0's ``obj`` on every rank; its tensors are sent as tensors, grouped by dtype."""
+        """Rank 0's ``obj`` on every rank (rank 0 gets ``obj`` back). Tensors inside travel as one
+        byte buffer, whatever their dtypes, and arrive on the CPU (or this rank's GPU when they
+        were on rank 0's)."""
         with self._guard("exchanging orders"):
             leaves: list[torch.Tensor] = []
             box = [_strip(obj, leaves) if self.rank == 0 else None]
             dist.broadcast_object_list(box, src=0, group=self.orders)
-            skeleton = box[0]
-            slots = _slots(skeleton)
-            by_dtype: dict[torch.dtype, list[_Slot]] = {}
-            for slot in slots:
-                by_dtype.setdefault(slot.dtype, []).append(slot)
-            received: dict[int, torch.Tensor] = {}
-            for dtype, group in by_dtype.items():
-                wire = torch.uint8 if dtype == torch.bool else dtype
-                if self.rank == 0:
-                    flat = torch.cat([leaves[s.index].detach().reshape(-1).cpu().to(wire)
-                                      for s in group])  # fmt: skip
-                else:
-                    flat = torch.empty(sum(_numel(s.shape) for s in group), dtype=wire)
-                dist.broadcast(flat, src=0, group=self.orders)
-                offset = 0
-                for s in group:
-                    n = _numel(s.shape)
-                    # a copy of its own: some consumers (Generator.set_state) misread views
-                    t = flat[offset : offset + n].view(s.shape).to(dtype, copy=True)
-                    received[s.index] = t.to(self.device) if s.cuda else t
-                    offset += n
-        return _fill(skeleton, received)
+            slots = _slots(box[0])
+            if not slots:
+                return obj if self.rank == 0 else box[0]
+            sizes = [_numel(s.shape) * s.dtype.itemsize for s in slots]
+            if self.rank == 0:
+                wire = torch.cat([_as_bytes(leaves[s.index]) for s in slots])
+            else:
+                wire = torch.empty(sum(sizes), dtype=torch.uint8)
+            dist.broadcast(wire, src=0, group=self.orders)
+        if self.rank == 0:
+            return obj
+        received, offset = {}, 0
+        for s, size in zip(slots, sizes, strict=True):
+            # a copy of its own: some consumers (Generator.set_state) misread views
+            t = wire[offset : offset + size].clone().view(s.dtype).view(s.shape)
+            received[s.index] = t.to(self.device) if s.cuda else t
+            offset += size
+        return _fill(box[0], received)
 
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj``, in rank order, at rank 0 (None elsewhere)."""
@@ -457,6 +455,10 @@ def _fill(obj: Any, tensors: dict[int, torch.Tensor]) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_fill(v, tensors) for v in obj)
     return obj
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

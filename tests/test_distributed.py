@@ -60,9 +60,11 @@ def _ranks(rank: int, port: int) -> None:
         # a nested object with tensors of several dtypes arrives intact
         torch.manual_seed(0)  # the same "w" on both ranks, to compare with
         sent = {"w": torch.randn(3, 4), "m": [torch.tensor([True, False]), torch.tensor(7)],
-                "text": "x", "none": None, "pair": (1, torch.zeros(0))}  # fmt: skip
+                "text": "x", "none": None, "pair": (1, torch.zeros(0)),
+                "half": torch.arange(5, dtype=torch.bfloat16).reshape(1, 5)[:, ::2]}  # fmt: skip
         got = group.broadcast(sent if rank == 0 else None)
-        assert torch.equal(got["w"], sent["w"])
+        assert torch.equal(got["w"], sent["w"]) and torch.equal(got["half"], sent["half"])
+        assert got["half"].dtype == torch.bfloat16 and got["half"].shape == (1, 3)
         assert got["m"][0].dtype == torch.bool and got["m"][0].tolist() == [True, False]
         assert got["m"][1].item() == 7 and got["text"] == "x" and got["none"] is None
         assert isinstance(got["pair"], tuple) and got["pair"][1].shape == (0,)
