@@ -8,9 +8,9 @@ stops). Before each piece of work that needs every rank it broadcasts an *order*
 same model and data, carry out the orders on their shard, and never open the state directory, so
 on other machines it need not exist.
 
-Fine-tuning wraps the model in DistributedDataParallel per call; every batch one small
-all-reduce carries the mean loss and rank 0's stop / mid-round-checkpoint decisions, so all ranks
-stop at the same batch. Validation sums correct and seen counts over the ranks: the exact figure
+Fine-tuning wraps the model in DistributedDataParallel per call; every
+``training.AGREE_EVERY`` batches one small all-reduce carries the mean loss and rank 0's stop /
+mid-round-checkpoint decisions, so all ranks stop at the same batch. Validation sums correct and seen counts over the ranks: the exact figure
 for the whole validation set. After every attempt the ranks compare a sha256 of their weights
 and masks, and a mismatch fails the run.
 
@@ -153,8 +153,9 @@ class Group:
     def agree(
         self, loss: float, bad: bool, stop: bool, due: bool
     ) -> tuple[float, bool, bool, bool]:
-        """One batch's all-reduce: the mean loss, whether any rank's loss was not finite, and
-        rank 0's decisions to stop and to write a mid-round checkpoint."""
+        """The ranks' periodic all-reduce in training: the mean over ranks of their loss sums,
+        whether any was not finite, and rank 0's decisions to stop and to write a mid-round
+        checkpoint (the other ranks' votes do not count)."""
         lead = self.rank == 0
         t = torch.tensor([0.0 if bad else loss, float(bad), float(stop and lead),
                           float(due and lead)], dtype=torch.float64, device=self.device)  # fmt: skip

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from iterprune.distributed import Group
 
 Progress = Callable[[int, int, int], None]  # (epoch, batch done, batches per epoch)
+# Under torchrun the ranks agree every this many batches (one small all-reduce: the loss, and rank
+# 0's stop / checkpoint decisions). Every batch cost 17% on a small CPU model (bench/distributed.py).
+AGREE_EVERY = 8
 
 
 class MaskEnforcer:
@@ -144,6 +147,7 @@ def train(
     net = o.group.wrap(model) if o.group is not None else model  # DDP all-reduces the gradients
     sampler = getattr(loader, "sampler", None)
     pos = o.start or Position()
+    pending = 0.0  # loss not yet added to pos.loss_sum (under torchrun: until the ranks agree)
     generator = getattr(loader, "generator", None)
     n_batches = _batches(loader, o.max_batches)
     total_steps = max(1, epochs * n_batches)
@@ -173,11 +177,7 @@ def train(
             with torch.autocast(device_type, enabled=o.scaler is not None):
                 loss = loss_fn(net(x), y)
             value = float(loss.detach())
-            bad = not math.isfinite(value)
-            if o.group is not None:  # one collective: the mean loss, and what rank 0 decided
-                value, bad, stopping, due = o.group.agree(value, bad, _asked(o.should_stop),
-                                                          _asked(o.checkpoint_due))  # fmt: skip
-            if bad:
+            if o.group is None and not math.isfinite(value):
                 return TrainResult(loss=value, batches=pos.count, finite=False)
             if o.scaler is not None:
                 o.scaler.scale(loss).backward()
@@ -188,13 +188,22 @@ def train(
                 optimizer.step()
             if o.enforcer is not None:
                 o.enforcer.mask_weights()
-            pos = dataclasses.replace(pos, epoch=epoch, batch=i + 1, loss_sum=pos.loss_sum + value,
-                                      count=pos.count + 1, loader_state=loader_state)  # fmt: skip
+            pending += value
+            pos = dataclasses.replace(pos, epoch=epoch, batch=i + 1, count=pos.count + 1,
+                                      loader_state=loader_state)  # fmt: skip
             if o.progress is not None:
                 o.progress(epoch, i + 1, n_batches)
+            stopping = due = False
             if o.group is None:
+                pos.loss_sum, pending = pos.loss_sum + pending, 0.0
                 stopping = _asked(o.should_stop)
                 due = o.checkpoint is not None and not stopping and _asked(o.checkpoint_due)
+            elif pos.count % AGREE_EVERY == 0:
+                # every rank steps even on a non-finite loss (DDP needs all of them); it is caught
+                # here, and such an attempt is rolled back anyway
+                pos, pending, finite, stopping, due = _agree(o, pos, pending)
+                if not finite:
+                    return TrainResult(loss=math.nan, batches=pos.count, finite=False)
             if o.checkpoint is not None and (stopping or due):
                 o.checkpoint(pos)
             if stopping:
@@ -204,6 +213,9 @@ def train(
             if pos.stale_epochs >= o.patience:
                 break
     if o.group is not None:
+        pos, pending, finite, _, _ = _agree(o, pos, pending)
+        if not finite:
+            return TrainResult(loss=math.nan, batches=pos.count, finite=False)
         o.group.sync_buffers(model)  # BatchNorm statistics: rank 0's, on every rank
     result = TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
     if pos.best_state is not None:
@@ -211,6 +223,16 @@ def train(
         optimizer.load_state_dict(pos.best_state["optimizer"])
         result.best_accuracy, result.best_epoch = pos.best_accuracy, pos.best_epoch
     return result
+
+
+def _agree(o: Options, pos: Position, pending: float) -> tuple[Position, float, bool, bool, bool]:
+    """The ranks' agreement: every rank adds the mean of their pending losses to ``loss_sum`` (so
+    all hold the same position), learns whether any loss was not finite, and takes rank 0's
+    decisions to stop and to write a mid-round checkpoint."""
+    assert o.group is not None
+    mean, bad, stopping, due = o.group.agree(pending, not math.isfinite(pending),
+                                             _asked(o.should_stop), _asked(o.checkpoint_due))  # fmt: skip
+    return dataclasses.replace(pos, loss_sum=pos.loss_sum + mean), 0.0, not bad, stopping, due
 
 
 def _asked(question: Callable[[], bool] | None) -> bool:

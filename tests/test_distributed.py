@@ -77,6 +77,29 @@ def _ranks(rank: int, port: int) -> None:
         assert (loss, bad, stop, due) == (2.0, False, True, False)
         assert group.agree(1.0, rank == 1, False, False)[1] is True  # any rank's NaN counts
 
+        # a non-finite loss on one rank ends training on both, at the same batch
+        torch.manual_seed(2)
+        net = nn.Linear(3, 2)
+        xs = torch.randn(40, 3)
+        if rank == 1:
+            xs[20] = float("nan")  # the 3rd batch of 8 of this rank's own data
+        data = torch.utils.data.TensorDataset(xs, torch.zeros(40, dtype=torch.long))
+        train = torch.utils.data.DataLoader(data, batch_size=8)
+        opts = training.Options(group=group)
+        result = training.train(net, train, torch.optim.SGD(net.parameters(), lr=0.1), 3, opts)
+        assert not result.finite and result.batches == training.AGREE_EVERY
+        # with finite (and different) data both ranks finish and report the same mean loss
+        net = nn.Linear(3, 2)
+        finite = torch.utils.data.TensorDataset(
+            torch.randn(40, 3) + 3 * rank, torch.zeros(40, dtype=torch.long)
+        )
+        result = training.train(net, torch.utils.data.DataLoader(finite, batch_size=8),
+                                torch.optim.SGD(net.parameters(), lr=0.1), 2, opts)  # fmt: skip
+        losses = group.gather(result.loss)
+        assert result.finite and result.batches == 10
+        if rank == 0:
+            assert losses[0] == losses[1], losses
+
         # validation shards: disjoint, unpadded, together the whole set (7 samples, 4 + 3)
         data = torch.utils.data.TensorDataset(torch.arange(7.0), torch.arange(7))
         loader = distributed.shard(torch.utils.data.DataLoader(data, batch_size=2), group, False)
