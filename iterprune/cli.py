@@ -143,6 +143,8 @@ def _run_distributed(args: argparse.Namespace, opening: Opening) -> int:
             leader.close(code)
     finally:
         group.close()
+        global _LEFT_GROUP
+        _LEFT_GROUP = True
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -437,7 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LEFT_GROUP = False  # this process served or followed a run under torchrun
+
+
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if _LEFT_GROUP:
+        # Leave at once: torch's C++ teardown of the process group at interpreter exit sometimes
+        # aborts ("terminate called without an active exception", once in ~17 two-rank runs
+        # here), which torchrun reports as a crash. Everything iterprune wrote is already
+        # committed and fsynced.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

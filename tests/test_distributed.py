@@ -265,6 +265,38 @@ def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
     assert outcome(state) == outcome(ref_state)
 
 
+MODES = {
+    "lottery": "lottery: {rewind: {epoch: 1}, control: random_reinit}\n"
+    "prune: {method: global_magnitude, step: 0.4, target_sparsity: 0.7}\n",
+    "channel": "prune: {method: channel, step: 0.3, target_sparsity: 0.5}\n",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_lottery_and_channel_modes_under_torchrun(mode: str, tmp_path: Path) -> None:
+    """The rewind weights, the control model and the smaller channel-pruned model all reach the
+    other rank (channel mode rebuilds the architecture there from rank 0's layer shapes)."""
+    schedule = tmp_path / f"{mode}.yaml"
+    schedule.write_text(
+        f"name: {mode}\nseed: 4\nthreads: 1\nmodel: {{builtin: digits_cnn, kwargs: {{width: 8}}}}\n"
+        "data: {builtin: digits, kwargs: {limit: 400}, batch_size: 32}\n"
+        "pretrain: {epochs: 3, lr: 3.0e-3}\nfinetune: {epochs: 2, optimizer: adam, lr: 3.0e-3}\n"
+        "validate: {max_drop: 100}\n" + MODES[mode]
+    )
+    done = torchrun(tmp_path / "state", "start", str(schedule))
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = Store(tmp_path / "state")
+    rounds = store.rounds(mode)
+    assert len(rounds) >= 2 and store.run(mode)["status"] == "finished"
+    agreed = [e["message"] for e in store.events(mode) if e["kind"] == "ranks"]
+    assert len(agreed) == len(rounds)
+    if mode == "lottery":
+        assert all(r["control_accuracy"] is not None for r in rounds)
+    else:
+        assert rounds[-1]["params"] < rounds[0]["params"] and rounds[-1]["macs"] is not None
+    store.close()
+
+
 def test_torchrun_elastic_restart_after_rank_0_is_killed_continues_the_run(
     reference: tuple[Path, Path], tmp_path: Path
 ) -> None:
