@@ -465,7 +465,6 @@ class Runner:
     def _roll_back(self, round_: int, attempt: int, fields: dict, layers: list) -> bool:
         s = self.schedule
         self._restore()
-        self._sync(self.accepted.mask)  # every rank back to the accepted state
         new_step = fields["step"] * s.rollback.shrink
         run_fields: dict[str, Any] = {"step": new_step, "phase": "prune"}
         ended = None
@@ -482,6 +481,8 @@ class Runner:
                    f"round {round_}.{attempt} rolled back ({fields['note']}); next step {new_step:.4f}"),
         ))  # fmt: skip
         self._round_done(round_, attempt, fields, layers)
+        if not ended:
+            self._sync(self.accepted.mask)  # every rank back to the accepted state
         if ended:
             self._event("info", "finished", ended)
             self.reporter.run_done("finished", ended)
