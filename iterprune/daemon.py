@@ -162,13 +162,15 @@ def run_lock(state_dir: Path, run_id: str, store: Store) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _signals(stop: threading.Event) -> Iterator[None]:
+def _signals(stop: threading.Event, second_ctrl_c_exits: bool = True) -> Iterator[None]:
+    """SIGTERM and Ctrl-C ask for a stop; a second Ctrl-C exits at once, except under torchrun,
+    whose agent passes the terminal's Ctrl-C on as a second SIGINT of its own."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
+        if stop.is_set() and signum == signal.SIGINT and second_ctrl_c_exits:
             os._exit(130)  # the second Ctrl-C: at once (the state on disk is crash-safe)
         stop.set()
 
@@ -275,7 +277,7 @@ def serve(
     """Own the run (lock file, then lease row) and run it until it ends; its final status."""
     store, run_id = runner.store, runner.run_id
     host = socket.gethostname()
-    with run_lock(store.state_dir, run_id, store), _signals(runner.stop):
+    with run_lock(store.state_dir, run_id, store), _signals(runner.stop, runner.leader is None):
         owner = store.take_lease(run_id, os.getpid(), host, lease_timeout, time.time())
         if owner is not None:
             age = time.time() - owner["heartbeat_at"]

@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -330,7 +331,14 @@ class Leader:
 
 def follow(group: Group) -> int:
     """A rank other than 0: wait for rank 0 to open the run, then carry out its orders until
-    ``done``; the exit code rank 0 sends."""
+    ``done``; the exit code rank 0 sends.
+
+    Ctrl-C reaches every process of the terminal, and torchrun passes SIGTERM on to all ranks:
+    rank 0 alone acts on them (it stops every rank after the same batch, with a checkpoint), so
+    the other ranks ignore both and follow it to the end.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     kind, payload = group.broadcast()
     if kind == "done":
         return int(payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -310,7 +311,21 @@ def test_torchrun_elastic_restart_after_rank_0_is_killed_continues_the_run(
     assert outcome(state) == outcome(ref_state)
 
 
-def test_stop_ends_every_rank_with_exit_code_0(tmp_path: Path) -> None:
+def _serving(state: Path, run: str, ready) -> None:
+    """Wait until rank 0 serves ``run`` and its row satisfies ``ready``."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if (state / "iterprune.db").exists():
+            store = Store(state)
+            row = store.run(run)
+            store.close()
+            if row and row["pid"] and ready(row):
+                return
+    raise AssertionError(f"{run} never got there")
+
+
+def test_stop_between_rounds_ends_every_rank_with_exit_code_0(tmp_path: Path) -> None:
     schedule = tmp_path / "ddp.yaml"
     # a pause after each round: the stop lands while rank 0 waits and the others wait for orders
     text = SCHEDULE.replace("name: ddp", "name: stopper")
@@ -323,16 +338,7 @@ def test_stop_ends_every_rank_with_exit_code_0(tmp_path: Path) -> None:
          "-m", "iterprune", "start", str(schedule)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if (state / "iterprune.db").exists():
-            store = Store(state)
-            row = store.run("stopper")
-            rounds = store.rounds("stopper")
-            store.close()
-            if row and row["pid"] and rounds:
-                break
+    _serving(state, "stopper", lambda row: (row["accepted_round"] or 0) >= 1)  # after round 1
     stop = subprocess.run([sys.executable, "-m", "iterprune", "stop", "stopper"], env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert stop.returncode == 0, stop.stderr
@@ -342,3 +348,33 @@ def test_stop_ends_every_rank_with_exit_code_0(tmp_path: Path) -> None:
     store = Store(state)
     assert store.run("stopper")["status"] == "stopped"
     store.close()
+
+
+def test_ctrl_c_mid_round_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> None:
+    """Ctrl-C reaches every process (torchrun's agent even sends the ranks a second SIGINT):
+    rank 0 stops all ranks after the same batch with a mid-round checkpoint, and resume finishes."""
+    schedule = tmp_path / "ddp.yaml"
+    text = SCHEDULE.replace("name: ddp", "name: ctrlc").replace("patience: 1", "patience: 50")
+    text = text.replace("target_sparsity: 0.9", "target_sparsity: 0.5")  # one round
+    schedule.write_text(text.replace("finetune: {epochs: 2", "finetune: {epochs: 25"))
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(ITERPRUNE_STATE_DIR=str(state), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "iterprune", "start", str(schedule)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    _serving(state, "ctrlc", lambda row: row["phase"] == "finetune")
+    time.sleep(1.0)  # into the round's batches
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    out, _ = proc.communicate(timeout=120)
+    assert "stopped on all 2 ranks" in out, out  # (torchrun itself exits 1 on a SIGINT)
+    store = Store(state)
+    assert store.run("ctrlc")["status"] == "stopped"
+    assert any(c["kind"] == "mid" for c in store.checkpoints("ctrlc"))
+    store.close()
+    resumed = torchrun(state, "resume", "ctrlc")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "continuing round 1.1" in resumed.stdout
