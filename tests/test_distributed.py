@@ -151,17 +151,32 @@ def test_a_single_process_creates_no_process_group(monkeypatch: pytest.MonkeyPat
 # --- the real CLI under torchrun ----------------------------------------------------------------
 
 
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _env(state: Path, kill_at: str = "") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(ITERPRUNE_STATE_DIR=str(state), ITERPRUNE_KILL_AT=kill_at, OMP_NUM_THREADS="1")
+    return env
+
+
+def _command(*args: str, restarts: int = 0) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "--max-restarts", str(restarts), "-m", "iterprune", *args]  # fmt: skip
+
+
 def torchrun(
     state: Path, *args: str, kill_at: str = "", restarts: int = 0
 ) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}  # fmt: skip
-    env.update(ITERPRUNE_STATE_DIR=str(state), ITERPRUNE_KILL_AT=kill_at, OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "--max-restarts", str(restarts), "-m", "iterprune", *args],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    """Two ranks of ``iterprune ARGS`` under torchrun, to the end."""
+    return subprocess.run(_command(*args, restarts=restarts), env=_env(state, kill_at),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def launch(state: Path, *args: str, **popen) -> subprocess.Popen:
+    """Two ranks of ``iterprune ARGS`` under torchrun, in the background."""
+    return subprocess.Popen(_command(*args), env=_env(state), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)  # fmt: skip
 
 
 def outcome(state: Path) -> tuple[list, str]:
@@ -253,10 +268,8 @@ def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
     # the same state continued by one process: the two-rank mid-round checkpoint does not fit
     single = tmp_path / "single"
     shutil.copytree(state, single)
-    env = {**os.environ, "ITERPRUNE_STATE_DIR": str(single), "ITERPRUNE_KILL_AT": ""}
-    env.pop("WORLD_SIZE", None)
-    alone = subprocess.run([sys.executable, "-m", "iterprune", "resume", "ddp"], env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    alone = subprocess.run([sys.executable, "-m", "iterprune", "resume", "ddp"],
+                           env=_env(single), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "written by 2 rank(s) and this run has 1" in alone.stdout
     resumed = torchrun(state, "resume", "ddp")
@@ -331,16 +344,10 @@ def test_stop_between_rounds_ends_every_rank_with_exit_code_0(tmp_path: Path) ->
     text = SCHEDULE.replace("name: ddp", "name: stopper")
     schedule.write_text(text.replace("when: {", "when: {pause_between_rounds: 60s, "))
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env.update(ITERPRUNE_STATE_DIR=str(state), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "iterprune", "start", str(schedule)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc = launch(state, "start", str(schedule))
     _serving(state, "stopper", lambda row: (row["accepted_round"] or 0) >= 1)  # after round 1
-    stop = subprocess.run([sys.executable, "-m", "iterprune", "stop", "stopper"], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    stop = subprocess.run([sys.executable, "-m", "iterprune", "stop", "stopper"],
+                          env=_env(state), capture_output=True, text=True)  # fmt: skip
     assert stop.returncode == 0, stop.stderr
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
@@ -358,14 +365,7 @@ def test_ctrl_c_mid_round_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> 
     text = text.replace("target_sparsity: 0.9", "target_sparsity: 0.5")  # one round
     schedule.write_text(text.replace("finetune: {epochs: 2", "finetune: {epochs: 25"))
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    env.update(ITERPRUNE_STATE_DIR=str(state), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "iterprune", "start", str(schedule)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = launch(state, "start", str(schedule), start_new_session=True)
     _serving(state, "ctrlc", lambda row: row["phase"] == "finetune")
     time.sleep(1.0)  # into the round's batches
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
