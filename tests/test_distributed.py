@@ -324,10 +324,10 @@ def test_torchrun_elastic_restart_after_rank_0_is_killed_continues_the_run(
     assert outcome(state) == outcome(ref_state)
 
 
-def _serving(state: Path, run: str, ready) -> None:
+def _serving(proc: subprocess.Popen, state: Path, run: str, ready) -> None:
     """Wait until rank 0 serves ``run`` and its row satisfies ``ready``."""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.3)
         if (state / "iterprune.db").exists():
             store = Store(state)
@@ -335,7 +335,8 @@ def _serving(state: Path, run: str, ready) -> None:
             store.close()
             if row and row["pid"] and ready(row):
                 return
-    raise AssertionError(f"{run} never got there")
+    proc.kill()
+    raise AssertionError(f"{run} never got there:\n{proc.communicate()[0]}")
 
 
 def test_stop_between_rounds_ends_every_rank_with_exit_code_0(tmp_path: Path) -> None:
@@ -345,7 +346,7 @@ def test_stop_between_rounds_ends_every_rank_with_exit_code_0(tmp_path: Path) ->
     schedule.write_text(text.replace("when: {", "when: {pause_between_rounds: 60s, "))
     state = tmp_path / "state"
     proc = launch(state, "start", str(schedule))
-    _serving(state, "stopper", lambda row: (row["accepted_round"] or 0) >= 1)  # after round 1
+    _serving(proc, state, "stopper", lambda row: (row["accepted_round"] or 0) >= 1)  # after round 1
     stop = subprocess.run([sys.executable, "-m", "iterprune", "stop", "stopper"],
                           env=_env(state), capture_output=True, text=True)  # fmt: skip
     assert stop.returncode == 0, stop.stderr
@@ -366,7 +367,7 @@ def test_ctrl_c_mid_round_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> 
     schedule.write_text(text.replace("finetune: {epochs: 2", "finetune: {epochs: 25"))
     state = tmp_path / "state"
     proc = launch(state, "start", str(schedule), start_new_session=True)
-    _serving(state, "ctrlc", lambda row: row["phase"] == "finetune")
+    _serving(proc, state, "ctrlc", lambda row: row["phase"] == "finetune")
     time.sleep(1.0)  # into the round's batches
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     out, _ = proc.communicate(timeout=120)
