@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -109,10 +110,21 @@ class Store:
         self.db = Database(conn)
         self.db.execute("PRAGMA synchronous=FULL")  # per connection: set on every open
         self.db.execute("PRAGMA foreign_keys=ON")
-        if self.db.journal_mode != "wal":
-            self.db.enable_wal()
-        if migrations.pending(self.db):
-            migrations.apply(self.db)
+        if self.db.journal_mode != "wal" or migrations.pending(self.db):
+            self._set_up()
+
+    def _set_up(self) -> None:
+        """WAL mode and the schema, one process at a time: two processes opening a new database
+        at once (a run starting while ``status`` polls) otherwise fail with "database is locked"
+        (10 of 10 trials with 4 processes)."""
+        lock = self.state_dir / "locks" / "schema.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if self.db.journal_mode != "wal":
+                self.db.enable_wal()
+            if migrations.pending(self.db):
+                migrations.apply(self.db)
 
     def close(self) -> None:
         self.db.close()

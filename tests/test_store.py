@@ -1,11 +1,37 @@
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from iterprune.store import Store, migrations
+
+
+def _open_when_released(state: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        Store(state).close()
+        results.put("ok")
+    except Exception as exc:  # reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """A run starting while ``status`` polls: before the schema lock, 10 of 10 trials failed
+    with "database is locked"."""
+    ctx = multiprocessing.get_context("fork")  # the children only open SQLite
+    for trial in range(3):
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_when_released,
+                             args=(str(tmp_path / f"s{trial}"), barrier, results))
+                 for _ in range(4)]  # fmt: skip
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
 
 
 def new_run(store: Store, run: str = "r") -> None:
