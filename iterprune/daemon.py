@@ -229,7 +229,7 @@ class _Service:
                     opens = self.window.next_open(now)
                     store.update_run(run_id, status="paused", phase="waiting",
                                      next_window_at=opens.isoformat() if opens else None)  # fmt: skip
-                    runner.announce("info", "waiting", f"outside the time window "
+                    runner.narrator.event("info", "waiting", f"outside the time window "
                                     f"'{self.window.expression}'; waiting until {opens:%Y-%m-%d %H:%M %Z}")  # fmt: skip
                     if opens is None:
                         raise IterpruneError(
@@ -251,7 +251,7 @@ class _Service:
     def heartbeat(self) -> None:
         runner = self.runner
         if not runner.stop.is_set() and not self.beat_store.heartbeat(
-            runner.run_id, self.pid, self.host, time.time(), runner.progress_text()
+            runner.run_id, self.pid, self.host, time.time(), runner.narrator.progress_text()
         ):
             row = self.beat_store.run(runner.run_id) or {}
             if not row.get("stop_requested"):
@@ -306,7 +306,9 @@ def serve(
             store.update_run(run_id, pid=None, next_window_at=None)
             return "finished"
         store.update_run(run_id, status="stopped", pid=None, next_window_at=None)
-        runner.announce("info", "stopped", f"stopped; continue with: iterprune resume {run_id}")
+        runner.narrator.event(
+            "info", "stopped", f"stopped; continue with: iterprune resume {run_id}"
+        )
         runner.reporter.run_done("stopped", f"continue with: iterprune resume {run_id}")
         return "stopped"
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from iterprune import channels, faults, latency, paths, pruning, recipe, rng, sources, training
+from iterprune import channels, latency, paths, pruning, recipe, rng, sources, training
 from iterprune.errors import RunConflict, UnknownRun, UserError
-from iterprune.reporter import NullReporter, Reporter, Tee
+from iterprune.reporter import Narrator, NullReporter, Reporter, Tee
 from iterprune.runs import load_schedule
 from iterprune.snapshots import Snapshots
 from iterprune.store import Store, now
@@ -59,19 +59,17 @@ class Runner:
         self.run_id = run_id
         self.schedule = load_schedule(store, run_id)
         self.reporter = reporter or NullReporter()
+        self.narrator = Narrator(store, run_id, self.reporter)
         self.stop = stop or threading.Event()
         self.pause = threading.Event()  # the time window closed: checkpoint and wait for it
         self.state_dir = store.state_dir
         self.snapshots = Snapshots(
-            store, run_id, lambda kind, msg: self._event("warning", kind, msg)
+            store, run_id, lambda kind, msg: self.narrator.event("warning", kind, msg)
         )
         self.model: nn.Module | None = None
         self.accepted: Accepted | None = None
         self.rewind: dict[str, torch.Tensor] | None = None  # lottery mode's rewind weights
         self.mask: pruning.Mask | None = None
-        self._phase_name = "pretrain"
-        self._batches_done = 0
-        self._progress = (0, 0, 0)
         self._last_mid = (0.0, 0)
 
     # --- set-up -------------------------------------------------------------------------------
@@ -121,13 +119,14 @@ class Runner:
 
             logdir = Path(s.base_dir) / s.report.tensorboard
             self.reporter = Tee(self.reporter, TensorBoardReporter(logdir / self.run_id))
+            self.narrator.reporter = self.reporter
         self.reporter.run_started(self._info())
         if row["baseline_accuracy"] is None:
             self._pretrain()
         else:
             self._load_accepted()
         for path in self.snapshots.sweep():
-            self._event("info", "sweep", f"removed unreferenced file {path.name}")
+            self.narrator.event("info", "sweep", f"removed unreferenced file {path.name}")
 
     def pin_threads(self) -> None:
         """Use the run's recorded thread count (it changes float results); call it in every thread
@@ -148,18 +147,18 @@ class Runner:
         if s.pretrain.epochs and not s.model.weights:
             seed = rng.derive_seed(s.seed, 0, 0)
             rng.seed_everything(seed, (self.train_loader,))
-            self._phase(
+            self.narrator.phase(
                 "pretrain",
                 s.pretrain.epochs,
                 f"pretraining dense model, {s.pretrain.epochs} epochs",
             )
             optimizer = torch.optim.Adam(model.parameters(), lr=s.pretrain.lr)
-            self._batches_done = 0
+            self.narrator.batches = 0
 
             def progress(epoch: int, batch: int, batches: int) -> None:
-                self._epoch_progress(epoch, batch, batches)
+                self.narrator.batch(epoch, batch, batches)
                 if lottery is not None and self.rewind is None and (
-                    (lottery.rewind == "step" and self._batches_done == lottery.at)
+                    (lottery.rewind == "step" and self.narrator.batches == lottery.at)
                     or (lottery.rewind == "epoch" and epoch + 1 == lottery.at and batch == batches)
                 ):  # fmt: skip
                     self.rewind = _clone(model.state_dict())
@@ -178,9 +177,9 @@ class Runner:
         if lottery is not None and self.rewind is None:
             raise UserError(
                 f"lottery.rewind.{lottery.rewind}: {lottery.at} is past the end of pretraining "
-                f"({self._batches_done} steps in {s.pretrain.epochs} epochs)"
+                f"({self.narrator.batches} steps in {s.pretrain.epochs} epochs)"
             )
-        self._phase("validate", 1, "measuring the dense baseline")
+        self.narrator.phase("validate", 1, "measuring the dense baseline")
         baseline = self._evaluate()
         speed = self._latency()
         mask = pruning.dense_mask(self.params)
@@ -208,7 +207,7 @@ class Runner:
         )
         self.accepted = Accepted(0, _clone(model.state_dict()), mask, None)
         latency_note = f", {speed['latency_ms_p50']:.2f} ms/batch" if speed else ""
-        self._event("info", "baseline", f"dense baseline accuracy {baseline:.2f}% on "
+        self.narrator.event("info", "baseline", f"dense baseline accuracy {baseline:.2f}% on "
                     f"{self.total:,} prunable weights{latency_note}")  # fmt: skip
         self.reporter.run_started(self._info())
 
@@ -227,7 +226,9 @@ class Runner:
         if self.schedule.lottery is not None:
             self.rewind = self.snapshots.rewind_point()
         self._sync(self.accepted.mask)
-        self._event("info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})")
+        self.narrator.event(
+            "info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})"
+        )
 
     def _fall_back(self, round_: int, row: dict[str, Any]) -> None:
         """Forget the rounds after ``round_`` (their checkpoints are lost): they will be redone."""
@@ -240,7 +241,7 @@ class Runner:
             "round": round_, "attempt": kept["attempt"] if kept else 0,
         }  # fmt: skip
         self.snapshots.forget(self.store.rewind_to(self.run_id, round_, fields))
-        self._event("warning", "fallback", f"fell back to round {round_}: rounds "
+        self.narrator.event("warning", "fallback", f"fell back to round {round_}: rounds "
                     f"{round_ + 1}..{row['accepted_round']} will be redone")  # fmt: skip
 
     # --- the rounds ---------------------------------------------------------------------------
@@ -278,12 +279,12 @@ class Runner:
             self.store.interrupt_attempt(self.run_id, round_, attempt)
             self._restore()
             if not self.stop.is_set():
-                self._event("info", "paused", f"the time window closed: round {round_}.{attempt} "
+                self.narrator.event("info", "paused", f"the time window closed: round {round_}.{attempt} "
                             "checkpointed, to be continued when it opens")  # fmt: skip
             return not self.stop.is_set()
 
         self._set_phase("validate")
-        self._phase("validate", 1, f"round {round_}.{attempt}: validating")
+        self.narrator.phase("validate", 1, f"round {round_}.{attempt}: validating")
         accuracy = result.best_accuracy
         if accuracy is None:
             accuracy = self._evaluate()
@@ -292,14 +293,14 @@ class Runner:
         achieved = 1 - remaining / self.total
         control = None
         if s.lottery is not None and s.lottery.control == "random_reinit":
-            self._phase(
+            self.narrator.phase(
                 "control", s.finetune.epochs, f"round {round_}.{attempt}: control (random reinit)"
             )
             seed = rng.derive_seed(s.seed + 1, round_, attempt)
             with self._order("control", {"mask": new_mask, "seed": seed}):
                 control = recipe.control_accuracy(
                     s, new_mask, self.train_loader, self.val_loader, self.device, seed,
-                    self._epoch_progress, self.group,
+                    self.narrator.batch, self.group,
                 )  # fmt: skip
         self._verify_ranks(round_, attempt, new_mask)
         fields = {
@@ -332,7 +333,7 @@ class Runner:
         mid = self.snapshots.mid(round_, attempt, self.group.world if self.group else 1)
         if mid is None:
             rng.seed_everything(seed, (self.train_loader,))
-            self._phase(
+            self.narrator.phase(
                 "prune", 1, f"round {round_}.{attempt}: pruning {step:.1%} of the remaining weights"
             )
             if self.channel:
@@ -356,7 +357,7 @@ class Runner:
             self.optimizer.load_state_dict(state["optimizer"])
             position = training.Position(**state["position"])
             rng.seed_sampler(self.train_loader, seed)
-            self._event("info", "resume", f"continuing round {round_}.{attempt} at epoch "
+            self.narrator.event("info", "resume", f"continuing round {round_}.{attempt} at epoch "
                         f"{position.epoch + 1}, batch {position.batch} (mid-round checkpoint "
                         f"{row['path']})")  # fmt: skip
         self.mask = mask  # the attempt's mask: the decision this round applies
@@ -378,9 +379,9 @@ class Runner:
 
         f = s.finetune
         self._set_phase("finetune")
-        self._phase("finetune", f.epochs, f"round {round_}.{attempt}: fine-tuning")
-        self._batches_done = position.count if position else 0
-        self._last_mid = (time.monotonic(), self._batches_done)
+        self.narrator.phase("finetune", f.epochs, f"round {round_}.{attempt}: fine-tuning")
+        self.narrator.batches = position.count if position else 0
+        self._last_mid = (time.monotonic(), self.narrator.batches)
         self._sync(mask)
         order = {"seed": seed, "position": None if mid is None else mid[1]["position"],
                  "ranks": None if mid is None else mid[1].get("ranks"),
@@ -389,7 +390,7 @@ class Runner:
             result = recipe.finetune(
                 f, self.model, self.params, mask, self.optimizer,
                 (self.train_loader, self.val_loader), self.device, group=self.group,
-                scaler=scaler, progress=self._epoch_progress,
+                scaler=scaler, progress=self.narrator.batch,
                 should_stop=lambda: self.stop.is_set() or self.pause.is_set(), start=position,
                 on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
                 checkpoint=save_mid, checkpoint_due=self._mid_due,
@@ -427,7 +428,7 @@ class Runner:
         when = self.schedule.when
         since, batches_then = self._last_mid
         if when.checkpoint_every_batches is not None:
-            return self._batches_done - batches_then >= when.checkpoint_every_batches
+            return self.narrator.batches - batches_then >= when.checkpoint_every_batches
         if when.checkpoint_every_s is not None:
             return time.monotonic() - since >= when.checkpoint_every_s
         return False
@@ -459,7 +460,7 @@ class Runner:
                                  channels.architecture(self.model) if self.channel else None)  # fmt: skip
         if self.schedule.checkpoints.keep == "last":
             self.snapshots.forget(self.store.drop_superseded(self.run_id))
-        self._round_done(round_, attempt, fields, layers)
+        self.narrator.round_done(round_, attempt, fields, layers)
         return True
 
     def _roll_back(self, round_: int, attempt: int, fields: dict, layers: list) -> bool:
@@ -480,11 +481,11 @@ class Runner:
             event=("warning", "rolled_back",
                    f"round {round_}.{attempt} rolled back ({fields['note']}); next step {new_step:.4f}"),
         ))  # fmt: skip
-        self._round_done(round_, attempt, fields, layers)
+        self.narrator.round_done(round_, attempt, fields, layers)
         if not ended:
             self._sync(self.accepted.mask)  # every rank back to the accepted state
         if ended:
-            self._event("info", "finished", ended)
+            self.narrator.event("info", "finished", ended)
             self.reporter.run_done("finished", ended)
             return False
         return True
@@ -519,12 +520,12 @@ class Runner:
     def _verify_ranks(self, round_: int, attempt: int, mask: pruning.Mask) -> None:
         if self.leader is not None:
             digest = self.leader.verify(self.model, mask, f"round {round_}.{attempt}")
-            self._event("info", "ranks", f"round {round_}.{attempt}: all {self.group.world} ranks "
+            self.narrator.event("info", "ranks", f"round {round_}.{attempt}: all {self.group.world} ranks "
                         f"hold identical weights and masks (sha256 {digest[:16]})")  # fmt: skip
 
     def _finish(self, reason: str) -> bool:
         self.store.update_run(self.run_id, status="finished", reason=reason, phase="done")
-        self._event("info", "finished", reason)
+        self.narrator.event("info", "finished", reason)
         self.reporter.run_done("finished", reason)
         return False
 
@@ -534,7 +535,7 @@ class Runner:
         if b is None:
             return {}
         assert self.model is not None
-        self._phase("benchmark", 1, "measuring inference latency")
+        self.narrator.phase("benchmark", 1, "measuring inference latency")
         ms = latency.measure(
             self.model, b.input_shape, b.batch_size, b.iterations, b.warmup, self.device
         )
@@ -557,37 +558,8 @@ class Runner:
             "device": str(self.device) + (f" × {self.group.world} ranks" if self.group else ""),
         }  # fmt: skip
 
-    def _phase(self, name: str, total: int, description: str) -> None:
-        self._phase_name = name
-        faults.point(name)
-        self.reporter.phase(name, total, description)
-
     def _set_phase(self, name: str) -> None:
         self.store.update_run(self.run_id, phase=name, heartbeat_at=time.time())
-
-    def _epoch_progress(self, epoch: int, batch: int, batches: int) -> None:
-        self._batches_done += 1
-        self._progress = (epoch, batch, batches)
-        faults.point(f"{self._phase_name}_batch")
-        self.reporter.advance(epoch + (batch / batches if batches else 1.0))
-
-    def progress_text(self) -> str:
-        """Where the current phase is, for ``status`` (the heartbeat stores it)."""
-        epoch, batch, batches = self._progress
-        if self._phase_name in ("pretrain", "finetune", "control"):
-            return f"{self._phase_name} epoch {epoch + 1}, batch {batch}/{batches or '?'}"
-        return self._phase_name
-
-    def announce(self, level: str, kind: str, message: str) -> None:
-        """An event from whoever serves the run: into the event log and to the reporter."""
-        self._event(level, kind, message)
-
-    def _event(self, level: str, kind: str, message: str) -> None:
-        self.store.add_event(self.run_id, level, kind, message)
-        self.reporter.event(level, kind, message)
-
-    def _round_done(self, round_: int, attempt: int, fields: dict, layers: list) -> None:
-        self.reporter.round_done({"round": round_, "attempt": attempt, **fields, "layers": layers})
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
