@@ -10,9 +10,9 @@ on other machines it need not exist.
 
 Fine-tuning wraps the model in DistributedDataParallel per call; every
 ``training.AGREE_EVERY`` batches one small all-reduce carries the mean loss and rank 0's stop /
-mid-round-checkpoint decisions, so all ranks stop at the same batch. Validation sums correct and seen counts over the ranks: the exact figure
-for the whole validation set. After every attempt the ranks compare a sha256 of their weights
-and masks, and a mismatch fails the run.
+mid-round-checkpoint decisions, so all ranks stop at the same batch. Validation sums correct and
+seen counts over the ranks: the exact figure for the whole validation set. After every attempt
+the ranks compare a sha256 of their weights and masks, and a mismatch fails the run.
 
 Orders travel on their own gloo group with a long timeout, so ranks can wait out a closed time
 window; training collectives use the default group (gloo on CPU, NCCL on CUDA). Without torchrun
