@@ -367,7 +367,7 @@ class Follower:
 
     def _fresh_model(self) -> nn.Module:
         s = self.schedule
-        return sources.build_model(dataclasses.replace(s.model, weights=None), s.seed, s.base_dir)
+        return sources.fresh_model(s.model, s.seed, s.base_dir)
 
     def _new_state(self, optimizer_state: dict | None) -> None:
         self.params = pruning.prunable_parameters(self.model, self.schedule.prune.exclude)

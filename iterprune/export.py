@@ -173,7 +173,6 @@ def export(
 
 def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, need_shape: bool):
     """A fresh model of the run's architecture, and the input shape to trace it with."""
-    import dataclasses
 
     from iterprune import runs, sources
 
@@ -184,5 +183,5 @@ def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, n
         input_shape = (1, 8, 8)
     if input_shape is None and need_shape:
         raise UserError("this format needs the shape of one example: --input-shape 3,224,224")
-    model = sources.build_model(dataclasses.replace(s.model, weights=None), s.seed, s.base_dir)
+    model = sources.fresh_model(s.model, s.seed, s.base_dir)
     return model, tuple(input_shape) if input_shape is not None else None

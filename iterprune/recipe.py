@@ -4,7 +4,6 @@ initialised model. Rank 0 and the other ranks under torchrun make the same calls
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +81,7 @@ def control_accuracy(
     """
     with rng.untouched(train_loader, device):
         rng.seed_everything(seed, (train_loader,), group.rank if group is not None else 0)
-        model = sources.build_model(dataclasses.replace(s.model, weights=None), seed, s.base_dir)
+        model = sources.fresh_model(s.model, seed, s.base_dir)
         model = model.to(device)
         params = pruning.prunable_parameters(model, s.prune.exclude)
         pruning.apply(params, mask)

@@ -28,7 +28,7 @@ from iterprune.snapshots import Snapshots
 from iterprune.store import Store, now
 
 if TYPE_CHECKING:
-    from iterprune.distributed import Leader
+    from iterprune.distributed import Group, Leader
 
 
 @dataclass
@@ -55,7 +55,6 @@ class Runner:
     ) -> None:
         self.store = store
         self.leader = leader  # under torchrun: the other ranks, who do what this runner orders
-        self.group = leader.group if leader is not None else None
         self.run_id = run_id
         self.schedule = load_schedule(store, run_id)
         self.reporter = reporter or NullReporter()
@@ -417,8 +416,8 @@ class Runner:
     def _load_model(self, state: dict[str, torch.Tensor], architecture: dict | None) -> None:
         """Load weights; a channel-pruned architecture is rebuilt from a fresh model first."""
         s = self.schedule
-        model = channels.fit(self.model, state, architecture, lambda: sources.build_model(
-            dataclasses.replace(s.model, weights=None), s.seed, s.base_dir))  # fmt: skip
+        model = channels.fit(self.model, state, architecture,
+                             lambda: sources.fresh_model(s.model, s.seed, s.base_dir))  # fmt: skip
         if model is not self.model:
             self.model = model.to(self.device)
             self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
@@ -500,6 +499,10 @@ class Runner:
             self.optimizer.load_state_dict(copy.deepcopy(self.accepted.optimizer))
 
     # --- the other ranks (under torchrun) ----------------------------------------------------
+
+    @property
+    def group(self) -> Group | None:
+        return self.leader.group if self.leader is not None else None
 
     def _order(self, name: str, payload: Any = None) -> contextlib.AbstractContextManager:
         """Under torchrun: tell the other ranks to do ``name`` with us; else nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,12 @@ def build_model(spec: ModelSpec, seed: int, base_dir: str = ".") -> nn.Module:
         state = read_weights(Path(base_dir) / spec.weights, spec.trust_pickle)
         load_weights(model, state, Path(base_dir) / spec.weights)
     return model
+
+
+def fresh_model(spec: ModelSpec, seed: int, base_dir: str = ".") -> nn.Module:
+    """The schedule's model as ``seed`` initialises it, without its weights file (for a model
+    that is about to receive a checkpoint's state, or a random-initialisation control)."""
+    return build_model(dataclasses.replace(spec, weights=None), seed, base_dir)
 
 
 def read_weights(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
