@@ -51,8 +51,10 @@ def main() -> None:
         t_pruned.append(latency(pruned, x))
     d, p = statistics.median(t_dense), statistics.median(t_pruned)
     speedup, macs_ratio = d / p, dense_macs / macs
-    print(f"ResNet-50, {args.fraction:.0%} of each layer's channels removed, batch 8 at 224x224, "
-          f"{args.threads} threads, median of {args.repeats}")  # fmt: skip
+    print(
+        f"ResNet-50, {args.fraction:.0%} of each layer's channels removed, batch 8 at 224x224, "
+        f"{args.threads} threads, median of {args.repeats}"
+    )
     print(f"{'model':<10}{'GMACs':>10}{'params M':>10}{'latency s':>12}")
     print(f"{'dense':<10}{dense_macs / 1e9:>10.2f}{dense_params / 1e6:>10.2f}{d:>12.3f}")
     print(f"{'pruned':<10}{macs / 1e9:>10.2f}{params / 1e6:>10.2f}{p:>12.3f}")
@@ -60,9 +62,18 @@ def main() -> None:
     print(
         f"speedup {speedup:.2f}x, MACs ratio {macs_ratio:.2f}x: target {'met' if ok else 'NOT met'}"
     )
-    print(json.dumps({"speedup": round(speedup, 3), "macs_ratio": round(macs_ratio, 3),
-                      "dense_s": round(d, 4), "pruned_s": round(p, 4),
-                      "params_ratio": round(dense_params / params, 3), "threads": args.threads}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "speedup": round(speedup, 3),
+                "macs_ratio": round(macs_ratio, 3),
+                "dense_s": round(d, 4),
+                "pruned_s": round(p, 4),
+                "params_ratio": round(dense_params / params, 3),
+                "threads": args.threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -76,15 +76,23 @@ def resume_latency(workdir: Path, threads: int, repeats: int) -> float:
     env = {**os.environ, "ITERPRUNE_STATE_DIR": str(workdir / "state")}
     cmd = [sys.executable, "-m", "iterprune"]
     # round 1 accepted (2 batches), then killed at round 2's first batch: a run to resume
-    first = subprocess.run([*cmd, "start", str(schedule)], env={**env, "ITERPRUNE_KILL_AT": "finetune_batch:3"},
-                           capture_output=True, text=True)  # fmt: skip
+    first = subprocess.run(
+        [*cmd, "start", str(schedule)],
+        env={**env, "ITERPRUNE_KILL_AT": "finetune_batch:3"},
+        capture_output=True,
+        text=True,
+    )
     if first.returncode != -9:
         raise SystemExit(f"setting up the run failed:\n{first.stdout}\n{first.stderr}")
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        proc = subprocess.run([*cmd, "resume", "r50"], env={**env, "ITERPRUNE_KILL_AT": "finetune_batch:1"},
-                              capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [*cmd, "resume", "r50"],
+            env={**env, "ITERPRUNE_KILL_AT": "finetune_batch:1"},
+            capture_output=True,
+            text=True,
+        )
         times.append(time.perf_counter() - start)
         if proc.returncode != -9:
             raise SystemExit(f"resume did not reach its first step:\n{proc.stdout}\n{proc.stderr}")
@@ -103,14 +111,19 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     optimizer.step()
-    obj = {"model": model.state_dict(), "mask": pruning.dense_mask(params),
-           "optimizer": optimizer.state_dict()}  # fmt: skip
+    obj = {
+        "model": model.state_dict(),
+        "mask": pruning.dense_mask(params),
+        "optimizer": optimizer.state_dict(),
+    }
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         safe_s, bare_s, size = write_times(obj, Path(tmp), args.repeats)
         resume_s = resume_latency(Path(tmp), args.threads, max(1, args.repeats // 2))
     ratio = safe_s / bare_s
-    print(f"ResNet-50 + masks + Adam state ({size / 2**20:.0f} MiB), {args.threads} threads, "
-          f"median of {args.repeats}")  # fmt: skip
+    print(
+        f"ResNet-50 + masks + Adam state ({size / 2**20:.0f} MiB), {args.threads} threads, "
+        f"median of {args.repeats}"
+    )
     print(f"{'write':<52}{'median s':>10}{'ratio':>8}")
     print(f"{'bare torch.save':<52}{bare_s:>10.3f}{1.0:>8.2f}")
     print(
@@ -118,9 +131,18 @@ def main() -> None:
     )
     print(f"target ratio <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'}")
     print(f"iterprune resume -> end of first fine-tuning step: {resume_s:.2f} s")
-    print(json.dumps({"ratio": round(ratio, 3), "safe_s": round(safe_s, 4), "bare_s": round(bare_s, 4),
-                      "bytes": size, "resume_to_first_step_s": round(resume_s, 3),
-                      "threads": args.threads}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "ratio": round(ratio, 3),
+                "safe_s": round(safe_s, 4),
+                "bare_s": round(bare_s, 4),
+                "bytes": size,
+                "resume_to_first_step_s": round(resume_s, 3),
+                "threads": args.threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

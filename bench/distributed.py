@@ -44,8 +44,13 @@ def plain_round(model: nn.Module, loader, optimizer, enforcer, epochs: int) -> N
 
 
 def worker(rank: int, port: int, args: argparse.Namespace, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     group = distributed.Group()
     results: dict = {}
@@ -59,13 +64,18 @@ def worker(rank: int, port: int, args: argparse.Namespace, out: str) -> None:
         ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.01, momentum=0.9)
         plain_opt = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9)
         params = pruning.prunable_parameters(ours_model)
-        mask = pruning.prune(params, pruning.dense_mask(params),
-                             pruning.count_alive(pruning.dense_mask(params)) // 2)  # fmt: skip
+        mask = pruning.prune(
+            params, pruning.dense_mask(params), pruning.count_alive(pruning.dense_mask(params)) // 2
+        )
         pruning.apply(params, mask)
         plain_params = pruning.prunable_parameters(plain_model)
         pruning.apply(plain_params, mask)
-        opts = training.Options(enforcer=training.MaskEnforcer(params, mask), group=group,
-                                should_stop=lambda: False, checkpoint_due=lambda: False)  # fmt: skip
+        opts = training.Options(
+            enforcer=training.MaskEnforcer(params, mask),
+            group=group,
+            should_stop=lambda: False,
+            checkpoint_due=lambda: False,
+        )
         plain_enforcer = training.MaskEnforcer(plain_params, mask)
         t_ours, t_plain = [], []
         for repeat in range(args.repeats + 1):  # the first pair is a warm-up
@@ -84,17 +94,24 @@ def worker(rank: int, port: int, args: argparse.Namespace, out: str) -> None:
             start = time.perf_counter()
             group.agree(1.0, False, False, False)
             flags.append(time.perf_counter() - start)
-        results["finetune"] = {"batches": len(loader), "ours_s": statistics.median(t_ours),
-                               "plain_s": statistics.median(t_plain),
-                               "agree_ms": statistics.median(flags) * 1e3}  # fmt: skip
+        results["finetune"] = {
+            "batches": len(loader),
+            "ours_s": statistics.median(t_ours),
+            "plain_s": statistics.median(t_plain),
+            "agree_ms": statistics.median(flags) * 1e3,
+        }
 
         big = torchvision.models.resnet50()
         big_opt = torch.optim.Adam(big.parameters(), lr=1e-4)
         nn.functional.cross_entropy(big(torch.randn(2, 3, 64, 64)), torch.tensor([0, 1])).backward()
         big_opt.step()  # Adam state exists now
         big_params = pruning.prunable_parameters(big)
-        state = {"model": big.state_dict(), "mask": pruning.dense_mask(big_params),
-                 "optimizer": big_opt.state_dict(), "architecture": None}  # fmt: skip
+        state = {
+            "model": big.state_dict(),
+            "mask": pruning.dense_mask(big_params),
+            "optimizer": big_opt.state_dict(),
+            "architecture": None,
+        }
         t_group, t_objects = [], []
         for _ in range(args.repeats):
             dist.barrier()
@@ -108,8 +125,11 @@ def worker(rank: int, port: int, args: argparse.Namespace, out: str) -> None:
             t_group.append(middle - start)
             t_objects.append(time.perf_counter() - middle)
         nbytes = sum(t.numel() * t.element_size() for t in _tensors(state))
-        results["sync"] = {"mib": nbytes / 2**20, "ours_s": statistics.median(t_group),
-                           "objects_s": statistics.median(t_objects)}  # fmt: skip
+        results["sync"] = {
+            "mib": nbytes / 2**20,
+            "ours_s": statistics.median(t_group),
+            "objects_s": statistics.median(t_objects),
+        }
         if rank == 0:
             with open(out, "w") as f:
                 json.dump(results, f)
@@ -142,9 +162,11 @@ def main() -> None:
         r = json.load(f)
     os.unlink(out)
     ft, sy = r["finetune"], r["sync"]
-    print(f"2 CPU ranks (gloo), 1 thread each; a round of {args.epochs} epochs of the digits CNN at "
-          f"50% sparsity, {ft['batches']} batches of 32 per rank per epoch; median of "
-          f"{args.repeats} interleaved rounds")  # fmt: skip
+    print(
+        f"2 CPU ranks (gloo), 1 thread each; a round of {args.epochs} epochs of the digits CNN at "
+        f"50% sparsity, {ft['batches']} batches of 32 per rank per epoch; median of "
+        f"{args.repeats} interleaved rounds"
+    )
     print(f"{'':44}{'s':>8}{'ratio':>8}")
     print(f"{'plain DDP loop (by hand)':44}{ft['plain_s']:8.3f}{1.0:8.2f}")
     ratio = ft["ours_s"] / ft["plain_s"]
@@ -152,8 +174,10 @@ def main() -> None:
     print(
         f"  (one all-reduce of loss and decisions, made every {AGREE_EVERY} batches: {ft['agree_ms']:.3f} ms)"
     )
-    print(f"sending ResNet-50 weights + mask + Adam state ({sy['mib']:.0f} MiB) rank 0 -> rank 1, "
-          f"median of {args.repeats}")  # fmt: skip
+    print(
+        f"sending ResNet-50 weights + mask + Adam state ({sy['mib']:.0f} MiB) rank 0 -> rank 1, "
+        f"median of {args.repeats}"
+    )
     print(f"{'broadcast_object_list (pickled)':44}{sy['objects_s']:8.3f}{1.0:8.2f}")
     sync_ratio = sy["ours_s"] / sy["objects_s"]
     print(f"{'Group.broadcast (one byte buffer)':44}{sy['ours_s']:8.3f}{sync_ratio:8.3f}")

@@ -78,8 +78,11 @@ def one_shot(seed: int, dense: dict, level: float, budget: int) -> float:
     mask = pruning.prune(params, mask, total - pruning.target_alive(total, level))
     pruning.apply(params, mask)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    opts = training.Options(enforcer=training.MaskEnforcer(params, mask),
-                            validate=lambda: training.evaluate(model, val), patience=3)  # fmt: skip
+    opts = training.Options(
+        enforcer=training.MaskEnforcer(params, mask),
+        validate=lambda: training.evaluate(model, val),
+        patience=3,
+    )
     result = training.train(model, train, optimizer, budget, opts)
     return (
         result.best_accuracy if result.best_accuracy is not None else training.evaluate(model, val)
@@ -102,8 +105,13 @@ def fixed_step(seed: int, dense: dict, budget: int) -> tuple[list[tuple[float, f
         rng.seed_everything(rng.derive_seed(seed, 2000, round_), (train,))
         mask = pruning.prune(params, mask, n)
         pruning.apply(params, mask)
-        training.train(model, train, optimizer, per_round,
-                       training.Options(enforcer=training.MaskEnforcer(params, mask)))  # fmt: skip
+        training.train(
+            model,
+            train,
+            optimizer,
+            per_round,
+            training.Options(enforcer=training.MaskEnforcer(params, mask)),
+        )
         used += per_round
         curve.append((pruning.sparsity(mask), training.evaluate(model, val)))
     return curve, used
@@ -131,8 +139,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     torch.set_num_threads(2)
-    results: dict[str, dict] = {m: {"levels": {lv: [] for lv in LEVELS}, "frontier": [], "epochs": []}
-                                for m in ("by hand", "fixed step", "iterprune")}  # fmt: skip
+    results: dict[str, dict] = {
+        m: {"levels": {lv: [] for lv in LEVELS}, "frontier": [], "epochs": []}
+        for m in ("by hand", "fixed step", "iterprune")
+    }
     baselines = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -140,8 +150,11 @@ def main() -> None:
             baselines.append(baseline)
             fixed, used = fixed_step(seed, dense, budget)
             hand = [(lv, one_shot(seed, dense, lv, budget)) for lv in LEVELS]
-            for name, c, epochs in (("iterprune", curve, budget), ("fixed step", fixed, used),
-                                    ("by hand", hand, budget)):  # fmt: skip
+            for name, c, epochs in (
+                ("iterprune", curve, budget),
+                ("fixed step", fixed, used),
+                ("by hand", hand, budget),
+            ):
                 for lv in LEVELS:
                     results[name]["levels"][lv].append(at_level(c, lv))
                 results[name]["frontier"].append(frontier(c, baseline))
@@ -150,21 +163,35 @@ def main() -> None:
                 f"seed {seed}: baseline {baseline:.2f}%, budget {budget} fine-tuning epochs",
                 flush=True,
             )
-    print(f"\ndigits CNN, dense baseline {fmt(baselines)}%, seeds {args.seeds}; accuracy (%) "
-          "at each sparsity, mean ± std over seeds")  # fmt: skip
+    print(
+        f"\ndigits CNN, dense baseline {fmt(baselines)}%, seeds {args.seeds}; accuracy (%) "
+        "at each sparsity, mean ± std over seeds"
+    )
     print(f"{'method':<12}" + "".join(f"{lv:>17.0%}" for lv in LEVELS) + f"{'within 1 pt':>17}")
     for name, r in results.items():
         cells = "".join(f"{fmt(r['levels'][lv]):>17}" for lv in LEVELS)
         front = [100 * f for f in r["frontier"]]
         print(f"{name:<12}{cells}{fmt(front):>16}%")
-    print("fine-tuning epochs used: " + ", ".join(
-        f"{n} {statistics.mean(r['epochs']):.0f}" for n, r in results.items()))  # fmt: skip
-    print(json.dumps({
-        "seeds": args.seeds, "baseline": baselines,
-        "methods": {n: {"accuracy_at": {f"{lv:.2f}": r["levels"][lv] for lv in LEVELS},
-                        "frontier": r["frontier"], "epochs": r["epochs"]}
-                    for n, r in results.items()},
-    }))  # fmt: skip
+    print(
+        "fine-tuning epochs used: "
+        + ", ".join(f"{n} {statistics.mean(r['epochs']):.0f}" for n, r in results.items())
+    )
+    print(
+        json.dumps(
+            {
+                "seeds": args.seeds,
+                "baseline": baselines,
+                "methods": {
+                    n: {
+                        "accuracy_at": {f"{lv:.2f}": r["levels"][lv] for lv in LEVELS},
+                        "frontier": r["frontier"],
+                        "epochs": r["epochs"],
+                    }
+                    for n, r in results.items()
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

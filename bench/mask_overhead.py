@@ -36,8 +36,9 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps
     dense = copy.deepcopy(model)
     masked = copy.deepcopy(model)
     params = pruning.prunable_parameters(masked)
-    mask = pruning.prune(params, pruning.dense_mask(params), pruning.count_alive(
-        pruning.dense_mask(params)) // 2)  # fmt: skip
+    mask = pruning.prune(
+        params, pruning.dense_mask(params), pruning.count_alive(pruning.dense_mask(params)) // 2
+    )
     pruning.apply(params, mask)
     enforcer = training.MaskEnforcer(params, mask)
     opt_dense = torch.optim.Adam(dense.parameters(), lr=1e-4)
@@ -61,11 +62,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cases = [
-        ("resnet18, batch 32, 3x64x64", torchvision.models.resnet18(num_classes=10),
-         torch.randn(32, 3, 64, 64), torch.randint(0, 10, (32,))),
-        ("digits_cnn, batch 64, 1x8x8", examples.digits_cnn(),
-         torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))),
-    ]  # fmt: skip
+        (
+            "resnet18, batch 32, 3x64x64",
+            torchvision.models.resnet18(num_classes=10),
+            torch.randn(32, 3, 64, 64),
+            torch.randint(0, 10, (32,)),
+        ),
+        (
+            "digits_cnn, batch 64, 1x8x8",
+            examples.digits_cnn(),
+            torch.randn(64, 1, 8, 8),
+            torch.randint(0, 10, (64,)),
+        ),
+    ]
     rows = [measure(name, model, x, y, args.steps) for name, model, x, y in cases]
     print(
         f"Adam fine-tuning step, 50% sparse masks, {args.threads} threads, median of {args.steps}"
@@ -77,10 +86,16 @@ def main() -> None:
         )
     worst = max(r["overhead"] for r in rows)
     print(f"target overhead <= 3%: {'met' if worst <= 0.03 else 'NOT met'} (worst {worst:+.1%})")
-    print(json.dumps({"overhead": {r["model"].split(",")[0]: round(r["overhead"], 4) for r in rows},
-                      "dense_ms": {r["model"].split(",")[0]: round(r["dense_ms"], 3) for r in rows},
-                      "masked_ms": {r["model"].split(",")[0]: round(r["masked_ms"], 3) for r in rows},
-                      "threads": args.threads}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "overhead": {r["model"].split(",")[0]: round(r["overhead"], 4) for r in rows},
+                "dense_ms": {r["model"].split(",")[0]: round(r["dense_ms"], 3) for r in rows},
+                "masked_ms": {r["model"].split(",")[0]: round(r["masked_ms"], 3) for r in rows},
+                "threads": args.threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -125,13 +125,28 @@ def main() -> None:
         env = {**os.environ}
         ours, plain = [], []
         for i in range(args.repeats):
-            ours.append(timed([sys.executable, "-m", "iterprune", "start", "overhead.yaml",
-                               "--state-dir", f"state{i}"], work, env))  # fmt: skip
+            ours.append(
+                timed(
+                    [
+                        sys.executable,
+                        "-m",
+                        "iterprune",
+                        "start",
+                        "overhead.yaml",
+                        "--state-dir",
+                        f"state{i}",
+                    ],
+                    work,
+                    env,
+                )
+            )
             plain.append(timed([sys.executable, "plain.py"], work, env))
         spent = attribute(work)
     o, p = statistics.median(ours), statistics.median(plain)
-    print(f"digits CNN, 5 dense epochs + 8 rounds x 2 epochs, 2 threads, median of {args.repeats} "
-          "fresh processes each")  # fmt: skip
+    print(
+        f"digits CNN, 5 dense epochs + 8 rounds x 2 epochs, 2 threads, median of {args.repeats} "
+        "fresh processes each"
+    )
     print(f"{'':<36}{'wall s':>10}{'ratio':>8}")
     print(f"{'plain PyTorch loop':<36}{p:>10.2f}{1.0:>8.2f}")
     print(f"{'iterprune start (CLI, SQLite, ckpt)':<36}{o:>10.2f}{o / p:>8.3f}")
@@ -139,9 +154,17 @@ def main() -> None:
     print("where iterprune's own time goes (one instrumented in-process run):")
     for key, value in spent.items():
         print(f"  {key:<32}{value:>8.3f} s")
-    print(json.dumps({"ratio": round(o / p, 4), "iterprune_s": round(o, 3), "plain_s": round(p, 3),
-                      "breakdown_s": {k: round(v, 3) for k, v in spent.items()},
-                      "repeats": args.repeats}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "ratio": round(o / p, 4),
+                "iterprune_s": round(o, 3),
+                "plain_s": round(p, 3),
+                "breakdown_s": {k: round(v, 3) for k, v in spent.items()},
+                "repeats": args.repeats,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

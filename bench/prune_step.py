@@ -60,8 +60,21 @@ def _status_mb(key: str) -> float:
 def peak_extra_mb(method: str, amount: float, threads: int) -> float:
     """Peak memory of one prune above the resident size before it, in a fresh process (MB):
     in this process, memory freed by the timing runs would be reused and hide the peak."""
-    out = subprocess.run([sys.executable, __file__, "--peak-of", method, "--amount", str(amount),
-                          "--threads", str(threads)], capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--peak-of",
+            method,
+            "--amount",
+            str(amount),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -108,8 +121,10 @@ def main() -> None:
     mem_ours = peak_extra_mb("iterprune", args.amount, args.threads)
     mem_torch = peak_extra_mb("torch", args.amount, args.threads)
 
-    print(f"ResNet-50, {n_weights:,} prunable weights, {args.amount:.0%} global magnitude, "
-          f"{args.threads} threads, median of {args.repeats}")  # fmt: skip
+    print(
+        f"ResNet-50, {n_weights:,} prunable weights, {args.amount:.0%} global magnitude, "
+        f"{args.threads} threads, median of {args.repeats}"
+    )
     print(f"{'method':<44}{'median s':>10}{'ratio':>8}")
     print(f"{'torch global_unstructured(L1) + remove':<44}{torch_s:>10.3f}{1.0:>8.2f}")
     print(f"{'iterprune pruning.prune + apply':<44}{it_s:>10.3f}{ratio:>8.2f}")
@@ -122,11 +137,21 @@ def main() -> None:
     )
     print(f"{'iterprune pruning.prune + apply':<44}{mem_ours:>10.0f}{mem_ours / weights_mb:>8.2f}")
     print(f"target at most one extra copy: {'met' if mem_ours <= weights_mb else 'NOT met'}")
-    print(json.dumps({"ratio": round(ratio, 4), "iterprune_s": round(it_s, 4),
-                      "torch_s": round(torch_s, 4), "masks_identical": same,
-                      "peak_extra_mb": round(mem_ours, 1), "torch_peak_extra_mb": round(mem_torch, 1),
-                      "weights_mb": round(weights_mb, 1), "weights": n_weights,
-                      "threads": args.threads}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "ratio": round(ratio, 4),
+                "iterprune_s": round(it_s, 4),
+                "torch_s": round(torch_s, 4),
+                "masks_identical": same,
+                "peak_extra_mb": round(mem_ours, 1),
+                "torch_peak_extra_mb": round(mem_torch, 1),
+                "weights_mb": round(weights_mb, 1),
+                "weights": n_weights,
+                "threads": args.threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,15 @@ from typing import Any
 
 import torch
 
-SCALARS = ("sparsity", "val_accuracy", "drop", "loss", "latency_ms_p50", "latency_ms_p99",
-           "control_accuracy")  # fmt: skip
+SCALARS = (
+    "sparsity",
+    "val_accuracy",
+    "drop",
+    "loss",
+    "latency_ms_p50",
+    "latency_ms_p99",
+    "control_accuracy",
+)
 
 
 class TensorBoardReporter:

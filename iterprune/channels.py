@@ -16,11 +16,15 @@ import torch
 from torch import nn
 
 SHAPE_ATTRS = {
-    nn.Conv1d: ("in_channels", "out_channels"), nn.Conv2d: ("in_channels", "out_channels"),
-    nn.Conv3d: ("in_channels", "out_channels"), nn.Linear: ("in_features", "out_features"),
-    nn.BatchNorm1d: ("num_features",), nn.BatchNorm2d: ("num_features",),
-    nn.BatchNorm3d: ("num_features",), nn.GroupNorm: ("num_channels",),
-}  # fmt: skip
+    nn.Conv1d: ("in_channels", "out_channels"),
+    nn.Conv2d: ("in_channels", "out_channels"),
+    nn.Conv3d: ("in_channels", "out_channels"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.BatchNorm1d: ("num_features",),
+    nn.BatchNorm2d: ("num_features",),
+    nn.BatchNorm3d: ("num_features",),
+    nn.GroupNorm: ("num_channels",),
+}
 
 
 def output_layer(model: nn.Module) -> nn.Module | None:
@@ -47,15 +51,22 @@ def remove_channels(
     import torch_pruning as tp
 
     patterns = tuple(exclude)
-    ignored = [m for name, m in model.named_modules()
-               if any(fnmatch.fnmatchcase(name, p) for p in patterns)]  # fmt: skip
+    ignored = [
+        m
+        for name, m in model.named_modules()
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    ]
     head = output_layer(model)
     if head is not None:
         ignored.append(head)
     pruner = tp.pruner.MagnitudePruner(
-        model, example, importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=fraction, global_pruning=scope == "global", ignored_layers=ignored,
-    )  # fmt: skip
+        model,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=fraction,
+        global_pruning=scope == "global",
+        ignored_layers=ignored,
+    )
     pruner.step()
 
 

@@ -64,8 +64,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     s = schedule.load(args.schedule)
     model = sources.build_model(s.model, s.seed, s.base_dir)
-    doc = {"schedule": args.schedule, "model": s.model.builtin or s.model.torchvision or s.model.factory,
-           "weights": s.model.weights, **analysis.weight_report(model, s.prune.exclude)}  # fmt: skip
+    doc = {
+        "schedule": args.schedule,
+        "model": s.model.builtin or s.model.torchvision or s.model.factory,
+        "weights": s.model.weights,
+        **analysis.weight_report(model, s.prune.exclude),
+    }
     if args.json:
         _print_json(doc)
         return EXIT_OK
@@ -98,8 +102,10 @@ def _run(args: argparse.Namespace, opening: Opening) -> int:
 
     if distributed.launched():
         if getattr(args, "detach", False):
-            raise UserError("--detach cannot be used under torchrun; run torchrun itself in the "
-                            "background (nohup, tmux, a systemd unit)")  # fmt: skip
+            raise UserError(
+                "--detach cannot be used under torchrun; run torchrun itself in the "
+                "background (nohup, tmux, a systemd unit)"
+            )
         return _run_distributed(args, opening)
     store, run_id = opening()
     if run_id is None:
@@ -132,8 +138,10 @@ def _run_distributed(args: argparse.Namespace, opening: Opening) -> int:
             leader.open(run_id, store.run(run_id))
             code = _serve(store, run_id, args.lease_timeout, leader)
             if code == EXIT_STOPPED:
-                print(f"stopped on all {group.world} ranks (exit code 0 under torchrun); continue "
-                      f"with: torchrun ... -m iterprune resume {run_id}")  # fmt: skip
+                print(
+                    f"stopped on all {group.world} ranks (exit code 0 under torchrun); continue "
+                    f"with: torchrun ... -m iterprune resume {run_id}"
+                )
                 code = EXIT_OK
             return code
         except IterpruneError as exc:
@@ -175,15 +183,29 @@ def _detach(store, run_id: str, lease_timeout: float) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "iterprune", "resume", run_id, "--state-dir",
-             str(store.state_dir.resolve()), "--lease-timeout", str(lease_timeout)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "iterprune",
+                "resume",
+                run_id,
+                "--state-dir",
+                str(store.state_dir.resolve()),
+                "--lease-timeout",
+                str(lease_timeout),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     print(f"run {run_id} started in the background: pid {proc.pid}")
     print(f"log: {log}")
-    print(f"follow it: iterprune logs {run_id} -f    status: iterprune status {run_id}    "
-          f"stop it: iterprune stop {run_id}")  # fmt: skip
+    print(
+        f"follow it: iterprune logs {run_id} -f    status: iterprune status {run_id}    "
+        f"stop it: iterprune stop {run_id}"
+    )
     return EXIT_OK
 
 
@@ -266,8 +288,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if owner.get("host") == socket.gethostname() and owner.get("pid"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(owner["pid"], signal.SIGTERM)  # same machine: at once
-    print(f"asked pid {owner.get('pid')} on {owner.get('host')} to stop run '{args.run}': it "
-          "finishes the current batch, writes a mid-round checkpoint and exits")  # fmt: skip
+    print(
+        f"asked pid {owner.get('pid')} on {owner.get('host')} to stop run '{args.run}': it "
+        "finishes the current batch, writes a mid-round checkpoint and exits"
+    )
     print(f"continue it later with: iterprune resume {args.run}")
     return EXIT_OK
 
@@ -287,10 +311,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             ) from None
     doc = export.export(store, args.run, args.round, Path(args.out), args.format, shape)
     ratio = doc["bytes"] / doc["dense_state_dict_bytes"]
-    print(f"wrote {doc['out']} ({doc['format']}): round {doc['round']}, sparsity "
-          f"{doc['sparsity']:.2%}, accuracy {doc['val_accuracy']:.2f}%")  # fmt: skip
-    print(f"size {doc['bytes'] / 2**20:.2f} MiB; the dense state_dict is "
-          f"{doc['dense_state_dict_bytes'] / 2**20:.2f} MiB ({ratio:.0%})")  # fmt: skip
+    print(
+        f"wrote {doc['out']} ({doc['format']}): round {doc['round']}, sparsity "
+        f"{doc['sparsity']:.2%}, accuracy {doc['val_accuracy']:.2f}%"
+    )
+    print(
+        f"size {doc['bytes'] / 2**20:.2f} MiB; the dense state_dict is "
+        f"{doc['dense_state_dict_bytes'] / 2**20:.2f} MiB ({ratio:.0%})"
+    )
     return EXIT_OK
 
 
@@ -344,33 +372,80 @@ def cmd_logs(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------------
 
 COMMANDS: list[tuple[str, str, str, Callable[[argparse.Namespace], int]]] = [
-    ("start", "start (or continue) a run from a schedule",
-     "iterprune start schedules/digits.yaml\n  iterprune start my.yaml --detach --state-dir /data/prune", cmd_start),
-    ("resume", "continue a stopped or interrupted run",
-     "iterprune resume digits-cnn", cmd_resume),
-    ("validate", "check a schedule and report every problem at once",
-     "iterprune validate schedules/digits.yaml", cmd_validate),
-    ("analyze", "weight-distribution report of the schedule's model, before pruning",
-     "iterprune analyze schedules/resnet50-imagefolder.yaml --json", cmd_analyze),
-    ("runs", "list the runs in the state directory",
-     "iterprune runs\n  iterprune runs --json", cmd_runs),
-    ("history", "every round and attempt of a run",
-     "iterprune history digits-cnn\n  iterprune history digits-cnn --json", cmd_history),
-    ("show", "per-layer parameters, non-zero weights and sparsity of a round",
-     "iterprune show digits-cnn\n  iterprune show digits-cnn --round 3 --json", cmd_show),
-    ("status", "what a run is doing now (from the database alone)",
-     "iterprune status\n  iterprune status digits-cnn --json", cmd_status),
-    ("stop", "ask the process serving a run to stop after its current batch",
-     "iterprune stop digits-cnn", cmd_stop),
-    ("export", "write a round's weights for use without iterprune (pt, pt2, safetensors, sparse, onnx)",
-     "iterprune export digits-cnn --round best --format sparse --out digits.sparse.pt", cmd_export),
-    ("plot", "accuracy vs sparsity of every attempt, and per-layer sparsity, as a PNG",
-     "iterprune plot digits-cnn --out digits.png", cmd_plot),
-    ("compare", "two runs side by side",
-     "iterprune compare digits-cnn digits-lottery", cmd_compare),
-    ("logs", "the run's event log (-f follows it while the run is served)",
-     "iterprune logs digits-cnn -f", cmd_logs),
-]  # fmt: skip
+    (
+        "start",
+        "start (or continue) a run from a schedule",
+        "iterprune start schedules/digits.yaml\n  iterprune start my.yaml --detach --state-dir /data/prune",
+        cmd_start,
+    ),
+    ("resume", "continue a stopped or interrupted run", "iterprune resume digits-cnn", cmd_resume),
+    (
+        "validate",
+        "check a schedule and report every problem at once",
+        "iterprune validate schedules/digits.yaml",
+        cmd_validate,
+    ),
+    (
+        "analyze",
+        "weight-distribution report of the schedule's model, before pruning",
+        "iterprune analyze schedules/resnet50-imagefolder.yaml --json",
+        cmd_analyze,
+    ),
+    (
+        "runs",
+        "list the runs in the state directory",
+        "iterprune runs\n  iterprune runs --json",
+        cmd_runs,
+    ),
+    (
+        "history",
+        "every round and attempt of a run",
+        "iterprune history digits-cnn\n  iterprune history digits-cnn --json",
+        cmd_history,
+    ),
+    (
+        "show",
+        "per-layer parameters, non-zero weights and sparsity of a round",
+        "iterprune show digits-cnn\n  iterprune show digits-cnn --round 3 --json",
+        cmd_show,
+    ),
+    (
+        "status",
+        "what a run is doing now (from the database alone)",
+        "iterprune status\n  iterprune status digits-cnn --json",
+        cmd_status,
+    ),
+    (
+        "stop",
+        "ask the process serving a run to stop after its current batch",
+        "iterprune stop digits-cnn",
+        cmd_stop,
+    ),
+    (
+        "export",
+        "write a round's weights for use without iterprune (pt, pt2, safetensors, sparse, onnx)",
+        "iterprune export digits-cnn --round best --format sparse --out digits.sparse.pt",
+        cmd_export,
+    ),
+    (
+        "plot",
+        "accuracy vs sparsity of every attempt, and per-layer sparsity, as a PNG",
+        "iterprune plot digits-cnn --out digits.png",
+        cmd_plot,
+    ),
+    (
+        "compare",
+        "two runs side by side",
+        "iterprune compare digits-cnn digits-lottery",
+        cmd_compare,
+    ),
+    (
+        "logs",
+        "the run's event log (-f follows it while the run is served)",
+        "iterprune logs digits-cnn -f",
+        cmd_logs,
+    ),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,9 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, help_text, example, fn in COMMANDS:
         p = sub.add_parser(
-            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
-            epilog=f"Example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=f"Example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(fn=fn)
         if name in ("start", "validate", "analyze"):
             p.add_argument("schedule", metavar="SCHEDULE.yaml", help="the schedule file")
@@ -398,9 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument("run", metavar="RUN", nargs="?", help="one run (default: all)")
         if name not in ("validate", "analyze"):
             p.add_argument(
-                "--state-dir", metavar="DIR",
+                "--state-dir",
+                metavar="DIR",
                 help=f"state directory (default: ${paths.ENV_STATE_DIR}, else ./state)",
-            )  # fmt: skip
+            )
         if name == "compare":
             p.add_argument("other", metavar="RUN_B", help="the run to compare with")
         if name == "plot":
@@ -412,28 +491,48 @@ def build_parser() -> argparse.ArgumentParser:
                 help="round of the layer bars (default: last accepted)",
             )
         if name == "export":
-            p.add_argument("--round", default="last", metavar="N|best|last",
-                           help="which accepted round (default: last; best: the sparsest)")  # fmt: skip
+            p.add_argument(
+                "--round",
+                default="last",
+                metavar="N|best|last",
+                help="which accepted round (default: last; best: the sparsest)",
+            )
             p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
-            p.add_argument("--format", default="pt", choices=["pt", "pt2", "safetensors", "sparse", "onnx"],
-                           help="pt/safetensors: a plain state_dict; sparse: bit-packed mask + values; "
-                                "onnx: a graph for Netron / ONNX Runtime; pt2: a torch.export program")  # fmt: skip
-            p.add_argument("--input-shape", metavar="C,H,W",
-                           help="onnx: the shape of one example (default: the schedule's benchmark)")  # fmt: skip
+            p.add_argument(
+                "--format",
+                default="pt",
+                choices=["pt", "pt2", "safetensors", "sparse", "onnx"],
+                help="pt/safetensors: a plain state_dict; sparse: bit-packed mask + values; "
+                "onnx: a graph for Netron / ONNX Runtime; pt2: a torch.export program",
+            )
+            p.add_argument(
+                "--input-shape",
+                metavar="C,H,W",
+                help="onnx: the shape of one example (default: the schedule's benchmark)",
+            )
         if name in ("runs", "history", "show", "status", "analyze", "compare"):
             p.add_argument("--json", action="store_true", help="print one JSON document")
         if name == "logs":
             p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
         if name == "start":
-            p.add_argument("--detach", action="store_true",
-                           help="serve the run from a background process; log in <state>/logs/RUN.log")  # fmt: skip
-            p.add_argument("--fresh", action="store_true",
-                           help="start a new run id even if this schedule's run exists")  # fmt: skip
+            p.add_argument(
+                "--detach",
+                action="store_true",
+                help="serve the run from a background process; log in <state>/logs/RUN.log",
+            )
+            p.add_argument(
+                "--fresh",
+                action="store_true",
+                help="start a new run id even if this schedule's run exists",
+            )
         if name in ("start", "resume"):
             p.add_argument(
-                "--lease-timeout", type=float, default=60.0, metavar="SECONDS",
+                "--lease-timeout",
+                type=float,
+                default=60.0,
+                metavar="SECONDS",
                 help="a run whose owner's heartbeat is older than this is taken over (default 60)",
-            )  # fmt: skip
+            )
         if name == "show":
             p.add_argument("--round", type=int, metavar="N", help="round (default: last accepted)")
     return parser

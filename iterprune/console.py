@@ -52,8 +52,15 @@ def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
     control = any(r.get("control_accuracy") is not None for r in rows)
     speed = any(r.get("latency_ms_p50") is not None for r in rows)
     table = _table(title)
-    columns = [("round", "right"), ("step", "right"), ("target", "right"), ("sparsity", "right"),
-               ("nonzero", "right"), ("acc %", "right"), ("drop", "right")]  # fmt: skip
+    columns = [
+        ("round", "right"),
+        ("step", "right"),
+        ("target", "right"),
+        ("sparsity", "right"),
+        ("nonzero", "right"),
+        ("acc %", "right"),
+        ("drop", "right"),
+    ]
     columns += [("ctrl %", "right")] if control else []
     columns += [("ms p50", "right")] if speed else []
     columns += [("decision", "left"), ("time", "right")]
@@ -84,15 +91,23 @@ def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
 def _header(info: dict[str, Any]) -> Panel:
     base = info.get("baseline_accuracy")
     text = Text.assemble(
-        ("run ", "dim"), (str(info.get("run")), "bold"),
-        ("   model ", "dim"), str(info.get("model")),
-        ("   method ", "dim"), str(info.get("method")),
-        ("   device ", "dim"), str(info.get("device")),
-        ("\nbaseline ", "dim"), f"{_pct(base)}%" if base is not None else "measuring…",
-        ("   target ", "dim"), _frac(info.get("target_sparsity")),
-        ("   budget ", "dim"), f"{info.get('max_drop')} points",
-        ("   prunable weights ", "dim"), f"{info.get('params', 0):,}",
-    )  # fmt: skip
+        ("run ", "dim"),
+        (str(info.get("run")), "bold"),
+        ("   model ", "dim"),
+        str(info.get("model")),
+        ("   method ", "dim"),
+        str(info.get("method")),
+        ("   device ", "dim"),
+        str(info.get("device")),
+        ("\nbaseline ", "dim"),
+        f"{_pct(base)}%" if base is not None else "measuring…",
+        ("   target ", "dim"),
+        _frac(info.get("target_sparsity")),
+        ("   budget ", "dim"),
+        f"{info.get('max_drop')} points",
+        ("   prunable weights ", "dim"),
+        f"{info.get('params', 0):,}",
+    )
     return Panel(text, title="iterprune", title_align="left")
 
 
@@ -115,9 +130,12 @@ class LiveReporter:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(), console=console,
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+        )
         self.task = self.progress.add_task("starting", total=1)
         self.view = _Dashboard(self.progress)
         self.live = Live(self.view, console=console, refresh_per_second=4, transient=False)
@@ -234,10 +252,15 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
 def history_view(doc: dict[str, Any]) -> Group:
     base = doc["baseline_accuracy"]
     head = Text.assemble(
-        ("run ", "dim"), (doc["run"], "bold"), ("  status ", "dim"), doc["status"],
-        ("  baseline ", "dim"), f"{_pct(base)}%", ("  dense prunable weights ", "dim"),
+        ("run ", "dim"),
+        (doc["run"], "bold"),
+        ("  status ", "dim"),
+        doc["status"],
+        ("  baseline ", "dim"),
+        f"{_pct(base)}%",
+        ("  dense prunable weights ", "dim"),
         f"{doc['baseline_params'] or 0:,}",
-    )  # fmt: skip
+    )
     parts: list[Any] = [head, rounds_table(doc["rounds"])]
     accepted = [r["val_accuracy"] for r in doc["rounds"] if r["status"] == "accepted"]
     if len(accepted) > 1:
@@ -245,8 +268,14 @@ def history_view(doc: dict[str, Any]) -> Group:
         label = "accuracy by accepted round" + (
             f" (last {len(shown)})" if len(shown) < len(accepted) else ""
         )
-        parts.append(Text.assemble((f"{label}  ", "dim"), sparkline(shown),
-                                   ("  ", ""), f"{min(shown):.2f}–{max(shown):.2f}%"))  # fmt: skip
+        parts.append(
+            Text.assemble(
+                (f"{label}  ", "dim"),
+                sparkline(shown),
+                ("  ", ""),
+                f"{min(shown):.2f}–{max(shown):.2f}%",
+            )
+        )
     if doc.get("reason"):
         parts.append(Text(doc["reason"], style="dim"))
     return Group(*parts)
@@ -266,7 +295,8 @@ def compare_table(docs: list[dict[str, Any]]) -> Table:
     for d in docs:
         table.add_column(d["run"], justify="right")
     rows = [
-        ("status", lambda d: d["status"]), ("model", lambda d: str(d["model"])),
+        ("status", lambda d: d["status"]),
+        ("model", lambda d: str(d["model"])),
         ("baseline accuracy", lambda d: _pct(d["baseline_accuracy"])),
         ("final sparsity", lambda d: _frac(d["sparsity"])),
         ("final accuracy", lambda d: _pct(d["val_accuracy"])),
@@ -277,7 +307,7 @@ def compare_table(docs: list[dict[str, Any]]) -> Table:
         ("attempts (rolled back)", lambda d: f"{d['attempts']} ({d['rolled_back']})"),
         ("time in rounds", lambda d: f"{d['duration_s']:.0f}s"),
         ("ended", lambda d: d["reason"] or "—"),
-    ]  # fmt: skip
+    ]
     for label, cell in rows:
         table.add_row(label, *[cell(d) for d in docs])
     return table
@@ -299,16 +329,26 @@ def analysis_view(doc: dict[str, Any]) -> Group:
     pct = "  ".join(f"{k} {v:.1e}" for k, v in doc["percentiles"].items())
     weights = doc["weights"] or "random initialisation (no model.weights)"
     head = Text.assemble(
-        ("model ", "dim"), str(doc["model"]), ("   weights ", "dim"), weights,
-        ("\n|w| percentiles  ", "dim"), pct,
-        ("\nbelow 1e-3 ", "dim"), f"{doc['near_zero']:.2%} of {doc['params']:,} prunable weights",
-    )  # fmt: skip
+        ("model ", "dim"),
+        str(doc["model"]),
+        ("   weights ", "dim"),
+        weights,
+        ("\n|w| percentiles  ", "dim"),
+        pct,
+        ("\nbelow 1e-3 ", "dim"),
+        f"{doc['near_zero']:.2%} of {doc['params']:,} prunable weights",
+    )
     table = _table("per layer")
     for name in ("layer", "params", "mean |w|", "std |w|", "< 1e-3"):
         table.add_column(name, justify="left" if name == "layer" else "right")
     for r in doc["layers"]:
-        table.add_row(r["layer"], f"{r['params']:,}", f"{r['mean_abs']:.2e}", f"{r['std_abs']:.2e}",
-                      _frac(r["near_zero"]))  # fmt: skip
+        table.add_row(
+            r["layer"],
+            f"{r['params']:,}",
+            f"{r['mean_abs']:.2e}",
+            f"{r['std_abs']:.2e}",
+            _frac(r["near_zero"]),
+        )
     return Group(head, table)
 
 
@@ -320,11 +360,14 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
         age = r.get("heartbeat_age_s")
         style = {"finished": "green", "failed": "red", "interrupted": "yellow"}.get(r["status"], "")
         table.add_row(
-            r["run"], Text(r["status"], style=style), r.get("phase") or "—",
+            r["run"],
+            Text(r["status"], style=style),
+            r.get("phase") or "—",
             f"{r.get('round') or 0}.{r.get('attempt') or 0}",
             (r.get("progress") or "—") if r["status"] in ("running", "paused") else "—",
-            str(r.get("pid") or "—"), "—" if age is None else f"{age:.0f}s ago",
-        )  # fmt: skip
+            str(r.get("pid") or "—"),
+            "—" if age is None else f"{age:.0f}s ago",
+        )
     return table
 
 

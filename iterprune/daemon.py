@@ -101,9 +101,13 @@ class Window:
             raise ValueError(f"unknown timezone '{timezone}'") from None
         minute, hour, day, month, dow = fields
         self.trigger = CronTrigger(
-            minute=minute, hour=hour, day=day, month=month, day_of_week=_standard_dow(dow),
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=_standard_dow(dow),
             timezone=self.tz,
-        )  # fmt: skip
+        )
         if self.trigger.get_next_fire_time(None, dt.datetime.now(self.tz)) is None:
             raise ValueError("never opens")
         self.expression = expression
@@ -203,14 +207,29 @@ class _Service:
         self.prepared = False
 
     def start(self) -> None:
-        self.scheduler.add_job(self.heartbeat, "interval", seconds=self.heartbeat_s, id="heartbeat",
-                               coalesce=True, max_instances=1, misfire_grace_time=None)  # fmt: skip
+        self.scheduler.add_job(
+            self.heartbeat,
+            "interval",
+            seconds=self.heartbeat_s,
+            id="heartbeat",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
         self._schedule_rounds(None)
         self.scheduler.start()
 
     def _schedule_rounds(self, at: dt.datetime | None) -> None:
-        self.scheduler.add_job(self.rounds, "date", run_date=at, id="rounds", replace_existing=True,
-                               coalesce=True, max_instances=1, misfire_grace_time=None)  # fmt: skip
+        self.scheduler.add_job(
+            self.rounds,
+            "date",
+            run_date=at,
+            id="rounds",
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
 
     def rounds(self) -> None:
         """The round job: attempts until the run ends, the window closes, or a stop."""
@@ -227,10 +246,18 @@ class _Service:
                 now = self.clock()
                 if self.window is not None and not self.window.is_open(now):
                     opens = self.window.next_open(now)
-                    store.update_run(run_id, status="paused", phase="waiting",
-                                     next_window_at=opens.isoformat() if opens else None)  # fmt: skip
-                    runner.narrator.event("info", "waiting", f"outside the time window "
-                                    f"'{self.window.expression}'; waiting until {opens:%Y-%m-%d %H:%M %Z}")  # fmt: skip
+                    store.update_run(
+                        run_id,
+                        status="paused",
+                        phase="waiting",
+                        next_window_at=opens.isoformat() if opens else None,
+                    )
+                    runner.narrator.event(
+                        "info",
+                        "waiting",
+                        f"outside the time window "
+                        f"'{self.window.expression}'; waiting until {opens:%Y-%m-%d %H:%M %Z}",
+                    )
                     if opens is None:
                         raise IterpruneError(
                             f"the time window '{self.window.expression}' never opens again"
@@ -255,8 +282,12 @@ class _Service:
         ):
             row = self.beat_store.run(runner.run_id) or {}
             if not row.get("stop_requested"):
-                self.beat_store.add_event(runner.run_id, "error", "lease",
-                                          f"pid {self.pid} lost the lease of run '{runner.run_id}'")  # fmt: skip
+                self.beat_store.add_event(
+                    runner.run_id,
+                    "error",
+                    "lease",
+                    f"pid {self.pid} lost the lease of run '{runner.run_id}'",
+                )
             runner.stop.set()
         when = runner.schedule.when
         if self.window is not None and when.window_policy == "pause" and not runner.pause.is_set():
@@ -287,8 +318,9 @@ def serve(
             )
         service = None
         try:
-            service = _Service(runner, host, clock or (lambda: dt.datetime.now(dt.timezone.utc)),
-                               heartbeat_s)  # fmt: skip
+            service = _Service(
+                runner, host, clock or (lambda: dt.datetime.now(dt.timezone.utc)), heartbeat_s
+            )
             service.start()
             _watch(service)
             if service.error is not None:
@@ -322,8 +354,9 @@ def _watch(service: _Service) -> None:
         while True:
             finished = service.done.wait(0.2)
             if runner.stop.is_set() and not announced:
-                watch.add_event(runner.run_id, "info", "stopping",
-                                "stop requested: finishing the current batch")  # fmt: skip
+                watch.add_event(
+                    runner.run_id, "info", "stopping", "stop requested: finishing the current batch"
+                )
                 announced = True
             if finished:
                 return

@@ -76,8 +76,12 @@ class Group:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
-        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=_store(),
-                                rank=self.rank, world_size=self.world)  # fmt: skip
+        dist.init_process_group(
+            "cpu:gloo,cuda:nccl" if cuda else "gloo",
+            store=_store(),
+            rank=self.rank,
+            world_size=self.world,
+        )
         self.orders = dist.new_group(backend="gloo", timeout=ORDERS_TIMEOUT)
         self.device = torch.device("cpu")  # the training device, once the schedule is known
 
@@ -158,8 +162,11 @@ class Group:
         whether any was not finite, and rank 0's decisions to stop and to write a mid-round
         checkpoint (the other ranks' votes do not count)."""
         lead = self.rank == 0
-        t = torch.tensor([0.0 if bad else loss, float(bad), float(stop and lead),
-                          float(due and lead)], dtype=torch.float64, device=self.device)  # fmt: skip
+        t = torch.tensor(
+            [0.0 if bad else loss, float(bad), float(stop and lead), float(due and lead)],
+            dtype=torch.float64,
+            device=self.device,
+        )
         with self._guard("training"):
             dist.all_reduce(t)
         mean, any_bad, stop_, due_ = t.tolist()
@@ -193,9 +200,12 @@ def _store() -> dist.Store:
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun serves it
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     base = dist.TCPStore(
-        os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500")),
-        world, is_master=rank == 0 and not agent, timeout=dt.timedelta(minutes=30),
-    )  # fmt: skip
+        os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        int(os.environ.get("MASTER_PORT", "29500")),
+        world,
+        is_master=rank == 0 and not agent,
+        timeout=dt.timedelta(minutes=30),
+    )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return dist.PrefixStore(f"iterprune/attempt-{attempt}", base)
 
@@ -235,18 +245,26 @@ def shard(loader: Any, group: Group, train: bool) -> DataLoader:
     n = len(loader.dataset)  # type: ignore[arg-type]
     if train:
         sampler: Sampler[int] = DistributedSampler(
-            loader.dataset, num_replicas=group.world, rank=group.rank,
-            shuffle=isinstance(loader.sampler, RandomSampler), seed=0,
-        )  # fmt: skip
+            loader.dataset,
+            num_replicas=group.world,
+            rank=group.rank,
+            shuffle=isinstance(loader.sampler, RandomSampler),
+            seed=0,
+        )
     else:
         sampler = ShardSampler(n, group.rank, group.world)
     return DataLoader(
-        loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-        num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-        worker_init_fn=loader.worker_init_fn, generator=torch.Generator() if train else None,
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        worker_init_fn=loader.worker_init_fn,
+        generator=torch.Generator() if train else None,
         persistent_workers=loader.persistent_workers,
-    )  # fmt: skip
+    )
 
 
 # --- what every rank checks and shares ----------------------------------------------------------
@@ -259,8 +277,13 @@ def digest(state: dict[str, torch.Tensor], mask: pruning.Mask | None) -> str:
         for key in sorted(tensors):
             t = tensors[key].detach().cpu().contiguous()
             h.update(f"{part}/{key}/{t.dtype}/{tuple(t.shape)}".encode())
-            h.update((t.to(torch.uint8) if t.dtype == torch.bool else t).view(-1).view(torch.uint8)
-                     .numpy().tobytes())  # fmt: skip
+            h.update(
+                (t.to(torch.uint8) if t.dtype == torch.bool else t)
+                .view(-1)
+                .view(torch.uint8)
+                .numpy()
+                .tobytes()
+            )
     return h.hexdigest()
 
 
@@ -283,9 +306,17 @@ class Leader:
         self.broken = False  # an order failed half-way: the ranks no longer wait for orders
 
     def open(self, run: str, row: dict[str, Any]) -> None:
-        self.group.broadcast(("open", {"run": run, "schedule": row["schedule"],
-                                       "base_dir": row["base_dir"] or ".",
-                                       "threads": int(row["num_threads"])}))  # fmt: skip
+        self.group.broadcast(
+            (
+                "open",
+                {
+                    "run": run,
+                    "schedule": row["schedule"],
+                    "base_dir": row["base_dir"] or ".",
+                    "threads": int(row["num_threads"]),
+                },
+            )
+        )
 
     @contextlib.contextmanager
     def order(self, name: str, payload: Any = None) -> Iterator[None]:
@@ -299,10 +330,19 @@ class Leader:
             self.broken = True
             raise
 
-    def sync(self, model: nn.Module, mask: pruning.Mask | None, optimizer: torch.optim.Optimizer,
-             architecture: dict | None) -> None:  # fmt: skip
-        state = {"model": model.state_dict(), "mask": mask, "architecture": architecture,
-                 "optimizer": optimizer.state_dict()}  # fmt: skip
+    def sync(
+        self,
+        model: nn.Module,
+        mask: pruning.Mask | None,
+        optimizer: torch.optim.Optimizer,
+        architecture: dict | None,
+    ) -> None:
+        state = {
+            "model": model.state_dict(),
+            "mask": mask,
+            "architecture": architecture,
+            "optimizer": optimizer.state_dict(),
+        }
         with self.order("sync", state):
             pass
 
@@ -392,8 +432,15 @@ class Follower:
         train, _ = self.loaders
         rng.seed_everything(p["seed"], (train,), self.group.rank)
         optimizer = torch.optim.Adam(self.model.parameters(), lr=p["lr"])
-        training.train(self.model, train, optimizer, p["epochs"], training.Options(
-            device=self.device, group=self.group, progress=_fault_point("pretrain_batch")))  # fmt: skip
+        training.train(
+            self.model,
+            train,
+            optimizer,
+            p["epochs"],
+            training.Options(
+                device=self.device, group=self.group, progress=_fault_point("pretrain_batch")
+            ),
+        )
 
     def _finetune(self, p: dict[str, Any]) -> None:
         train, _ = self.loaders
@@ -409,19 +456,29 @@ class Follower:
         if scaler is not None and p["scaler"]:
             scaler.load_state_dict(p["scaler"])
         recipe.finetune(
-            self.schedule.finetune, self.model, self.params, self.mask or {}, self.optimizer,
-            self.loaders, self.device, group=self.group, scaler=scaler, start=position,
-            on_resumed=on_resumed, checkpoint=lambda pos: share_mid(self.group, self.model, pos),
+            self.schedule.finetune,
+            self.model,
+            self.params,
+            self.mask or {},
+            self.optimizer,
+            self.loaders,
+            self.device,
+            group=self.group,
+            scaler=scaler,
+            start=position,
+            on_resumed=on_resumed,
+            checkpoint=lambda pos: share_mid(self.group, self.model, pos),
             progress=_fault_point("finetune_batch"),
-        )  # fmt: skip
+        )
 
     def _evaluate(self, p: None) -> None:
         training.evaluate(self.model, self.loaders[1], self.device, self.group)
 
     def _control(self, p: dict[str, Any]) -> None:
         train, val = self.loaders
-        recipe.control_accuracy(self.schedule, p["mask"], train, val, self.device, p["seed"],
-                                group=self.group)  # fmt: skip
+        recipe.control_accuracy(
+            self.schedule, p["mask"], train, val, self.device, p["seed"], group=self.group
+        )
 
     def _verify(self, p: None) -> None:
         self.group.gather(digest(self.model.state_dict(), self.mask))

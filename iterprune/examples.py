@@ -16,23 +16,34 @@ def digits_cnn(num_classes: int = 10, width: int = 32) -> nn.Module:
     """A small CNN for 1x8x8 digit images (about 160k prunable weights at width 32)."""
     w = width
     return nn.Sequential(
-        nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+        nn.Conv2d(1, w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(2 * w),
+        nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4 * w),
+        nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(4 * w * 4, 128), nn.ReLU(),
+        nn.Linear(4 * w * 4, 128),
+        nn.ReLU(),
         nn.Linear(128, num_classes),
-    )  # fmt: skip
+    )
 
 
 def digits_mlp(num_classes: int = 10, hidden: int = 128) -> nn.Module:
     """A two-layer perceptron on the flattened 8x8 digits: the smallest useful test model."""
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
         nn.Linear(hidden, num_classes),
-    )  # fmt: skip
+    )
 
 
 def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:

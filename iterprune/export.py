@@ -165,10 +165,15 @@ def export(
     dense_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
     row = chosen["row"] or {}
     return {
-        "run": run, "round": chosen["round"], "format": fmt, "out": str(out), "bytes": size,
-        "dense_state_dict_bytes": dense_bytes, "sparsity": row.get("sparsity", 0.0),
+        "run": run,
+        "round": chosen["round"],
+        "format": fmt,
+        "out": str(out),
+        "bytes": size,
+        "dense_state_dict_bytes": dense_bytes,
+        "sparsity": row.get("sparsity", 0.0),
         "val_accuracy": row.get("val_accuracy", (store.run(run) or {}).get("baseline_accuracy")),
-    }  # fmt: skip
+    }
 
 
 def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, need_shape: bool):

@@ -26,18 +26,40 @@ def plot(history: dict[str, Any], layers: dict[str, Any], max_drop: float, out: 
     accepted = [r for r in rounds if r["status"] == "accepted"]
     rejected = [r for r in rounds if r["status"] == "rolled_back"]
     xs = [0.0] + [100 * r["sparsity"] for r in accepted]
-    left.plot(xs, [base] + [r["val_accuracy"] for r in accepted], "o-", color="tab:blue",
-              label="accepted round")  # fmt: skip
+    left.plot(
+        xs,
+        [base] + [r["val_accuracy"] for r in accepted],
+        "o-",
+        color="tab:blue",
+        label="accepted round",
+    )
     if rejected:
-        left.plot([100 * r["sparsity"] for r in rejected], [r["val_accuracy"] for r in rejected],
-                  "x", color="tab:red", markersize=9, mew=2, label="rolled back")  # fmt: skip
+        left.plot(
+            [100 * r["sparsity"] for r in rejected],
+            [r["val_accuracy"] for r in rejected],
+            "x",
+            color="tab:red",
+            markersize=9,
+            mew=2,
+            label="rolled back",
+        )
     controls = [r for r in accepted if r.get("control_accuracy") is not None]
     if controls:
-        left.plot([100 * r["sparsity"] for r in controls], [r["control_accuracy"] for r in controls],
-                  "^--", color="tab:gray", label="control (random reinit)")  # fmt: skip
+        left.plot(
+            [100 * r["sparsity"] for r in controls],
+            [r["control_accuracy"] for r in controls],
+            "^--",
+            color="tab:gray",
+            label="control (random reinit)",
+        )
     left.axhline(base, color="tab:green", lw=1, label=f"dense baseline {base:.2f}%")
-    left.axhline(base - max_drop, color="tab:orange", ls="--", lw=1,
-                 label=f"budget: baseline − {max_drop:g} points")  # fmt: skip
+    left.axhline(
+        base - max_drop,
+        color="tab:orange",
+        ls="--",
+        lw=1,
+        label=f"budget: baseline − {max_drop:g} points",
+    )
     left.set_xlabel("sparsity of prunable weights (%)")
     left.set_ylabel("validation accuracy (%)")
     left.set_title(f"{history['run']}: accuracy vs sparsity, every attempt")

@@ -38,11 +38,15 @@ def options(
     if f.patience:
         validate = lambda: training.evaluate(model, val_loader, device, group)  # noqa: E731
     return training.Options(
-        enforcer=training.MaskEnforcer(params, mask), device=device,
+        enforcer=training.MaskEnforcer(params, mask),
+        device=device,
         max_batches=f.max_batches_per_epoch,
         cosine_lr=f.lr if f.lr_schedule == "cosine" else None,
-        validate=validate, patience=f.patience, group=group, **extra,
-    )  # fmt: skip
+        validate=validate,
+        patience=f.patience,
+        group=group,
+        **extra,
+    )
 
 
 def finetune(
@@ -86,8 +90,17 @@ def control_accuracy(
         params = pruning.prunable_parameters(model, s.prune.exclude)
         pruning.apply(params, mask)
         f = s.finetune
-        result = finetune(f, model, params, mask, optimizer(f, model), (train_loader, val_loader),
-                          device, group=group, progress=progress)  # fmt: skip
+        result = finetune(
+            f,
+            model,
+            params,
+            mask,
+            optimizer(f, model),
+            (train_loader, val_loader),
+            device,
+            group=group,
+            progress=progress,
+        )
         accuracy = result.best_accuracy
         if accuracy is None:
             accuracy = training.evaluate(model, val_loader, device, group)

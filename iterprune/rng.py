@@ -78,7 +78,7 @@ def capture() -> dict[str, Any]:
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached": float(cached),
-        },  # fmt: skip
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

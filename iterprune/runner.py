@@ -156,19 +156,35 @@ class Runner:
 
             def progress(epoch: int, batch: int, batches: int) -> None:
                 self.narrator.batch(epoch, batch, batches)
-                if lottery is not None and self.rewind is None and (
-                    (lottery.rewind == "step" and self.narrator.batches == lottery.at)
-                    or (lottery.rewind == "epoch" and epoch + 1 == lottery.at and batch == batches)
-                ):  # fmt: skip
+                if (
+                    lottery is not None
+                    and self.rewind is None
+                    and (
+                        (lottery.rewind == "step" and self.narrator.batches == lottery.at)
+                        or (
+                            lottery.rewind == "epoch"
+                            and epoch + 1 == lottery.at
+                            and batch == batches
+                        )
+                    )
+                ):
                     self.rewind = _clone(model.state_dict())
 
-            with self._order("pretrain", {"seed": seed, "lr": s.pretrain.lr,
-                                          "epochs": s.pretrain.epochs}):  # fmt: skip
+            with self._order(
+                "pretrain", {"seed": seed, "lr": s.pretrain.lr, "epochs": s.pretrain.epochs}
+            ):
                 result = training.train(
-                    model, self.train_loader, optimizer, s.pretrain.epochs,
-                    training.Options(device=self.device, progress=progress,
-                                     should_stop=self.stop.is_set, group=self.group),
-                )  # fmt: skip
+                    model,
+                    self.train_loader,
+                    optimizer,
+                    s.pretrain.epochs,
+                    training.Options(
+                        device=self.device,
+                        progress=progress,
+                        should_stop=self.stop.is_set,
+                        group=self.group,
+                    ),
+                )
             if self.stop.is_set():
                 return
             if not result.finite:
@@ -182,13 +198,28 @@ class Runner:
         baseline = self._evaluate()
         speed = self._latency()
         mask = pruning.dense_mask(self.params)
-        written = [{"round": 0, "attempt": 0, "kind": "dense", **self.snapshots.write(
-            paths.checkpoint_file(self.state_dir, self.run_id, 0, 0),
-            {"model": model.state_dict(), "mask": mask, "optimizer": None},
-        )}]  # fmt: skip
+        written = [
+            {
+                "round": 0,
+                "attempt": 0,
+                "kind": "dense",
+                **self.snapshots.write(
+                    paths.checkpoint_file(self.state_dir, self.run_id, 0, 0),
+                    {"model": model.state_dict(), "mask": mask, "optimizer": None},
+                ),
+            }
+        ]
         if self.rewind is not None:
-            written.append({"round": 0, "attempt": 0, "kind": "rewind", **self.snapshots.write(
-                paths.rewind_file(self.state_dir, self.run_id), {"model": self.rewind})})  # fmt: skip
+            written.append(
+                {
+                    "round": 0,
+                    "attempt": 0,
+                    "kind": "rewind",
+                    **self.snapshots.write(
+                        paths.rewind_file(self.state_dir, self.run_id), {"model": self.rewind}
+                    ),
+                }
+            )
         self.store.record_baseline(
             self.run_id,
             {
@@ -200,14 +231,18 @@ class Runner:
                 "accepted_round": 0,
                 "phase": "prune",
                 **{f"baseline_{k}": v for k, v in speed.items()},
-            },  # fmt: skip
+            },
             pruning.layer_stats(model, s.prune.exclude),
             written,
         )
         self.accepted = Accepted(0, _clone(model.state_dict()), mask, None)
         latency_note = f", {speed['latency_ms_p50']:.2f} ms/batch" if speed else ""
-        self.narrator.event("info", "baseline", f"dense baseline accuracy {baseline:.2f}% on "
-                    f"{self.total:,} prunable weights{latency_note}")  # fmt: skip
+        self.narrator.event(
+            "info",
+            "baseline",
+            f"dense baseline accuracy {baseline:.2f}% on "
+            f"{self.total:,} prunable weights{latency_note}",
+        )
         self.reporter.run_started(self._info())
 
     def _load_accepted(self) -> None:
@@ -220,8 +255,13 @@ class Runner:
         self._load_model(state["model"], state.get("architecture"))
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.accepted = Accepted(ckpt["round"], _clone(self.model.state_dict()), state["mask"],
-                                 copy.deepcopy(state["optimizer"]), state.get("architecture"))  # fmt: skip
+        self.accepted = Accepted(
+            ckpt["round"],
+            _clone(self.model.state_dict()),
+            state["mask"],
+            copy.deepcopy(state["optimizer"]),
+            state.get("architecture"),
+        )
         if self.schedule.lottery is not None:
             self.rewind = self.snapshots.rewind_point()
         self._sync(self.accepted.mask)
@@ -231,17 +271,28 @@ class Runner:
 
     def _fall_back(self, round_: int, row: dict[str, Any]) -> None:
         """Forget the rounds after ``round_`` (their checkpoints are lost): they will be redone."""
-        kept = next((r for r in self.store.rounds(self.run_id)
-                     if r["round"] == round_ and r["status"] == "accepted"), None)  # fmt: skip
+        kept = next(
+            (
+                r
+                for r in self.store.rounds(self.run_id)
+                if r["round"] == round_ and r["status"] == "accepted"
+            ),
+            None,
+        )
         fields = {
             "step": kept["step"] if kept else self.schedule.prune.step,
             "sparsity": kept["sparsity"] if kept else 0.0,
             "val_accuracy": kept["val_accuracy"] if kept else row["baseline_accuracy"],
-            "round": round_, "attempt": kept["attempt"] if kept else 0,
-        }  # fmt: skip
+            "round": round_,
+            "attempt": kept["attempt"] if kept else 0,
+        }
         self.snapshots.forget(self.store.rewind_to(self.run_id, round_, fields))
-        self.narrator.event("warning", "fallback", f"fell back to round {round_}: rounds "
-                    f"{round_ + 1}..{row['accepted_round']} will be redone")  # fmt: skip
+        self.narrator.event(
+            "warning",
+            "fallback",
+            f"fell back to round {round_}: rounds "
+            f"{round_ + 1}..{row['accepted_round']} will be redone",
+        )
 
     # --- the rounds ---------------------------------------------------------------------------
 
@@ -266,8 +317,11 @@ class Runner:
             return self._finish(f"frontier reached: a step of {step:.4f} removes no weight")
         round_ = self.accepted.round + 1
         # attempts that ended in a rollback count; one that was interrupted is continued or redone
-        attempt = 1 + sum(1 for r in self.store.rounds(self.run_id)
-                          if r["round"] == round_ and r["status"] == "rolled_back")  # fmt: skip
+        attempt = 1 + sum(
+            1
+            for r in self.store.rounds(self.run_id)
+            if r["round"] == round_ and r["status"] == "rolled_back"
+        )
         target = 1 - (alive - n_prune) / self.total  # channel mode: roughly, channels are coarse
         started = time.perf_counter()
         self.store.begin_attempt(
@@ -278,8 +332,12 @@ class Runner:
             self.store.interrupt_attempt(self.run_id, round_, attempt)
             self._restore()
             if not self.stop.is_set():
-                self.narrator.event("info", "paused", f"the time window closed: round {round_}.{attempt} "
-                            "checkpointed, to be continued when it opens")  # fmt: skip
+                self.narrator.event(
+                    "info",
+                    "paused",
+                    f"the time window closed: round {round_}.{attempt} "
+                    "checkpointed, to be continued when it opens",
+                )
             return not self.stop.is_set()
 
         self._set_phase("validate")
@@ -298,16 +356,29 @@ class Runner:
             seed = rng.derive_seed(s.seed + 1, round_, attempt)
             with self._order("control", {"mask": new_mask, "seed": seed}):
                 control = recipe.control_accuracy(
-                    s, new_mask, self.train_loader, self.val_loader, self.device, seed,
-                    self.narrator.batch, self.group,
-                )  # fmt: skip
+                    s,
+                    new_mask,
+                    self.train_loader,
+                    self.val_loader,
+                    self.device,
+                    seed,
+                    self.narrator.batch,
+                    self.group,
+                )
         self._verify_ranks(round_, attempt, new_mask)
         fields = {
-            "step": step, "target_sparsity": target, "sparsity": achieved,
-            "params": remaining, "val_accuracy": accuracy, "drop": drop, "loss": result.loss,
+            "step": step,
+            "target_sparsity": target,
+            "sparsity": achieved,
+            "params": remaining,
+            "val_accuracy": accuracy,
+            "drop": drop,
+            "loss": result.loss,
             "macs": channels.macs_and_params(self.model, self.example)[0] if self.channel else None,
-            "best_epoch": result.best_epoch, "control_accuracy": control, "finished_at": now(),
-        }  # fmt: skip
+            "best_epoch": result.best_epoch,
+            "control_accuracy": control,
+            "finished_at": now(),
+        }
         layers = pruning.layer_stats(self.model, s.prune.exclude)
         if result.finite and drop <= s.validate.max_drop + 1e-9:
             fields.update(self._latency())
@@ -356,19 +427,28 @@ class Runner:
             self.optimizer.load_state_dict(state["optimizer"])
             position = training.Position(**state["position"])
             rng.seed_sampler(self.train_loader, seed)
-            self.narrator.event("info", "resume", f"continuing round {round_}.{attempt} at epoch "
-                        f"{position.epoch + 1}, batch {position.batch} (mid-round checkpoint "
-                        f"{row['path']})")  # fmt: skip
+            self.narrator.event(
+                "info",
+                "resume",
+                f"continuing round {round_}.{attempt} at epoch "
+                f"{position.epoch + 1}, batch {position.batch} (mid-round checkpoint "
+                f"{row['path']})",
+            )
         self.mask = mask  # the attempt's mask: the decision this round applies
         scaler = torch.amp.GradScaler("cuda") if self.amp else None
         if scaler is not None and mid is not None and mid[1].get("scaler"):
             scaler.load_state_dict(mid[1]["scaler"])
 
         def save_mid(pos: training.Position) -> None:
-            state = {"model": self.model.state_dict(), "mask": mask, "rng": rng.capture(),
-                     "architecture": channels.architecture(self.model) if self.channel else None,
-                     "optimizer": self.optimizer.state_dict(), "position": dataclasses.asdict(pos),
-                     "scaler": scaler.state_dict() if scaler is not None else None}  # fmt: skip
+            state = {
+                "model": self.model.state_dict(),
+                "mask": mask,
+                "rng": rng.capture(),
+                "architecture": channels.architecture(self.model) if self.channel else None,
+                "optimizer": self.optimizer.state_dict(),
+                "position": dataclasses.asdict(pos),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            }
             if self.group is not None:  # every rank's random state, to continue each exactly
                 from iterprune.distributed import share_mid
 
@@ -382,18 +462,30 @@ class Runner:
         self.narrator.batches = position.count if position else 0
         self._last_mid = (time.monotonic(), self.narrator.batches)
         self._sync(mask)
-        order = {"seed": seed, "position": None if mid is None else mid[1]["position"],
-                 "ranks": None if mid is None else mid[1].get("ranks"),
-                 "scaler": None if mid is None else mid[1].get("scaler")}  # fmt: skip
+        order = {
+            "seed": seed,
+            "position": None if mid is None else mid[1]["position"],
+            "ranks": None if mid is None else mid[1].get("ranks"),
+            "scaler": None if mid is None else mid[1].get("scaler"),
+        }
         with self._order("finetune", order):
             result = recipe.finetune(
-                f, self.model, self.params, mask, self.optimizer,
-                (self.train_loader, self.val_loader), self.device, group=self.group,
-                scaler=scaler, progress=self.narrator.batch,
-                should_stop=lambda: self.stop.is_set() or self.pause.is_set(), start=position,
+                f,
+                self.model,
+                self.params,
+                mask,
+                self.optimizer,
+                (self.train_loader, self.val_loader),
+                self.device,
+                group=self.group,
+                scaler=scaler,
+                progress=self.narrator.batch,
+                should_stop=lambda: self.stop.is_set() or self.pause.is_set(),
+                start=position,
                 on_resumed=None if rng_state is None else lambda: rng.restore(rng_state),
-                checkpoint=save_mid, checkpoint_due=self._mid_due,
-            )  # fmt: skip
+                checkpoint=save_mid,
+                checkpoint_due=self._mid_due,
+            )
         return mask, result
 
     def _alive(self, mask: pruning.Mask | None = None) -> int:
@@ -416,8 +508,12 @@ class Runner:
     def _load_model(self, state: dict[str, torch.Tensor], architecture: dict | None) -> None:
         """Load weights; a channel-pruned architecture is rebuilt from a fresh model first."""
         s = self.schedule
-        model = channels.fit(self.model, state, architecture,
-                             lambda: sources.fresh_model(s.model, s.seed, s.base_dir))  # fmt: skip
+        model = channels.fit(
+            self.model,
+            state,
+            architecture,
+            lambda: sources.fresh_model(s.model, s.seed, s.base_dir),
+        )
         if model is not self.model:
             self.model = model.to(self.device)
             self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
@@ -445,18 +541,34 @@ class Runner:
                 "architecture": channels.architecture(self.model) if self.channel else None,
             },
         )
-        message = (f"round {round_}.{attempt} accepted: sparsity {fields['sparsity']:.2%}, "
-                   f"accuracy {fields['val_accuracy']:.2f}% (drop {fields['drop']:+.2f})")  # fmt: skip
-        self.snapshots.forget(self.store.finish_attempt(
-            self.run_id, round_, attempt, fields, layers,
-            {"accepted_round": round_, "sparsity": fields["sparsity"],
-             "val_accuracy": fields["val_accuracy"], "phase": "prune"},
-            checkpoint={"round": round_, "attempt": attempt, "kind": "accepted", **written},
-            event=("info", "accepted", message),
-        ))  # fmt: skip
-        self.accepted = Accepted(round_, _clone(self.model.state_dict()), mask,
-                                 copy.deepcopy(self.optimizer.state_dict()),
-                                 channels.architecture(self.model) if self.channel else None)  # fmt: skip
+        message = (
+            f"round {round_}.{attempt} accepted: sparsity {fields['sparsity']:.2%}, "
+            f"accuracy {fields['val_accuracy']:.2f}% (drop {fields['drop']:+.2f})"
+        )
+        self.snapshots.forget(
+            self.store.finish_attempt(
+                self.run_id,
+                round_,
+                attempt,
+                fields,
+                layers,
+                {
+                    "accepted_round": round_,
+                    "sparsity": fields["sparsity"],
+                    "val_accuracy": fields["val_accuracy"],
+                    "phase": "prune",
+                },
+                checkpoint={"round": round_, "attempt": attempt, "kind": "accepted", **written},
+                event=("info", "accepted", message),
+            )
+        )
+        self.accepted = Accepted(
+            round_,
+            _clone(self.model.state_dict()),
+            mask,
+            copy.deepcopy(self.optimizer.state_dict()),
+            channels.architecture(self.model) if self.channel else None,
+        )
         if self.schedule.checkpoints.keep == "last":
             self.snapshots.forget(self.store.drop_superseded(self.run_id))
         self.narrator.round_done(round_, attempt, fields, layers)
@@ -471,15 +583,27 @@ class Runner:
         if attempt > s.rollback.retries:
             ended = f"frontier reached: round {round_} failed {attempt} attempts"
         elif new_step < s.rollback.min_step - 1e-12:
-            ended = (f"frontier reached: the next step ({new_step:.4f}) would be under "
-                     f"rollback.min_step ({s.rollback.min_step})")  # fmt: skip
+            ended = (
+                f"frontier reached: the next step ({new_step:.4f}) would be under "
+                f"rollback.min_step ({s.rollback.min_step})"
+            )
         if ended:
             run_fields.update(status="finished", reason=ended, phase="done")
-        self.snapshots.forget(self.store.finish_attempt(
-            self.run_id, round_, attempt, fields, layers, run_fields,
-            event=("warning", "rolled_back",
-                   f"round {round_}.{attempt} rolled back ({fields['note']}); next step {new_step:.4f}"),
-        ))  # fmt: skip
+        self.snapshots.forget(
+            self.store.finish_attempt(
+                self.run_id,
+                round_,
+                attempt,
+                fields,
+                layers,
+                run_fields,
+                event=(
+                    "warning",
+                    "rolled_back",
+                    f"round {round_}.{attempt} rolled back ({fields['note']}); next step {new_step:.4f}",
+                ),
+            )
+        )
         self.narrator.round_done(round_, attempt, fields, layers)
         if not ended:
             self._sync(self.accepted.mask)  # every rank back to the accepted state
@@ -523,8 +647,12 @@ class Runner:
     def _verify_ranks(self, round_: int, attempt: int, mask: pruning.Mask) -> None:
         if self.leader is not None:
             digest = self.leader.verify(self.model, mask, f"round {round_}.{attempt}")
-            self.narrator.event("info", "ranks", f"round {round_}.{attempt}: all {self.group.world} ranks "
-                        f"hold identical weights and masks (sha256 {digest[:16]})")  # fmt: skip
+            self.narrator.event(
+                "info",
+                "ranks",
+                f"round {round_}.{attempt}: all {self.group.world} ranks "
+                f"hold identical weights and masks (sha256 {digest[:16]})",
+            )
 
     def _finish(self, reason: str) -> bool:
         self.store.update_run(self.run_id, status="finished", reason=reason, phase="done")
@@ -555,11 +683,15 @@ class Runner:
     def _info(self) -> dict[str, Any]:
         row, s = self._row(), self.schedule
         return {
-            "run": self.run_id, "model": row["model"], "baseline_accuracy": row["baseline_accuracy"],
-            "target_sparsity": s.prune.target_sparsity, "max_drop": s.validate.max_drop,
-            "method": s.prune.method, "params": self.total,
+            "run": self.run_id,
+            "model": row["model"],
+            "baseline_accuracy": row["baseline_accuracy"],
+            "target_sparsity": s.prune.target_sparsity,
+            "max_drop": s.validate.max_drop,
+            "method": s.prune.method,
+            "params": self.total,
             "device": str(self.device) + (f" × {self.group.world} ranks" if self.group else ""),
-        }  # fmt: skip
+        }
 
     def _set_phase(self, name: str) -> None:
         self.store.update_run(self.run_id, phase=name, heartbeat_at=time.time())

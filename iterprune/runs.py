@@ -29,15 +29,23 @@ def open_run(store: Store, schedule: Schedule, schedule_path: str, fresh: bool =
         m = schedule.model
         store.create_run(
             {
-                "run": run_id, "status": "running", "phase": "pretrain", "round": 0, "attempt": 0,
-                "step": schedule.prune.step, "schedule": dumps({**schedule.canonical(), "name": run_id}),
-                "fingerprint": schedule.fingerprint(), "schedule_path": schedule_path,
+                "run": run_id,
+                "status": "running",
+                "phase": "pretrain",
+                "round": 0,
+                "attempt": 0,
+                "step": schedule.prune.step,
+                "schedule": dumps({**schedule.canonical(), "name": run_id}),
+                "fingerprint": schedule.fingerprint(),
+                "schedule_path": schedule_path,
                 "base_dir": schedule.base_dir,
-                "model": m.builtin or (m.torchvision and f"torchvision {m.torchvision}") or m.factory,
+                "model": m.builtin
+                or (m.torchvision and f"torchvision {m.torchvision}")
+                or m.factory,
                 "torch_version": torch.__version__,
                 "num_threads": schedule.threads or torch.get_num_threads(),
             }
-        )  # fmt: skip
+        )
         return run_id
     if existing["fingerprint"] != schedule.fingerprint():
         old = json.loads(existing["schedule"])

@@ -73,9 +73,23 @@ def torchvision_models() -> list[str]:
 # --- building each section ----------------------------------------------------------------------
 
 TOP_KEYS = (
-    "name", "seed", "device", "threads", "model", "data", "pretrain", "prune", "finetune",
-    "validate", "rollback", "checkpoints", "when", "benchmark", "lottery", "report",
-)  # fmt: skip
+    "name",
+    "seed",
+    "device",
+    "threads",
+    "model",
+    "data",
+    "pretrain",
+    "prune",
+    "finetune",
+    "validate",
+    "rollback",
+    "checkpoints",
+    "when",
+    "benchmark",
+    "lottery",
+    "report",
+)
 
 
 def _factory(c: Checker, raw: dict, path: str, base_dir: Path) -> str | None:
@@ -89,15 +103,19 @@ def _factory(c: Checker, raw: dict, path: str, base_dir: Path) -> str | None:
 
 
 def _positive(c: Checker, raw: dict, key: str, path: str, default: Any, minimum: int = 1) -> Any:
-    return c.number(raw, key, path, default, integer=True, check=lambda v: v >= minimum,
-                    rule=f">= {minimum}")  # fmt: skip
+    return c.number(
+        raw, key, path, default, integer=True, check=lambda v: v >= minimum, rule=f">= {minimum}"
+    )
 
 
 def _model(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
     if "model" not in raw:
         c.fail("model", "missing: say which model to prune (e.g. model: {builtin: digits_cnn})")
-    m = c.section(raw, "model", ("builtin", "torchvision", "factory", "num_classes", "kwargs",
-                                 "weights", "trust_pickle"))  # fmt: skip
+    m = c.section(
+        raw,
+        "model",
+        ("builtin", "torchvision", "factory", "num_classes", "kwargs", "weights", "trust_pickle"),
+    )
     if isinstance(raw.get("model"), dict):
         c.one_of(m, ("builtin", "torchvision", "factory"), "model")
     name = c.text(m, "torchvision", "model", None)
@@ -124,8 +142,11 @@ def _model(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
 def _data(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
     if "data" not in raw:
         c.fail("data", "missing: say which data to fine-tune on (e.g. data: {builtin: digits})")
-    d = c.section(raw, "data", ("builtin", "imagefolder", "factory", "kwargs", "batch_size",
-                                "workers", "val_fraction"))  # fmt: skip
+    d = c.section(
+        raw,
+        "data",
+        ("builtin", "imagefolder", "factory", "kwargs", "batch_size", "workers", "val_fraction"),
+    )
     if isinstance(raw.get("data"), dict):
         c.one_of(d, ("builtin", "imagefolder", "factory"), "data")
     folder = None
@@ -140,9 +161,10 @@ def _data(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
                 c.fail(f"data.imagefolder.{key}", f"folder not found: {value}")
             dirs[key] = value or ""
         folder = ImageFolderSpec(
-            train=dirs["train"], val=dirs["val"],
+            train=dirs["train"],
+            val=dirs["val"],
             image_size=_positive(c, f, "image_size", "data.imagefolder", 224, minimum=8),
-        )  # fmt: skip
+        )
     return DataSpec(
         builtin=c.text(d, "builtin", "data", None, BUILTIN_DATA),
         imagefolder=folder,
@@ -152,7 +174,7 @@ def _data(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
         workers=_positive(c, d, "workers", "data", 0, minimum=0),
         val_fraction=c.number(
             d, "val_fraction", "data", 0.25, check=lambda v: 0 < v < 1, rule="in (0, 1)"
-        ),  # fmt: skip
+        ),
     )
 
 
@@ -167,7 +189,7 @@ def _prune(c: Checker, raw: dict) -> PruneSpec:
         step=c.number(p, "step", "prune", 0.10, check=lambda v: 0 < v < 1, rule="in (0, 1)"),
         target_sparsity=c.number(
             p, "target_sparsity", "prune", 0.90, check=lambda v: 0 < v < 1, rule="in (0, 1)"
-        ),  # fmt: skip
+        ),
         exclude=tuple(exclude),
         scope=c.text(p, "scope", "prune", "global", ("global", "layer")) or "global",
     )
@@ -177,9 +199,22 @@ def _prune(c: Checker, raw: dict) -> PruneSpec:
 
 
 def _finetune(c: Checker, raw: dict) -> FinetuneSpec:
-    f = c.section(raw, "finetune", ("epochs", "optimizer", "lr", "weight_decay", "momentum",
-                                    "nesterov", "lr_schedule", "amp", "patience",
-                                    "max_batches_per_epoch"))  # fmt: skip
+    f = c.section(
+        raw,
+        "finetune",
+        (
+            "epochs",
+            "optimizer",
+            "lr",
+            "weight_decay",
+            "momentum",
+            "nesterov",
+            "lr_schedule",
+            "amp",
+            "patience",
+            "max_batches_per_epoch",
+        ),
+    )
     amp = f.get("amp", "auto")
     if amp is True or amp is False:
         amp = "on" if amp else "off"
@@ -192,10 +227,10 @@ def _finetune(c: Checker, raw: dict) -> FinetuneSpec:
         lr=c.number(f, "lr", "finetune", 1e-4, check=lambda v: v > 0, rule="> 0"),
         weight_decay=c.number(
             f, "weight_decay", "finetune", 0.0, check=lambda v: v >= 0, rule=">= 0"
-        ),  # fmt: skip
+        ),
         momentum=c.number(
             f, "momentum", "finetune", 0.9, check=lambda v: 0 <= v < 1, rule="in [0, 1)"
-        ),  # fmt: skip
+        ),
         nesterov=c.boolean(f, "nesterov", "finetune", False),
         lr_schedule=c.text(f, "lr_schedule", "finetune", "constant", LR_SCHEDULES) or "constant",
         amp=amp,
@@ -219,8 +254,11 @@ def _duration(c: Checker, raw: dict, key: str, path: str) -> float | None:
 
 
 def _when(c: Checker, raw: dict) -> WhenSpec:
-    w = c.section(raw, "when", ("window", "timezone", "window_policy", "pause_between_rounds",
-                                "checkpoint_every"))  # fmt: skip
+    w = c.section(
+        raw,
+        "when",
+        ("window", "timezone", "window_policy", "pause_between_rounds", "checkpoint_every"),
+    )
     window = c.text(w, "window", "when", None)
     timezone = c.text(w, "timezone", "when", None)
     if window is not None:
@@ -233,10 +271,11 @@ def _when(c: Checker, raw: dict) -> WhenSpec:
     elif timezone is not None:
         c.fail("when.timezone", "applies only with when.window")
     spec = WhenSpec(
-        window=window, timezone=timezone,
+        window=window,
+        timezone=timezone,
         window_policy=c.text(w, "window_policy", "when", "finish", ("finish", "pause")) or "finish",
         pause_between_rounds_s=_duration(c, w, "pause_between_rounds", "when"),
-    )  # fmt: skip
+    )
     every = w.get("checkpoint_every")
     if every is None:
         return spec
@@ -246,8 +285,10 @@ def _when(c: Checker, raw: dict) -> WhenSpec:
         return dataclasses.replace(
             spec, checkpoint_every_s=_duration(c, w, "checkpoint_every", "when")
         )
-    c.fail("when.checkpoint_every",
-           f"must be a number of batches (>= 1) or a duration like 30s, 10m, 2h, got {describe(every)}")  # fmt: skip
+    c.fail(
+        "when.checkpoint_every",
+        f"must be a number of batches (>= 1) or a duration like 30s, 10m, 2h, got {describe(every)}",
+    )
     return spec
 
 
@@ -256,8 +297,11 @@ def _benchmark(c: Checker, raw: dict) -> BenchmarkSpec | None:
         return None
     b = c.section(raw, "benchmark", ("batch_size", "input_shape", "iterations", "warmup"))
     shape = b.get("input_shape", [3, 224, 224])
-    if not (isinstance(shape, list) and shape and all(
-            isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in shape)):  # fmt: skip
+    if not (
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in shape)
+    ):
         c.fail(
             "benchmark.input_shape",
             f"must be a list of positive integers like [3, 224, 224], got {describe(shape)}",
@@ -289,8 +333,10 @@ def _lottery(c: Checker, raw: dict, pretrain_epochs: int, has_weights: bool) -> 
             at = _positive(c, rewind, kind, "lottery.rewind", 1)
             rewind = kind
             if has_weights or pretrain_epochs == 0:
-                c.fail(f"lottery.rewind.{kind}",
-                       "rewinding to a point of dense training needs pretrain.epochs > 0 and no model.weights")  # fmt: skip
+                c.fail(
+                    f"lottery.rewind.{kind}",
+                    "rewinding to a point of dense training needs pretrain.epochs > 0 and no model.weights",
+                )
             elif kind == "epoch" and at > pretrain_epochs:
                 c.fail(
                     "lottery.rewind.epoch",
@@ -320,9 +366,12 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
     """The Schedule for a parsed document, or None when the checker recorded problems."""
     c = Checker(doc)
     if "phases" in raw:
-        c.fail("phases", "a schedule has one pruning method; to follow a channel phase with an "
-               "unstructured one, export the first run (iterprune export RUN --format pt holds "
-               "the smaller module) and start a second schedule whose model.factory loads it")  # fmt: skip
+        c.fail(
+            "phases",
+            "a schedule has one pruning method; to follow a channel phase with an "
+            "unstructured one, export the first run (iterprune export RUN --format pt holds "
+            "the smaller module) and start a second schedule whose model.factory loads it",
+        )
         raw = {k: v for k, v in raw.items() if k != "phases"}
     c.unknown_keys(raw, TOP_KEYS, "")
     name = c.text(raw, "name", "", default_name) or default_name
@@ -341,7 +390,7 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
         shrink=c.number(r, "shrink", "rollback", 0.5, check=lambda x: 0 < x < 1, rule="in (0, 1)"),
         min_step=c.number(
             r, "min_step", "rollback", 0.01, check=lambda x: 0 < x < 1, rule="in (0, 1)"
-        ),  # fmt: skip
+        ),
     )
     if rollback.min_step > prune.step and "min_step" in r:
         c.fail(
@@ -370,7 +419,7 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
                 check=lambda x: 0 <= x <= 100,
                 rule="in [0, 100] accuracy points",
             )
-        ),  # fmt: skip
+        ),
         rollback=rollback,
         checkpoints=CheckpointSpec(keep=c.text(k, "keep", "checkpoints", "last", KEEP) or "last"),
         when=_when(c, raw),
@@ -384,6 +433,9 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
         lottery=_lottery(c, raw, schedule.pretrain.epochs, schedule.model.weights is not None),
     )
     if schedule.lottery is not None and schedule.prune.method == "channel":
-        c.fail("lottery", "lottery mode needs unstructured pruning: removing channels changes the "
-               "architecture, so the rewind weights no longer fit (use global_magnitude)")  # fmt: skip
+        c.fail(
+            "lottery",
+            "lottery mode needs unstructured pruning: removing channels changes the "
+            "architecture, so the rewind weights no longer fit (use global_magnitude)",
+        )
     return None if c.problems else schedule

@@ -23,8 +23,11 @@ class Snapshots:
     def write(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
         """Write ``state`` crash-safely; the row fields (path, sha256, bytes) to record it with."""
         written = checkpoints.save(state, path)
-        return {"path": str(path.relative_to(self.state_dir)), "sha256": written.sha256,
-                "bytes": written.bytes}  # fmt: skip
+        return {
+            "path": str(path.relative_to(self.state_dir)),
+            "sha256": written.sha256,
+            "bytes": written.bytes,
+        }
 
     def save_mid(self, round_: int, attempt: int, batches: int, state: dict[str, Any]) -> None:
         path = paths.mid_checkpoint_file(self.state_dir, self.run_id, round_, attempt, batches)
@@ -33,8 +36,11 @@ class Snapshots:
 
     def newest_valid(self, up_to_round: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """(row, state) of the newest dense/accepted checkpoint that passes its sha256 check."""
-        rows = [c for c in reversed(self.store.checkpoints(self.run_id))
-                if c["kind"] in ("dense", "accepted") and c["round"] <= up_to_round]  # fmt: skip
+        rows = [
+            c
+            for c in reversed(self.store.checkpoints(self.run_id))
+            if c["kind"] in ("dense", "accepted") and c["round"] <= up_to_round
+        ]
         for row in rows:
             try:
                 return row, checkpoints.load(self.state_dir / row["path"], row["sha256"])
@@ -76,9 +82,12 @@ class Snapshots:
             self.forget(self.store.drop_mids(self.run_id, round_, attempt))
             return None
         if state.get("world", 1) != world:
-            self.warn("resume", f"the mid-round checkpoint of round {round_}.{attempt} was "
-                      f"written by {state.get('world', 1)} rank(s) and this run has {world}: "
-                      "the attempt is redone from its start")  # fmt: skip
+            self.warn(
+                "resume",
+                f"the mid-round checkpoint of round {round_}.{attempt} was "
+                f"written by {state.get('world', 1)} rank(s) and this run has {world}: "
+                "the attempt is redone from its start",
+            )
             return None
         return row, state
 

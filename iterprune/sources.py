@@ -159,14 +159,22 @@ def imagefolder_loaders(
 
     size = spec.image_size
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), normalize,
-    ])  # fmt: skip
-    val_tf = transforms.Compose([
-        transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
-        transforms.ToTensor(), normalize,
-    ])  # fmt: skip
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    val_tf = transforms.Compose(
+        [
+            transforms.Resize(round(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
     sets = {}
     for split, folder, tf in (("train", spec.train, train_tf), ("val", spec.val, val_tf)):
         root = Path(base_dir) / folder
@@ -186,11 +194,22 @@ def imagefolder_loaders(
             "data.imagefolder: train and val have different classes "
             f"(only in train: {only_train[:5] or 'none'}; only in val: {only_val[:5] or 'none'})"
         )
-    train = DataLoader(sets["train"], batch_size=batch_size, shuffle=True, num_workers=workers,
-                       generator=torch.Generator(), pin_memory=pin_memory,
-                       persistent_workers=False)  # fmt: skip
-    val = DataLoader(sets["val"], batch_size=batch_size, shuffle=False, num_workers=workers,
-                     pin_memory=pin_memory)  # fmt: skip
+    train = DataLoader(
+        sets["train"],
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator(),
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+    val = DataLoader(
+        sets["val"],
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+    )
     return train, val
 
 

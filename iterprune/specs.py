@@ -164,8 +164,14 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         if f.name not in data:
             continue
         value = data[f.name]
-        nested = next((t for t in (hints[f.name], *typing.get_args(hints[f.name]))
-                       if dataclasses.is_dataclass(t)), None)  # fmt: skip
+        nested = next(
+            (
+                t
+                for t in (hints[f.name], *typing.get_args(hints[f.name]))
+                if dataclasses.is_dataclass(t)
+            ),
+            None,
+        )
         if nested is not None and isinstance(value, dict):
             value = from_dict(nested, value)
         elif isinstance(value, list):

@@ -29,40 +29,89 @@ migrations = Migrations("iterprune")
 def _initial(db: Database) -> None:
     db["runs"].create(
         {
-            "run": str, "status": str, "phase": str, "round": int, "attempt": int, "step": float,
-            "reason": str, "error": str, "schedule": str, "fingerprint": str, "schedule_path": str,
-            "base_dir": str, "model": str, "baseline_accuracy": float, "baseline_params": int,
-            "total_params": int, "sparsity": float, "val_accuracy": float, "accepted_round": int,
-            "pid": int, "host": str, "heartbeat_at": float, "progress": str,
-            "torch_version": str, "num_threads": int, "created_at": str, "updated_at": str,
+            "run": str,
+            "status": str,
+            "phase": str,
+            "round": int,
+            "attempt": int,
+            "step": float,
+            "reason": str,
+            "error": str,
+            "schedule": str,
+            "fingerprint": str,
+            "schedule_path": str,
+            "base_dir": str,
+            "model": str,
+            "baseline_accuracy": float,
+            "baseline_params": int,
+            "total_params": int,
+            "sparsity": float,
+            "val_accuracy": float,
+            "accepted_round": int,
+            "pid": int,
+            "host": str,
+            "heartbeat_at": float,
+            "progress": str,
+            "torch_version": str,
+            "num_threads": int,
+            "created_at": str,
+            "updated_at": str,
         },
         pk="run",
-    )  # fmt: skip
+    )
     db["checkpoints"].create(
         {
-            "id": int, "run": str, "round": int, "attempt": int, "kind": str, "path": str,
-            "sha256": str, "bytes": int, "created_at": str,
+            "id": int,
+            "run": str,
+            "round": int,
+            "attempt": int,
+            "kind": str,
+            "path": str,
+            "sha256": str,
+            "bytes": int,
+            "created_at": str,
         },
         pk="id",
         foreign_keys=[("run", "runs", "run")],
-    )  # fmt: skip
+    )
     db["checkpoints"].create_index(["run", "round"])
     db["rounds"].create(
         {
-            "id": int, "run": str, "round": int, "attempt": int, "status": str, "step": float,
-            "target_sparsity": float, "sparsity": float, "params": int, "val_accuracy": float,
-            "drop": float, "loss": float, "duration_s": float, "note": str, "checkpoint_id": int,
-            "started_at": str, "finished_at": str,
+            "id": int,
+            "run": str,
+            "round": int,
+            "attempt": int,
+            "status": str,
+            "step": float,
+            "target_sparsity": float,
+            "sparsity": float,
+            "params": int,
+            "val_accuracy": float,
+            "drop": float,
+            "loss": float,
+            "duration_s": float,
+            "note": str,
+            "checkpoint_id": int,
+            "started_at": str,
+            "finished_at": str,
         },
         pk="id",
         foreign_keys=[("run", "runs", "run"), ("checkpoint_id", "checkpoints", "id")],
-    )  # fmt: skip
+    )
     db["rounds"].create_index(["run", "round", "attempt"], unique=True)
     db["layers"].create(
-        {"run": str, "round": int, "attempt": int, "layer": str, "position": int,
-         "params": int, "nonzero": int, "sparsity": float},
+        {
+            "run": str,
+            "round": int,
+            "attempt": int,
+            "layer": str,
+            "position": int,
+            "params": int,
+            "nonzero": int,
+            "sparsity": float,
+        },
         pk=("run", "round", "attempt", "layer"),
-    )  # fmt: skip
+    )
     db["events"].create(
         {"id": int, "run": str, "at": str, "level": str, "kind": str, "message": str},
         pk="id",
@@ -220,8 +269,12 @@ class Store:
     def rewind_to(self, run: str, round_: int, run_fields: dict[str, Any]) -> list[str]:
         """Forget every round after ``round_`` (their checkpoints were lost); returns their files."""
         with self.transaction():
-            paths = [r["path"] for r in self.db.query(
-                "select path from checkpoints where run = ? and round > ?", [run, round_])]  # fmt: skip
+            paths = [
+                r["path"]
+                for r in self.db.query(
+                    "select path from checkpoints where run = ? and round > ?", [run, round_]
+                )
+            ]
             self.db.execute("delete from layers where run = ? and round > ?", [run, round_])
             self.db.execute("delete from rounds where run = ? and round > ?", [run, round_])
             self.db.execute("delete from checkpoints where run = ? and round > ?", [run, round_])
@@ -234,7 +287,8 @@ class Store:
         """Mark an attempt running (re-using its row when a crashed attempt is restarted)."""
         with self.transaction():
             self.db["layers"].delete_where(
-                "run = ? and round = ? and attempt = ?", [run, round_, attempt])  # fmt: skip
+                "run = ? and round = ? and attempt = ?", [run, round_, attempt]
+            )
             self.db.execute(
                 "delete from rounds where run = ? and round = ? and attempt = ?",
                 [run, round_, attempt],
@@ -247,7 +301,7 @@ class Store:
                     "status": "running",
                     "started_at": now(),
                     **fields,
-                }  # fmt: skip
+                }
             )
             self._update_run(run, {"round": round_, "attempt": attempt, "phase": "prune"})
 
@@ -292,9 +346,13 @@ class Store:
         return mids
 
     def mid_checkpoint(self, run: str, round_: int, attempt: int) -> dict[str, Any] | None:
-        rows = list(self.db.query(
-            "select * from checkpoints where run = ? and round = ? and attempt = ? and kind = 'mid' "
-            "order by id desc limit 1", [run, round_, attempt]))  # fmt: skip
+        rows = list(
+            self.db.query(
+                "select * from checkpoints where run = ? and round = ? and attempt = ? and kind = 'mid' "
+                "order by id desc limit 1",
+                [run, round_, attempt],
+            )
+        )
         return rows[0] if rows else None
 
     def replace_mid(self, run: str, round_: int, attempt: int, row: dict[str, Any]) -> list[str]:
@@ -335,7 +393,7 @@ class Store:
             [
                 {"run": run, "round": round_, "attempt": attempt, "position": i, **row}
                 for i, row in enumerate(layers)
-            ],  # fmt: skip
+            ],
             replace=True,
         )
 
@@ -362,9 +420,13 @@ class Store:
     def drop_superseded(self, run: str) -> list[str]:
         """Forget every accepted checkpoint but the newest (the dense one stays); their paths."""
         with self.transaction():
-            rows = list(self.db.query(
-                "select id, path from checkpoints where run = ? and kind = 'accepted' and id < "
-                "(select max(id) from checkpoints where run = ? and kind = 'accepted')", [run, run]))  # fmt: skip
+            rows = list(
+                self.db.query(
+                    "select id, path from checkpoints where run = ? and kind = 'accepted' and id < "
+                    "(select max(id) from checkpoints where run = ? and kind = 'accepted')",
+                    [run, run],
+                )
+            )
             for r in rows:
                 self.db.execute(
                     "update rounds set checkpoint_id = null where checkpoint_id = ?", [r["id"]]

@@ -189,8 +189,9 @@ def train(
             if o.enforcer is not None:
                 o.enforcer.mask_weights()
             pending += value
-            pos = dataclasses.replace(pos, epoch=epoch, batch=i + 1, count=pos.count + 1,
-                                      loader_state=loader_state)  # fmt: skip
+            pos = dataclasses.replace(
+                pos, epoch=epoch, batch=i + 1, count=pos.count + 1, loader_state=loader_state
+            )
             if o.progress is not None:
                 o.progress(epoch, i + 1, n_batches)
             stopping = due = False
@@ -230,8 +231,9 @@ def _agree(o: Options, pos: Position, pending: float) -> tuple[Position, float, 
     all hold the same position), learns whether any loss was not finite, and takes rank 0's
     decisions to stop and to write a mid-round checkpoint."""
     assert o.group is not None
-    mean, bad, stopping, due = o.group.agree(pending, not math.isfinite(pending),
-                                             _asked(o.should_stop), _asked(o.checkpoint_due))  # fmt: skip
+    mean, bad, stopping, due = o.group.agree(
+        pending, not math.isfinite(pending), _asked(o.should_stop), _asked(o.checkpoint_due)
+    )
     return dataclasses.replace(pos, loss_sum=pos.loss_sum + mean), 0.0, not bad, stopping, due
 
 
@@ -244,10 +246,13 @@ def _early_stopping(
 ) -> Position:
     model.train()
     if pos.best_accuracy is None or accuracy > pos.best_accuracy:
-        best = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "optimizer": copy.deepcopy(optimizer.state_dict())}  # fmt: skip
-        return dataclasses.replace(pos, best_accuracy=accuracy, best_epoch=epoch, stale_epochs=0,
-                                   best_state=best)  # fmt: skip
+        best = {
+            "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+        }
+        return dataclasses.replace(
+            pos, best_accuracy=accuracy, best_epoch=epoch, stale_epochs=0, best_state=best
+        )
     return dataclasses.replace(pos, stale_epochs=pos.stale_epochs + 1)
 
 

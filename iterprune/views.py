@@ -11,10 +11,24 @@ from iterprune.errors import UnknownRun, UserError
 from iterprune.store import Store
 
 ROUND_KEYS = (
-    "round", "attempt", "status", "step", "target_sparsity", "sparsity", "params", "val_accuracy",
-    "drop", "duration_s", "loss", "note", "best_epoch", "latency_ms_p50", "latency_ms_p99",
-    "control_accuracy", "macs",
-)  # fmt: skip
+    "round",
+    "attempt",
+    "status",
+    "step",
+    "target_sparsity",
+    "sparsity",
+    "params",
+    "val_accuracy",
+    "drop",
+    "duration_s",
+    "loss",
+    "note",
+    "best_epoch",
+    "latency_ms_p50",
+    "latency_ms_p99",
+    "control_accuracy",
+    "macs",
+)
 
 
 def _run(store: Store, run: str) -> dict[str, Any]:
@@ -36,7 +50,7 @@ def runs(store: Store) -> list[dict[str, Any]]:
             "baseline_accuracy": r["baseline_accuracy"],
             "updated_at": r["updated_at"],
             "disk_bytes": r["disk_bytes"],
-        }  # fmt: skip
+        }
         for r in store.runs()
     ]
 
@@ -106,7 +120,7 @@ def status(
                 "next_window_at": r["next_window_at"],
                 "error": r["error"],
                 "reason": r["reason"],
-            }  # fmt: skip
+            }
         )
     return out
 
@@ -132,7 +146,10 @@ def summary(store: Store, run: str) -> dict[str, Any]:
     accepted = [r for r in rounds if r["status"] == "accepted"]
     last = accepted[-1] if accepted else None
     return {
-        "run": run, "status": row["status"], "reason": row["reason"], "model": row["model"],
+        "run": run,
+        "status": row["status"],
+        "reason": row["reason"],
+        "model": row["model"],
         "baseline_accuracy": row["baseline_accuracy"],
         "sparsity": last["sparsity"] if last else 0.0,
         "val_accuracy": last["val_accuracy"] if last else row["baseline_accuracy"],
@@ -143,4 +160,4 @@ def summary(store: Store, run: str) -> dict[str, Any]:
         "duration_s": sum(r["duration_s"] or 0.0 for r in rounds),
         "control_accuracy": last["control_accuracy"] if last else None,
         "latency_ms_p50": last["latency_ms_p50"] if last else row["baseline_latency_ms_p50"],
-    }  # fmt: skip
+    }

@@ -32,8 +32,18 @@ def test_start_runs_the_schedule_and_history_json_has_the_contract_shape(
     assert doc["status"] == "finished"
     assert doc["rounds"]
     for r in doc["rounds"]:
-        assert {"round", "attempt", "status", "step", "target_sparsity", "sparsity",
-                "val_accuracy", "drop", "duration_s", "params"} <= r.keys()  # fmt: skip
+        assert {
+            "round",
+            "attempt",
+            "status",
+            "step",
+            "target_sparsity",
+            "sparsity",
+            "val_accuracy",
+            "drop",
+            "duration_s",
+            "params",
+        } <= r.keys()
         assert r["status"] in ("accepted", "rolled_back", "running", "failed")
         assert 0 <= r["sparsity"] <= 1 and 0 <= r["val_accuracy"] <= 100
     last = [r for r in doc["rounds"] if r["status"] == "accepted"][-1]
@@ -42,8 +52,15 @@ def test_start_runs_the_schedule_and_history_json_has_the_contract_shape(
     code, out, _ = run_cli(capsys, "runs", "--json")
     runs = json.loads(out)
     assert [r["run"] for r in runs] == ["tiny"]
-    assert {"run", "status", "rounds", "sparsity", "val_accuracy", "baseline_accuracy",
-            "updated_at"} <= runs[0].keys()  # fmt: skip
+    assert {
+        "run",
+        "status",
+        "rounds",
+        "sparsity",
+        "val_accuracy",
+        "baseline_accuracy",
+        "updated_at",
+    } <= runs[0].keys()
 
     code, out, _ = run_cli(capsys, "show", "tiny", "--json")
     shown = json.loads(out)
@@ -105,12 +122,28 @@ def test_validate_accepts_a_good_schedule(capsys, write_schedule) -> None:
     assert code == 0 and "OK" in out
 
 
-@pytest.mark.parametrize("args", [["history", "nope"], ["show", "nope"], ["status", "nope"],
-                                  ["resume", "nope"], ["stop", "nope"], ["logs", "nope"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["history", "nope"],
+        ["show", "nope"],
+        ["status", "nope"],
+        ["resume", "nope"],
+        ["stop", "nope"],
+        ["logs", "nope"],
+    ],
+)
 def test_unknown_run_exits_2(capsys, write_schedule, state_dir: Path, args: list[str]) -> None:
-    run_cli(capsys, "start", str(write_schedule(
-        "name: t\nmodel: {builtin: digits_mlp}\ndata: {builtin: digits, kwargs: {limit: 100}}\n"
-        "pretrain: {epochs: 1}\nprune: {step: 0.5, target_sparsity: 0.5}\n")))  # fmt: skip
+    run_cli(
+        capsys,
+        "start",
+        str(
+            write_schedule(
+                "name: t\nmodel: {builtin: digits_mlp}\ndata: {builtin: digits, kwargs: {limit: 100}}\n"
+                "pretrain: {epochs: 1}\nprune: {step: 0.5, target_sparsity: 0.5}\n"
+            )
+        ),
+    )
     code, _, err = run_cli(capsys, *args)
     assert code == 2
     assert "no run named 'nope'" in err

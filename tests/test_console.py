@@ -5,11 +5,31 @@ import io
 from iterprune import console
 
 ROWS = [
-    {"round": 1, "attempt": 1, "status": "accepted", "step": 0.2, "target_sparsity": 0.2,
-     "sparsity": 0.2, "params": 800, "val_accuracy": 98.5, "drop": 0.5, "duration_s": 1.2},
-    {"round": 2, "attempt": 1, "status": "rolled_back", "step": 0.2, "target_sparsity": 0.36,
-     "sparsity": 0.36, "params": 640, "val_accuracy": 96.0, "drop": 3.0, "duration_s": 1.1},
-]  # fmt: skip
+    {
+        "round": 1,
+        "attempt": 1,
+        "status": "accepted",
+        "step": 0.2,
+        "target_sparsity": 0.2,
+        "sparsity": 0.2,
+        "params": 800,
+        "val_accuracy": 98.5,
+        "drop": 0.5,
+        "duration_s": 1.2,
+    },
+    {
+        "round": 2,
+        "attempt": 1,
+        "status": "rolled_back",
+        "step": 0.2,
+        "target_sparsity": 0.36,
+        "sparsity": 0.36,
+        "params": 640,
+        "val_accuracy": 96.0,
+        "drop": 3.0,
+        "duration_s": 1.1,
+    },
+]
 
 
 def render(renderable, width: int = 80) -> str:
@@ -42,9 +62,18 @@ def test_plain_reporter_prints_one_timestamped_line_per_event() -> None:
 def test_live_reporter_draws_header_rounds_and_progress() -> None:
     con = console.Console(file=io.StringIO(), width=100, color_system=None, force_terminal=True)
     with console.LiveReporter(con) as rep:
-        rep.run_started({"run": "r1", "model": "digits_cnn", "baseline_accuracy": 99.0,
-                         "target_sparsity": 0.9, "max_drop": 1.0, "method": "global_magnitude",
-                         "params": 1000, "device": "cpu"})  # fmt: skip
+        rep.run_started(
+            {
+                "run": "r1",
+                "model": "digits_cnn",
+                "baseline_accuracy": 99.0,
+                "target_sparsity": 0.9,
+                "max_drop": 1.0,
+                "method": "global_magnitude",
+                "params": 1000,
+                "device": "cpu",
+            }
+        )
         rep.phase("finetune", 2, "round 1.1: fine-tuning")
         rep.advance(1.0)
         rep.round_done(ROWS[0])
@@ -53,9 +82,18 @@ def test_live_reporter_draws_header_rounds_and_progress() -> None:
 
 
 def test_history_view_and_layers_table_render() -> None:
-    doc = {"run": "r", "status": "finished", "baseline_accuracy": 99.0, "baseline_params": 1000,
-           "rounds": ROWS, "reason": "target sparsity 90% reached"}  # fmt: skip
+    doc = {
+        "run": "r",
+        "status": "finished",
+        "baseline_accuracy": 99.0,
+        "baseline_params": 1000,
+        "rounds": ROWS,
+        "reason": "target sparsity 90% reached",
+    }
     assert "target sparsity 90% reached" in render(console.history_view(doc))
-    layers = {"run": "r", "round": 2, "layers": [
-        {"layer": "conv1", "params": 100, "nonzero": 10, "sparsity": 0.9}]}  # fmt: skip
+    layers = {
+        "run": "r",
+        "round": 2,
+        "layers": [{"layer": "conv1", "params": 100, "nonzero": 10, "sparsity": 0.9}],
+    }
     assert "90.00%" in render(console.layers_table(layers))

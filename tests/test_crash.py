@@ -34,24 +34,48 @@ rollback: {retries: 2, shrink: 0.5, min_step: 0.05}
 
 # named points (ITERPRUNE_KILL_AT), with "random" for a SIGKILL after a random delay
 KILLS = [
-    "pretrain_batch:20", "random", "prune:2", "finetune_batch:20", "validate:2", "random",
-    "checkpoint_write:2", "checkpoint_renamed:2", "db_commit:14", "finetune_batch:50",
-    "prune:2", "random", "db_commit:9", "validate:1",
-]  # fmt: skip
+    "pretrain_batch:20",
+    "random",
+    "prune:2",
+    "finetune_batch:20",
+    "validate:2",
+    "random",
+    "checkpoint_write:2",
+    "checkpoint_renamed:2",
+    "db_commit:14",
+    "finetune_batch:50",
+    "prune:2",
+    "random",
+    "db_commit:9",
+    "validate:1",
+]
 
 
 def cli(state: Path, schedule: Path, kill_at: str = "") -> subprocess.Popen:
     env = {**os.environ, "ITERPRUNE_STATE_DIR": str(state), "ITERPRUNE_KILL_AT": kill_at}
     return subprocess.Popen(
         [sys.executable, "-m", "iterprune", "start", str(schedule)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def outcome(state: Path) -> tuple[list, str]:
     store = Store(state)
-    rows = [(r["round"], r["attempt"], r["status"], r["step"], r["sparsity"], r["val_accuracy"],
-             r["params"]) for r in store.rounds("crash")]  # fmt: skip
+    rows = [
+        (
+            r["round"],
+            r["attempt"],
+            r["status"],
+            r["step"],
+            r["sparsity"],
+            r["val_accuracy"],
+            r["params"],
+        )
+        for r in store.rounds("crash")
+    ]
     run = store.run("crash")
     assert run["status"] == "finished", run
     ckpt = [c for c in store.checkpoints("crash") if c["round"] == run["accepted_round"]][-1]
@@ -60,9 +84,11 @@ def outcome(state: Path) -> tuple[list, str]:
     for part in ("model", "mask"):
         for key in sorted(state_dict[part]):
             digest.update(key.encode())
-            digest.update(state_dict[part][key].contiguous().view(torch.uint8).numpy().tobytes()
-                          if state_dict[part][key].dtype != torch.bool
-                          else state_dict[part][key].numpy().tobytes())  # fmt: skip
+            digest.update(
+                state_dict[part][key].contiguous().view(torch.uint8).numpy().tobytes()
+                if state_dict[part][key].dtype != torch.bool
+                else state_dict[part][key].numpy().tobytes()
+            )
     store.close()
     return rows, digest.hexdigest()
 
@@ -113,9 +139,14 @@ def test_kill_9_anywhere_then_resume_ends_identically(tmp_path: Path) -> None:
 
 
 MID_KILLS = [
-    "finetune_batch:60", "checkpoint_write:3", "finetune_batch:17", "checkpoint_renamed:2",
-    "random", "db_commit:40", "finetune_batch:25",
-]  # fmt: skip
+    "finetune_batch:60",
+    "checkpoint_write:3",
+    "finetune_batch:17",
+    "checkpoint_renamed:2",
+    "random",
+    "db_commit:40",
+    "finetune_batch:25",
+]
 
 
 def test_kill_9_inside_long_epochs_continues_from_mid_round_checkpoints(tmp_path: Path) -> None:

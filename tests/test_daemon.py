@@ -39,14 +39,24 @@ def test_window_opens_and_closes_minute_by_minute() -> None:
 
 @pytest.mark.parametrize(
     "dow, open_on",
-    [("0", {"sun"}), ("7", {"sun"}), ("1-5", {"mon", "tue", "wed", "thu", "fri"}),
-     ("sat,sun", {"sat", "sun"}), ("5-0", {"fri", "sat", "sun"}), ("*/2", {"sun", "tue", "thu", "sat"})],
-)  # fmt: skip
+    [
+        ("0", {"sun"}),
+        ("7", {"sun"}),
+        ("1-5", {"mon", "tue", "wed", "thu", "fri"}),
+        ("sat,sun", {"sat", "sun"}),
+        ("5-0", {"fri", "sat", "sun"}),
+        ("*/2", {"sun", "tue", "thu", "sat"}),
+    ],
+)
 def test_day_of_week_follows_standard_cron_not_apscheduler(dow: str, open_on: set[str]) -> None:
     """APScheduler 3 reads day 0 as Monday; a schedule's 0 means Sunday, as in every crontab."""
     w = daemon.Window(f"* * * * {dow}")
-    week = {at(f"2026-11-{d} 10:00"): name for d, name in
-            zip(range(22, 29), ["sun", "mon", "tue", "wed", "thu", "fri", "sat"], strict=True)}  # fmt: skip
+    week = {
+        at(f"2026-11-{d} 10:00"): name
+        for d, name in zip(
+            range(22, 29), ["sun", "mon", "tue", "wed", "thu", "fri", "sat"], strict=True
+        )
+    }
     assert {name for t, name in week.items() if w.is_open(t)} == open_on
 
 
@@ -58,14 +68,22 @@ def test_window_in_a_timezone() -> None:
 
 @pytest.mark.parametrize(
     "when, problem",
-    [("{window: '* * *'}", "when.window (line 3): must have 5 fields"),
-     ("{window: '61 * * * *'}", "when.window (line 3):"),
-     ("{window: '* * 31 2 *'}", "when.window (line 3): never opens"),
-     ("{window: '* * * * 8'}", "day of week must be 0-7"),
-     ("{window: '* 1 * * *', timezone: Mars/Olympus}", "when.timezone (line 3): unknown timezone 'Mars/Olympus'"),
-     ("{window: '* 1 * * *', window_policy: later}", "when.window_policy (line 3): must be one of finish, pause"),
-     ("{pause_between_rounds: soon}", "when.pause_between_rounds (line 3): must be a duration")],
-)  # fmt: skip
+    [
+        ("{window: '* * *'}", "when.window (line 3): must have 5 fields"),
+        ("{window: '61 * * * *'}", "when.window (line 3):"),
+        ("{window: '* * 31 2 *'}", "when.window (line 3): never opens"),
+        ("{window: '* * * * 8'}", "day of week must be 0-7"),
+        (
+            "{window: '* 1 * * *', timezone: Mars/Olympus}",
+            "when.timezone (line 3): unknown timezone 'Mars/Olympus'",
+        ),
+        (
+            "{window: '* 1 * * *', window_policy: later}",
+            "when.window_policy (line 3): must be one of finish, pause",
+        ),
+        ("{pause_between_rounds: soon}", "when.pause_between_rounds (line 3): must be a duration"),
+    ],
+)
 def test_bad_windows_are_schedule_errors(when: str, problem: str) -> None:
     text = f"model: {{builtin: digits_mlp}}\ndata: {{builtin: digits}}\nwhen: {when}\n"
     with pytest.raises(schedule.ScheduleError) as err:
@@ -183,8 +201,12 @@ def test_pause_between_rounds(tmp_path: Path, tiny_text: str) -> None:
 
 
 def iterprune(*args: str, state: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "iterprune", *args, "--state-dir", str(state)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "iterprune", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def exited(pid: int) -> bool:

@@ -53,16 +53,26 @@ def _free_port() -> int:
 
 
 def _ranks(rank: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     group = distributed.Group()
     try:
         # a nested object with tensors of several dtypes arrives intact
         torch.manual_seed(0)  # the same "w" on both ranks, to compare with
-        sent = {"w": torch.randn(3, 4), "m": [torch.tensor([True, False]), torch.tensor(7)],
-                "text": "x", "none": None, "pair": (1, torch.zeros(0)),
-                "half": torch.arange(5, dtype=torch.bfloat16).reshape(1, 5)[:, ::2]}  # fmt: skip
+        sent = {
+            "w": torch.randn(3, 4),
+            "m": [torch.tensor([True, False]), torch.tensor(7)],
+            "text": "x",
+            "none": None,
+            "pair": (1, torch.zeros(0)),
+            "half": torch.arange(5, dtype=torch.bfloat16).reshape(1, 5)[:, ::2],
+        }
         got = group.broadcast(sent if rank == 0 else None)
         assert torch.equal(got["w"], sent["w"]) and torch.equal(got["half"], sent["half"])
         assert got["half"].dtype == torch.bfloat16 and got["half"].shape == (1, 3)
@@ -94,8 +104,13 @@ def _ranks(rank: int, port: int) -> None:
         finite = torch.utils.data.TensorDataset(
             torch.randn(40, 3) + 3 * rank, torch.zeros(40, dtype=torch.long)
         )
-        result = training.train(net, torch.utils.data.DataLoader(finite, batch_size=8),
-                                torch.optim.SGD(net.parameters(), lr=0.1), 2, opts)  # fmt: skip
+        result = training.train(
+            net,
+            torch.utils.data.DataLoader(finite, batch_size=8),
+            torch.optim.SGD(net.parameters(), lr=0.1),
+            2,
+            opts,
+        )
         losses = group.gather(result.loss)
         assert result.finite and result.batches == 10
         if rank == 0:
@@ -161,22 +176,44 @@ def _env(state: Path, kill_at: str = "") -> dict[str, str]:
 
 
 def _command(*args: str, restarts: int = 0) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "--max-restarts", str(restarts), "-m", "iterprune", *args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        str(restarts),
+        "-m",
+        "iterprune",
+        *args,
+    ]
 
 
 def torchrun(
     state: Path, *args: str, kill_at: str = "", restarts: int = 0
 ) -> subprocess.CompletedProcess:
     """Two ranks of ``iterprune ARGS`` under torchrun, to the end."""
-    return subprocess.run(_command(*args, restarts=restarts), env=_env(state, kill_at),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        _command(*args, restarts=restarts),
+        env=_env(state, kill_at),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def launch(state: Path, *args: str, **popen) -> subprocess.Popen:
     """Two ranks of ``iterprune ARGS`` under torchrun, in the background."""
-    return subprocess.Popen(_command(*args), env=_env(state), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)  # fmt: skip
+    return subprocess.Popen(
+        _command(*args),
+        env=_env(state),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
 
 
 def outcome(state: Path) -> tuple[list, str]:
@@ -184,8 +221,10 @@ def outcome(state: Path) -> tuple[list, str]:
     try:
         run = store.run("ddp")
         assert run["status"] == "finished", run
-        rows = [(r["round"], r["attempt"], r["status"], r["step"], r["sparsity"],
-                 r["val_accuracy"]) for r in store.rounds("ddp")]  # fmt: skip
+        rows = [
+            (r["round"], r["attempt"], r["status"], r["step"], r["sparsity"], r["val_accuracy"])
+            for r in store.rounds("ddp")
+        ]
         return rows, _checkpoint_digest(state, store, run["accepted_round"])
     finally:
         store.close()
@@ -237,8 +276,9 @@ def test_validation_accuracy_is_exact_over_uneven_shards(reference: tuple[Path, 
     _, labels = examples.digits_tensors()
     assert len(examples.split(labels[:423], 0.25, s.seed)[1]) == len(val.dataset)
     expected = {0: store.run("ddp")["baseline_accuracy"]}
-    expected.update({r["round"]: r["val_accuracy"] for r in store.rounds("ddp")
-                     if r["status"] == "accepted"})  # fmt: skip
+    expected.update(
+        {r["round"]: r["val_accuracy"] for r in store.rounds("ddp") if r["status"] == "accepted"}
+    )
     for row in store.checkpoints("ddp"):
         if row["kind"] in ("dense", "accepted"):
             saved = checkpoints.load(state / row["path"], row["sha256"])
@@ -268,8 +308,13 @@ def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
     # the same state continued by one process: the two-rank mid-round checkpoint does not fit
     single = tmp_path / "single"
     shutil.copytree(state, single)
-    alone = subprocess.run([sys.executable, "-m", "iterprune", "resume", "ddp"],
-                           env=_env(single), capture_output=True, text=True, timeout=300)  # fmt: skip
+    alone = subprocess.run(
+        [sys.executable, "-m", "iterprune", "resume", "ddp"],
+        env=_env(single),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "written by 2 rank(s) and this run has 1" in alone.stdout
     resumed = torchrun(state, "resume", "ddp")
@@ -347,8 +392,12 @@ def test_stop_between_rounds_ends_every_rank_with_exit_code_0(tmp_path: Path) ->
     state = tmp_path / "state"
     proc = launch(state, "start", str(schedule))
     _serving(proc, state, "stopper", lambda row: (row["accepted_round"] or 0) >= 1)  # after round 1
-    stop = subprocess.run([sys.executable, "-m", "iterprune", "stop", "stopper"],
-                          env=_env(state), capture_output=True, text=True)  # fmt: skip
+    stop = subprocess.run(
+        [sys.executable, "-m", "iterprune", "stop", "stopper"],
+        env=_env(state),
+        capture_output=True,
+        text=True,
+    )
     assert stop.returncode == 0, stop.stderr
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out

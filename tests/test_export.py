@@ -49,8 +49,23 @@ def checkpoint_state(state: Path, round_: int) -> dict:
 @pytest.mark.parametrize("which", ["last", "best", "1"])
 def test_exports_load_back_exactly(finished: Path, tmp_path: Path, fmt: str, which: str) -> None:
     out = tmp_path / f"model.{fmt}"
-    assert cli.main(["export", "sparse", "--round", which, "--format", fmt, "--out", str(out),
-                     "--state-dir", str(finished)]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "export",
+                "sparse",
+                "--round",
+                which,
+                "--format",
+                fmt,
+                "--out",
+                str(out),
+                "--state-dir",
+                str(finished),
+            ]
+        )
+        == 0
+    )
     if fmt == "pt":
         loaded = torch.load(out, weights_only=True)
     elif fmt == "safetensors":
@@ -64,8 +79,9 @@ def test_exports_load_back_exactly(finished: Path, tmp_path: Path, fmt: str, whi
     for name, tensor in state["model"].items():
         expected = tensor * state["mask"][name] if name in state["mask"] else tensor
         assert torch.equal(loaded[name], expected), name
-    fresh = iterprune.sources.build_model(iterprune.specs.ModelSpec(
-        builtin="digits_mlp", kwargs={"hidden": 256}), seed=0)  # fmt: skip
+    fresh = iterprune.sources.build_model(
+        iterprune.specs.ModelSpec(builtin="digits_mlp", kwargs={"hidden": 256}), seed=0
+    )
     fresh.load_state_dict(loaded)  # a plain state_dict for a fresh model of the architecture
 
 

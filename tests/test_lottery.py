@@ -68,8 +68,11 @@ def test_rewind_points_differ_as_asked(tmp_path: Path, tiny_text: str) -> None:
 
 def test_control_accuracy_is_recorded_and_shown(tmp_path: Path, tiny_text: str, capsys) -> None:
     path = tmp_path / "tiny.yaml"
-    path.write_text(lottery_text(tiny_text, "init").replace(
-        "lottery: {rewind: init}", "lottery: {rewind: init, control: random_reinit}"))  # fmt: skip
+    path.write_text(
+        lottery_text(tiny_text, "init").replace(
+            "lottery: {rewind: init}", "lottery: {rewind: init, control: random_reinit}"
+        )
+    )
     state = str(tmp_path / "s")
     assert cli.main(["start", str(path), "--state-dir", state]) == 0
     out = capsys.readouterr().out
@@ -84,8 +87,9 @@ def test_control_accuracy_is_recorded_and_shown(tmp_path: Path, tiny_text: str, 
 def test_rewind_point_survives_resume_and_the_run_ends_identically(
     tmp_path: Path, tiny_text: str
 ) -> None:
-    text = lottery_text(tiny_text, "{epoch: 1}") .replace(
-        "lottery: {rewind: {epoch: 1}}", "lottery: {rewind: {epoch: 1}, control: random_reinit}")  # fmt: skip
+    text = lottery_text(tiny_text, "{epoch: 1}").replace(
+        "lottery: {rewind: {epoch: 1}}", "lottery: {rewind: {epoch: 1}, control: random_reinit}"
+    )
     whole, resumed = assert_resume_matches_uninterrupted(tmp_path, text)
     controls = [r["control_accuracy"] for r in resumed.store.rounds("tiny")]
     assert controls == [r["control_accuracy"] for r in whole.store.rounds("tiny")]

@@ -17,8 +17,10 @@ from iterprune.store import Store
 
 def rounds(state: Path, run: str = "tiny") -> list[tuple]:
     store = Store(state)
-    rows = [(r["round"], r["attempt"], r["status"], r["sparsity"], r["val_accuracy"])
-            for r in store.rounds(run)]  # fmt: skip
+    rows = [
+        (r["round"], r["attempt"], r["status"], r["sparsity"], r["val_accuracy"])
+        for r in store.rounds(run)
+    ]
     store.close()
     return rows
 

@@ -115,8 +115,10 @@ def test_retries_exhausted_finishes_at_the_frontier(
         pass
     rounds = runner.store.rounds("tiny")
     assert [(r["round"], r["attempt"], r["status"]) for r in rounds] == [
-        (1, 1, "rolled_back"), (1, 2, "rolled_back"), (1, 3, "rolled_back"),
-    ]  # fmt: skip
+        (1, 1, "rolled_back"),
+        (1, 2, "rolled_back"),
+        (1, 3, "rolled_back"),
+    ]
     assert [r["step"] for r in rounds] == pytest.approx([0.3, 0.15, 0.075])
     row = runner.store.run("tiny")
     assert row["status"] == "finished" and "frontier reached" in row["reason"]
@@ -135,8 +137,10 @@ def test_step_under_min_step_finishes_at_the_frontier(
 
 
 def final_state(runner: Runner) -> tuple[list, dict]:
-    rows = [(r["round"], r["attempt"], r["status"], r["sparsity"], r["val_accuracy"])
-            for r in runner.store.rounds(runner.run_id)]  # fmt: skip
+    rows = [
+        (r["round"], r["attempt"], r["status"], r["sparsity"], r["val_accuracy"])
+        for r in runner.store.rounds(runner.run_id)
+    ]
     return rows, {k: v.clone() for k, v in runner.model.state_dict().items()}
 
 

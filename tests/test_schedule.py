@@ -203,10 +203,12 @@ def test_fingerprint_ignores_comments_but_not_values() -> None:
 
 def test_canonical_round_trips(tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
-    text = ("model: {torchvision: resnet18, num_classes: 3}\n"
-            f"data: {{imagefolder: {{train: {tmp_path / 'train'}, val: {tmp_path / 'train'}}}}}\n"
-            "prune: {exclude: ['0', 'fc*']}\nbenchmark: {input_shape: [3, 32, 32]}\n"
-            "finetune: {amp: false, patience: 2, lr_schedule: cosine}\nwhen: {checkpoint_every: 10m}\n")  # fmt: skip
+    text = (
+        "model: {torchvision: resnet18, num_classes: 3}\n"
+        f"data: {{imagefolder: {{train: {tmp_path / 'train'}, val: {tmp_path / 'train'}}}}}\n"
+        "prune: {exclude: ['0', 'fc*']}\nbenchmark: {input_shape: [3, 32, 32]}\n"
+        "finetune: {amp: false, patience: 2, lr_schedule: cosine}\nwhen: {checkpoint_every: 10m}\n"
+    )
     s = schedule.parse(text)
     assert s.finetune.amp == "off" and s.when.checkpoint_every_s == 600
     assert schedule.from_canonical(s.canonical()) == s

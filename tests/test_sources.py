@@ -33,8 +33,11 @@ def assert_loaded(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
 @pytest.mark.parametrize("wrap", ["plain", "state_dict_key", "dataparallel_prefix"])
 def test_state_dict_files_load_without_unpickling(tmp_path: Path, wrap: str) -> None:
     state = trained_state()
-    obj = {"plain": state, "state_dict_key": {"state_dict": state, "epoch": 3},
-           "dataparallel_prefix": {f"module.{k}": v for k, v in state.items()}}[wrap]  # fmt: skip
+    obj = {
+        "plain": state,
+        "state_dict_key": {"state_dict": state, "epoch": 3},
+        "dataparallel_prefix": {f"module.{k}": v for k, v in state.items()},
+    }[wrap]
     torch.save(obj, tmp_path / "w.pt")
     model = sources.build_model(mlp_spec("w.pt"), seed=0, base_dir=str(tmp_path))
     assert_loaded(model, state)
@@ -102,9 +105,12 @@ def test_imagefolder_loaders_use_the_standard_transforms(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     "case, message",
-    [("empty", "holds no usable images"), ("no_images", "holds no usable images"),
-     ("classes_differ", "only in train: ['dog']; only in val: ['fox']")],
-)  # fmt: skip
+    [
+        ("empty", "holds no usable images"),
+        ("no_images", "holds no usable images"),
+        ("classes_differ", "only in train: ['dog']; only in val: ['fox']"),
+    ],
+)
 def test_imagefolder_problems_are_clear_errors(tmp_path: Path, case: str, message: str) -> None:
     write_images(tmp_path / "val", {"cat": 1, "fox": 1} if case == "classes_differ" else {"cat": 1})
     train = tmp_path / "train"

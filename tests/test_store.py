@@ -24,9 +24,12 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) ->
     ctx = multiprocessing.get_context("fork")  # the children only open SQLite
     for trial in range(3):
         barrier, results = ctx.Barrier(4), ctx.Queue()
-        procs = [ctx.Process(target=_open_when_released,
-                             args=(str(tmp_path / f"s{trial}"), barrier, results))
-                 for _ in range(4)]  # fmt: skip
+        procs = [
+            ctx.Process(
+                target=_open_when_released, args=(str(tmp_path / f"s{trial}"), barrier, results)
+            )
+            for _ in range(4)
+        ]
         for proc in procs:
             proc.start()
         for proc in procs:
@@ -35,8 +38,16 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) ->
 
 
 def new_run(store: Store, run: str = "r") -> None:
-    store.create_run({"run": run, "status": "running", "phase": "pretrain", "round": 0,
-                      "attempt": 0, "step": 0.1})  # fmt: skip
+    store.create_run(
+        {
+            "run": run,
+            "status": "running",
+            "phase": "pretrain",
+            "round": 0,
+            "attempt": 0,
+            "step": 0.1,
+        }
+    )
 
 
 def test_schema_is_created_by_migrations_in_wal_mode(tmp_path: Path) -> None:
@@ -57,11 +68,22 @@ def test_a_failed_state_change_leaves_nothing_behind(tmp_path: Path) -> None:
     store.begin_attempt("r", 1, 1, {"step": 0.1, "target_sparsity": 0.1})
     with pytest.raises(sqlite3.IntegrityError):
         store.finish_attempt(
-            "r", 1, 1, {"status": "accepted"}, [{"layer": "a", "params": 1, "nonzero": 1, "sparsity": 0}],
+            "r",
+            1,
+            1,
+            {"status": "accepted"},
+            [{"layer": "a", "params": 1, "nonzero": 1, "sparsity": 0}],
             {"accepted_round": 1},
-            checkpoint={"round": 1, "attempt": 1, "kind": "accepted", "path": "p", "sha256": "s",
-                        "bytes": 1, "run": "no-such-run"},  # violates the foreign key
-        )  # fmt: skip
+            checkpoint={
+                "round": 1,
+                "attempt": 1,
+                "kind": "accepted",
+                "path": "p",
+                "sha256": "s",
+                "bytes": 1,
+                "run": "no-such-run",
+            },  # violates the foreign key
+        )
     assert store.rounds("r")[0]["status"] == "running"
     assert store.layers("r", 1, 1) == []
     assert store.run("r")["accepted_round"] is None

@@ -92,8 +92,9 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience() -> None:
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return next(scripted)
 
-    result = training.train(model, toy_loader(), optimizer, 10,
-                            training.Options(validate=validate, patience=2))  # fmt: skip
+    result = training.train(
+        model, toy_loader(), optimizer, 10, training.Options(validate=validate, patience=2)
+    )
     assert len(snapshots) == 4  # epochs 3 and 4 did not improve on epoch 2: stop
     assert (result.best_epoch, result.best_accuracy) == (1, 60.0)
     for k, v in model.state_dict().items():
@@ -104,8 +105,15 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_call() -> None:
     model = toy_model()
     optimizer = training.build_optimizer("sgd", model.parameters(), 0.1, 0.0, 0.9, nesterov=True)
     seen = []
-    training.train(model, toy_loader(), optimizer, 2, training.Options(
-        cosine_lr=0.1, progress=lambda *a: seen.append(optimizer.param_groups[0]["lr"])))  # fmt: skip
+    training.train(
+        model,
+        toy_loader(),
+        optimizer,
+        2,
+        training.Options(
+            cosine_lr=0.1, progress=lambda *a: seen.append(optimizer.param_groups[0]["lr"])
+        ),
+    )
     assert seen[0] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(seen, seen[1:], strict=False))
     assert seen[-1] < 0.01
