@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from iterprune import examples, pruning, rng, schedule, training
+from iterprune import decisions, examples, pruning, rng, schedule, training
 from iterprune.runner import Runner
 from iterprune.runs import open_run
 from iterprune.store import Store
@@ -75,7 +75,7 @@ def one_shot(seed: int, dense: dict, level: float, budget: int) -> float:
     mask = pruning.dense_mask(params)
     total = pruning.count_alive(mask)
     rng.seed_everything(rng.derive_seed(seed, 1000, int(level * 1000)), (train,))
-    mask = pruning.prune(params, mask, total - pruning.target_alive(total, level))
+    mask = pruning.prune(params, mask, total - decisions.target_alive(total, level))
     pruning.apply(params, mask)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     opts = training.Options(
@@ -99,7 +99,7 @@ def fixed_step(seed: int, dense: dict, budget: int) -> tuple[list[tuple[float, f
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     curve, used = [], 0
     for round_ in range(1, n_rounds + 1):
-        n = pruning.amount_to_prune(pruning.count_alive(mask), total, 0.1, TARGET)
+        n = decisions.amount_to_prune(pruning.count_alive(mask), total, 0.1, TARGET)
         if n == 0:
             break
         rng.seed_everything(rng.derive_seed(seed, 2000, round_), (train,))

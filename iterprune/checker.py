@@ -129,6 +129,18 @@ class Checker:
             return default
         return value if integer else float(value)
 
+    def count(self, raw: dict, key: str, path: str, default: Any, minimum: int = 1) -> Any:
+        """An integer of at least ``minimum`` (epochs, batch sizes, retries)."""
+        return self.number(
+            raw,
+            key,
+            path,
+            default,
+            integer=True,
+            check=lambda v: v >= minimum,
+            rule=f">= {minimum}",
+        )
+
     def text(
         self, raw: dict, key: str, path: str, default: str | None, choices: tuple[str, ...] = ()
     ) -> str | None:

@@ -18,19 +18,9 @@ from typing import Any
 import torch
 
 from iterprune import faults
-from iterprune.errors import IterpruneError
+from iterprune.errors import CheckpointCorrupt, CheckpointWriteError
 
 TEMP_SUFFIX = ".tmp"
-
-
-class CheckpointWriteError(IterpruneError):
-    """A checkpoint could not be written (disk full, permissions, I/O error)."""
-
-
-class CheckpointCorrupt(IterpruneError):
-    """A checkpoint file is missing, truncated or does not match its recorded sha256."""
-
-    exit_code = 5
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,10 @@
-"""Running under torchrun: the process group, sharded data, and rank 0 leading the other ranks.
+"""The torchrun plumbing: the process group, sharded data, digests, and tensors on the wire.
 
-Rank 0 serves the run exactly as a single process does: it alone owns the state database, the
-checkpoints, the lease and the console, and it alone decides (prunes, accepts, rolls back,
-stops). Before each piece of work that needs every rank it broadcasts an *order* — ``sync``
-(weights, mask, optimizer state), ``pretrain``, ``finetune``, ``evaluate``, ``control``,
-``verify``, ``done`` — and then does that work itself. The other ranks (:class:`Follower`) build the
-same model and data, carry out the orders on their shard, and never open the state directory, so
-on other machines it need not exist.
-
-Fine-tuning wraps the model in DistributedDataParallel per call; every
-``training.AGREE_EVERY`` batches one small all-reduce carries the mean loss and rank 0's stop /
-mid-round-checkpoint decisions, so all ranks stop at the same batch. Validation sums correct and
-seen counts over the ranks: the exact figure for the whole validation set. After every attempt
-the ranks compare a sha256 of their weights and masks, and a mismatch fails the run.
-
-Orders travel on their own gloo group with a long timeout, so ranks can wait out a closed time
-window; training collectives use the default group (gloo on CPU, NCCL on CUDA). Without torchrun
-(``WORLD_SIZE`` unset or 1) nothing here runs and no process group is created.
+Without torchrun (``WORLD_SIZE`` unset or 1) nothing here runs and no process group is created.
+Under torchrun, :class:`Group` is this process's place among the ranks: orders travel on their own
+gloo group with a long timeout (so ranks can wait out a closed time window), training collectives
+on the default group (gloo on CPU, NCCL on CUDA). What the ranks say to each other, and who leads,
+is ``orders.py``; this module knows nothing above it.
 """
 
 from __future__ import annotations
@@ -25,9 +13,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import os
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,24 +22,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
-from iterprune import channels, faults, pruning, recipe, rng, sources, training
-from iterprune.errors import IterpruneError, UserError
-from iterprune.schedule import from_canonical
+from iterprune.errors import PeerLost, UserError
 
 ORDERS_TIMEOUT = dt.timedelta(days=30)  # a follower may wait this long for rank 0 (time windows)
+Mask = dict[str, torch.Tensor]
 
 
 def launched() -> bool:
     """Whether this process is one of several started by torchrun."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
-class PeerLost(IterpruneError):
-    """A collective operation failed: another rank exited, crashed or became unreachable."""
-
-
-class RanksDisagree(IterpruneError):
-    """After an attempt, some rank holds different weights or masks than rank 0."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +77,8 @@ class Group:
         )
 
     @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
+    def guard(self, what: str) -> Iterator[None]:
+        """Turn a failed collective into :class:`PeerLost`, naming what this rank was doing."""
         try:
             yield
         except RuntimeError as exc:  # DistBackendError and gloo's connection errors
@@ -117,7 +95,7 @@ class Group:
         """Rank 0's ``obj`` on every rank (rank 0 gets ``obj`` back). Tensors inside travel as one
         byte buffer, whatever their dtypes, and arrive on the CPU (or this rank's GPU when they
         were on rank 0's)."""
-        with self._guard("exchanging orders"):
+        with self.guard("exchanging orders"):
             leaves: list[torch.Tensor] = []
             box = [_strip(obj, leaves) if self.rank == 0 else None]
             dist.broadcast_object_list(box, src=0, group=self.orders)
@@ -142,7 +120,7 @@ class Group:
 
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj``, in rank order, at rank 0 (None elsewhere)."""
-        with self._guard("gathering"):
+        with self.guard("gathering"):
             out: list[Any] | None = [None] * self.world if self.rank == 0 else None
             dist.gather_object(obj, out, dst=0, group=self.orders)
         return out
@@ -152,7 +130,7 @@ class Group:
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model for forward and backward passes: DDP, which all-reduces gradients."""
         ids = [self.device.index] if self.device.type == "cuda" else None
-        with self._guard("wrapping the model in DistributedDataParallel"):
+        with self.guard("wrapping the model in DistributedDataParallel"):
             return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def agree(
@@ -167,21 +145,21 @@ class Group:
             dtype=torch.float64,
             device=self.device,
         )
-        with self._guard("training"):
+        with self.guard("training"):
             dist.all_reduce(t)
         mean, any_bad, stop_, due_ = t.tolist()
         return (float("nan") if any_bad else mean / self.world), any_bad > 0, stop_ > 0, due_ > 0
 
     def sum(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        with self._guard("summing counts"):
+        with self.guard("summing counts"):
             dist.all_reduce(t)
         return t.tolist()
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm statistics) on every rank: DDP broadcasts them before each
         forward pass, but the last batch leaves each rank with its own."""
-        with self._guard("sharing BatchNorm statistics"), torch.no_grad():
+        with self.guard("sharing BatchNorm statistics"), torch.no_grad():
             for buffer in model.buffers():
                 dist.broadcast(buffer, src=0)
 
@@ -270,7 +248,7 @@ def shard(loader: Any, group: Group, train: bool) -> DataLoader:
 # --- what every rank checks and shares ----------------------------------------------------------
 
 
-def digest(state: dict[str, torch.Tensor], mask: pruning.Mask | None) -> str:
+def digest(state: dict[str, torch.Tensor], mask: Mask | None) -> str:
     """sha256 of a model's state_dict (names, dtypes, shapes, bytes) and its mask."""
     h = hashlib.sha256()
     for part, tensors in (("model", state), ("mask", mask or {})):
@@ -287,239 +265,45 @@ def digest(state: dict[str, torch.Tensor], mask: pruning.Mask | None) -> str:
     return h.hexdigest()
 
 
-def share_mid(group: Group, model: nn.Module, pos: training.Position) -> list[Any] | None:
-    """Every rank's part of a mid-round checkpoint (its random state and its loader generator's
-    state), at rank 0; rank 0's BatchNorm statistics go to all ranks first, so the checkpoint
-    describes every rank."""
-    group.sync_buffers(model)
-    return group.gather({"rng": rng.capture(), "loader_state": pos.loader_state})
-
-
-# --- rank 0 -------------------------------------------------------------------------------------
-
-
-class Leader:
-    """Rank 0's side: tells the other ranks what to do next, then does it too."""
-
-    def __init__(self, group: Group) -> None:
-        self.group = group
-        self.broken = False  # an order failed half-way: the ranks no longer wait for orders
-
-    def open(self, run: str, row: dict[str, Any]) -> None:
-        self.group.broadcast(
-            (
-                "open",
-                {
-                    "run": run,
-                    "schedule": row["schedule"],
-                    "base_dir": row["base_dir"] or ".",
-                    "threads": int(row["num_threads"]),
-                },
-            )
-        )
-
-    @contextlib.contextmanager
-    def order(self, name: str, payload: Any = None) -> Iterator[None]:
-        """Send an order, then do rank 0's part of it in the ``with`` block."""
-        if self.broken:
-            raise PeerLost("the ranks lost step with each other earlier in this run")
-        try:
-            self.group.broadcast((name, payload))
-            yield
-        except BaseException:
-            self.broken = True
-            raise
-
-    def sync(
-        self,
-        model: nn.Module,
-        mask: pruning.Mask | None,
-        optimizer: torch.optim.Optimizer,
-        architecture: dict | None,
-    ) -> None:
-        state = {
-            "model": model.state_dict(),
-            "mask": mask,
-            "architecture": architecture,
-            "optimizer": optimizer.state_dict(),
-        }
-        with self.order("sync", state):
-            pass
-
-    def verify(self, model: nn.Module, mask: pruning.Mask | None, label: str) -> str:
-        """The digest every rank agrees on; raises :class:`RanksDisagree` when one differs."""
-        with self.order("verify"):
-            digests = self.group.gather(digest(model.state_dict(), mask)) or []
-        odd = [rank for rank, d in enumerate(digests) if d != digests[0]]
-        if odd:
-            raise RanksDisagree(
-                f"after {label}, rank(s) {', '.join(map(str, odd))} hold different weights or "
-                "masks than rank 0; the run stops here (its accepted rounds are safe). This "
-                "points to nondeterministic training across ranks; resume to redo the round."
-            )
-        return digests[0]
-
-    def close(self, code: int) -> None:
-        """Tell the other ranks to exit with ``code`` (when they are waiting for an order)."""
-        if not self.broken:
-            with contextlib.suppress(IterpruneError):
-                self.group.broadcast(("done", code))
-
-
-# --- the other ranks ----------------------------------------------------------------------------
-
-
-def follow(group: Group) -> int:
-    """A rank other than 0: wait for rank 0 to open the run, then carry out its orders until
-    ``done``; the exit code rank 0 sends.
-
-    Ctrl-C reaches every process of the terminal, and torchrun passes SIGTERM on to all ranks:
-    rank 0 alone acts on them (it stops every rank after the same batch, with a checkpoint), so
-    the other ranks ignore both and follow it to the end.
-    """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-    kind, payload = group.broadcast()
-    if kind == "done":
-        return int(payload)
-    follower = Follower(group, payload)
-    with group._guard("following rank 0's orders"):  # DDP's own collectives raise too
-        return follower.serve()
-
-
-class Follower:
-    """Holds this rank's copy of the model and does its part of each order, on its shard."""
-
-    def __init__(self, group: Group, opening: dict[str, Any]) -> None:
-        self.group = group
-        s = self.schedule = from_canonical(json.loads(opening["schedule"]), opening["base_dir"])
-        torch.set_num_threads(opening["threads"])
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        self.device = group.device = group.device_for(s.device)
-        self.amp = self.device.type == "cuda" and s.finetune.amp != "off"
-        self.model = self._fresh_model().to(self.device)
-        train, val = sources.build_loaders(
-            s.data, s.seed, s.base_dir, pin_memory=self.device.type == "cuda"
-        )
-        self.loaders = (shard(train, group, train=True), shard(val, group, train=False))
-        self.mask: pruning.Mask | None = None
-        self._new_state(None)
-
-    def _fresh_model(self) -> nn.Module:
-        s = self.schedule
-        return sources.fresh_model(s.model, s.seed, s.base_dir)
-
-    def _new_state(self, optimizer_state: dict | None) -> None:
-        self.params = pruning.prunable_parameters(self.model, self.schedule.prune.exclude)
-        self.optimizer = recipe.optimizer(self.schedule.finetune, self.model)
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
-
-    def serve(self) -> int:
-        while True:
-            kind, payload = self.group.broadcast()
-            if kind == "done":
-                return int(payload)
-            getattr(self, f"_{kind}")(payload)
-
-    def _sync(self, p: dict[str, Any]) -> None:
-        model = channels.fit(self.model, p["model"], p["architecture"], self._fresh_model)
-        self.model = model.to(self.device)
-        self.mask = p["mask"]
-        self._new_state(p["optimizer"])
-
-    def _pretrain(self, p: dict[str, Any]) -> None:
-        train, _ = self.loaders
-        rng.seed_everything(p["seed"], (train,), self.group.rank)
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=p["lr"])
-        training.train(
-            self.model,
-            train,
-            optimizer,
-            p["epochs"],
-            training.Options(
-                device=self.device, group=self.group, progress=_fault_point("pretrain_batch")
-            ),
-        )
-
-    def _finetune(self, p: dict[str, Any]) -> None:
-        train, _ = self.loaders
-        position, on_resumed = None, None
-        if p["position"] is None:
-            rng.seed_everything(p["seed"], (train,), self.group.rank)
-        else:
-            rng.seed_sampler(train, p["seed"])
-            mine = p["ranks"][self.group.rank]
-            position = training.Position(**{**p["position"], "loader_state": mine["loader_state"]})
-            on_resumed = lambda: rng.restore(mine["rng"])  # noqa: E731
-        scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        if scaler is not None and p["scaler"]:
-            scaler.load_state_dict(p["scaler"])
-        recipe.finetune(
-            self.schedule.finetune,
-            self.model,
-            self.params,
-            self.mask or {},
-            self.optimizer,
-            self.loaders,
-            self.device,
-            group=self.group,
-            scaler=scaler,
-            start=position,
-            on_resumed=on_resumed,
-            checkpoint=lambda pos: share_mid(self.group, self.model, pos),
-            progress=_fault_point("finetune_batch"),
-        )
-
-    def _evaluate(self, p: None) -> None:
-        training.evaluate(self.model, self.loaders[1], self.device, self.group)
-
-    def _control(self, p: dict[str, Any]) -> None:
-        train, val = self.loaders
-        recipe.control_accuracy(
-            self.schedule, p["mask"], train, val, self.device, p["seed"], group=self.group
-        )
-
-    def _verify(self, p: None) -> None:
-        self.group.gather(digest(self.model.state_dict(), self.mask))
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def _fault_point(name: str) -> training.Progress:
-    """A progress callback that only passes a crash test's fault point (see faults.py)."""
-    return lambda epoch, batch, batches: faults.point(name)
+# --- tensors on the wire --------------------------------------------------------------------------
 
 
 def _strip(obj: Any, leaves: list[torch.Tensor]) -> Any:
+    """``obj`` with every tensor replaced by a :class:`_Slot` (the tensors go to ``leaves``)."""
     if isinstance(obj, torch.Tensor):
         leaves.append(obj)
         return _Slot(len(leaves) - 1, tuple(obj.shape), obj.dtype, obj.is_cuda)
-    if isinstance(obj, dict):
-        return {k: _strip(v, leaves) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_strip(v, leaves) for v in obj)
-    return obj
+    return _map(obj, lambda v: _strip(v, leaves))
 
 
 def _slots(obj: Any) -> list[_Slot]:
-    if isinstance(obj, _Slot):
-        return [obj]
-    if isinstance(obj, dict):
-        return [s for v in obj.values() for s in _slots(v)]
-    if isinstance(obj, (list, tuple)):
-        return [s for v in obj for s in _slots(v)]
-    return []
+    found: list[_Slot] = []
+
+    def visit(v: Any) -> Any:
+        if isinstance(v, _Slot):
+            found.append(v)
+            return v
+        return _map(v, visit)
+
+    visit(obj)
+    return found
 
 
 def _fill(obj: Any, tensors: dict[int, torch.Tensor]) -> Any:
     if isinstance(obj, _Slot):
         return tensors[obj.index]
+    return _map(obj, lambda v: _fill(v, tensors))
+
+
+def _map(obj: Any, fn: Any) -> Any:
+    """``fn`` applied to each item of a dict, list, tuple or dataclass (an order); else ``obj``."""
     if isinstance(obj, dict):
-        return {k: _fill(v, tensors) for k, v in obj.items()}
+        return {k: fn(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_fill(v, tensors) for v in obj)
+        return type(obj)(fn(v) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: fn(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return dataclasses.replace(obj, **fields)
     return obj
 
 

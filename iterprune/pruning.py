@@ -55,17 +55,6 @@ def apply(params: dict[str, nn.Parameter], mask: Mask) -> None:
         p.mul_(mask[name].to(p.device))
 
 
-def target_alive(total: int, target_sparsity: float) -> int:
-    """Weights left at the target sparsity (the target is met once ``alive <= target_alive``)."""
-    return total - math.floor(target_sparsity * total + 1e-9)
-
-
-def amount_to_prune(alive: int, total: int, step: float, target_sparsity: float) -> int:
-    """How many of the ``alive`` weights to remove: ``step`` of them, never past the target."""
-    want = round(alive * step)
-    return max(0, min(want, alive - target_alive(total, target_sparsity)))
-
-
 def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The exact k-th smallest (1-based) of a flat tensor.
 

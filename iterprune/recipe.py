@@ -5,16 +5,13 @@ initialised model. Rank 0 and the other ranks under torchrun make the same calls
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from iterprune import pruning, rng, sources, training
 from iterprune.specs import FinetuneSpec, Schedule
-
-if TYPE_CHECKING:
-    from iterprune.distributed import Group
 
 
 def optimizer(f: FinetuneSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -30,7 +27,7 @@ def options(
     mask: pruning.Mask,
     val_loader: Iterable,
     device: torch.device,
-    group: Group | None = None,
+    group: training.Collective | None = None,
     **extra: Any,
 ) -> training.Options:
     """Training options for one round under ``mask``: schedule, early stopping, batch cap."""
@@ -76,7 +73,7 @@ def control_accuracy(
     device: torch.device,
     seed: int,
     progress: Callable[[int, int, int], None] | None = None,
-    group: Group | None = None,
+    group: training.Collective | None = None,
 ) -> float:
     """Train ``mask`` from a fresh random initialisation with the round's budget; its accuracy.
 

@@ -14,20 +14,9 @@ from typing import Any
 import yaml
 
 from iterprune.checker import Doc, describe
-from iterprune.errors import UserError
+from iterprune.errors import ScheduleError, UserError
 from iterprune.sections import build
 from iterprune.specs import Schedule, from_dict
-
-
-class ScheduleError(UserError):
-    """The schedule has one or more problems; ``problems`` lists every one of them."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        noun = "problem" if len(problems) == 1 else "problems"
-        super().__init__(f"{source}: {len(problems)} {noun}\n{lines}")
 
 
 def parse(text: str, source: str = "<schedule>", base_dir: Path | str = ".") -> Schedule:
@@ -71,7 +60,8 @@ def load(path: str | Path) -> Schedule:
 
 
 def from_canonical(data: dict[str, Any], base_dir: str = ".") -> Schedule:
-    """Rebuild a Schedule from ``Schedule.canonical()`` (as stored with a run)."""
+    """Rebuild a Schedule from ``Schedule.canonical()`` (as stored with a run); fields a run
+    stored by an older release lacks get their defaults."""
     return from_dict(Schedule, {**data, "base_dir": base_dir})
 
 

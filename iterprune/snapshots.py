@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from iterprune import checkpoints, paths
+from iterprune.errors import CheckpointCorrupt
 from iterprune.store import Store
 
 Warn = Callable[[str, str], None]  # (kind, message)
@@ -29,6 +30,11 @@ class Snapshots:
             "bytes": written.bytes,
         }
 
+    def write_accepted(self, round_: int, attempt: int, state: dict[str, Any]) -> dict[str, Any]:
+        """Write an accepted round's checkpoint; the row to record it with."""
+        path = paths.checkpoint_file(self.state_dir, self.run_id, round_, attempt)
+        return {"round": round_, "attempt": attempt, "kind": "accepted", **self.write(path, state)}
+
     def save_mid(self, round_: int, attempt: int, batches: int, state: dict[str, Any]) -> None:
         path = paths.mid_checkpoint_file(self.state_dir, self.run_id, round_, attempt, batches)
         row = self.write(path, state)
@@ -44,9 +50,9 @@ class Snapshots:
         for row in rows:
             try:
                 return row, checkpoints.load(self.state_dir / row["path"], row["sha256"])
-            except checkpoints.CheckpointCorrupt as exc:
+            except CheckpointCorrupt as exc:
                 self.warn("corrupt", f"{exc}; trying an older checkpoint")
-        raise checkpoints.CheckpointCorrupt(
+        raise CheckpointCorrupt(
             f"run '{self.run_id}' has no valid checkpoint left in {self.state_dir}; start it "
             f"again with: iterprune start SCHEDULE.yaml --fresh"
         )
@@ -55,13 +61,13 @@ class Snapshots:
         """The lottery rewind weights; without them the run cannot go on (exit code 5)."""
         rows = [c for c in self.store.checkpoints(self.run_id) if c["kind"] == "rewind"]
         if not rows:
-            raise checkpoints.CheckpointCorrupt(
+            raise CheckpointCorrupt(
                 f"run '{self.run_id}' has no recorded rewind point; start it again with --fresh"
             )
         try:
             return checkpoints.load(self.state_dir / rows[-1]["path"], rows[-1]["sha256"])["model"]
-        except checkpoints.CheckpointCorrupt as exc:
-            raise checkpoints.CheckpointCorrupt(
+        except CheckpointCorrupt as exc:
+            raise CheckpointCorrupt(
                 f"{exc}. It holds the lottery rewind point, which every round needs; start the run "
                 "again with: iterprune start SCHEDULE.yaml --fresh"
             ) from None
@@ -77,7 +83,7 @@ class Snapshots:
             return None
         try:
             state = checkpoints.load(self.state_dir / row["path"], row["sha256"])
-        except checkpoints.CheckpointCorrupt as exc:
+        except CheckpointCorrupt as exc:
             self.warn("corrupt", f"{exc}; redoing round {round_}.{attempt} from its start")
             self.forget(self.store.drop_mids(self.run_id, round_, attempt))
             return None

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from iterprune import examples, rng
 from iterprune.errors import UserError
-from iterprune.sections import resolve_factory
+from iterprune.factories import resolve_factory
 from iterprune.specs import DataSpec, ImageFolderSpec, ModelSpec
 
 BUILTIN_MODELS = {"digits_cnn": examples.digits_cnn, "digits_mlp": examples.digits_mlp}
@@ -155,62 +155,48 @@ def imagefolder_loaders(
     pin_memory: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """torchvision ImageFolder loaders with the standard ImageNet-style transforms."""
-    from torchvision import datasets, transforms
-
-    size = spec.image_size
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(size),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            normalize,
-        ]
-    )
-    val_tf = transforms.Compose(
-        [
-            transforms.Resize(round(size * 256 / 224)),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            normalize,
-        ]
-    )
-    sets = {}
-    for split, folder, tf in (("train", spec.train, train_tf), ("val", spec.val, val_tf)):
-        root = Path(base_dir) / folder
-        if not root.is_dir():
-            raise UserError(f"data.imagefolder.{split}: folder not found: {root}")
-        try:
-            sets[split] = datasets.ImageFolder(str(root), transform=tf)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise UserError(
-                f"data.imagefolder.{split}: {root} holds no usable images ({exc}); expected one "
-                "sub-folder per class with .jpg/.png/... files inside"
-            ) from None
-    if sets["train"].classes != sets["val"].classes:
-        only_train = sorted(set(sets["train"].classes) - set(sets["val"].classes))
-        only_val = sorted(set(sets["val"].classes) - set(sets["train"].classes))
+    train_tf, eval_tf = _transforms(spec.image_size)
+    train = _image_folder("train", Path(base_dir) / spec.train, train_tf)
+    val = _image_folder("val", Path(base_dir) / spec.val, eval_tf)
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
         raise UserError(
             "data.imagefolder: train and val have different classes "
             f"(only in train: {only_train[:5] or 'none'}; only in val: {only_val[:5] or 'none'})"
         )
-    train = DataLoader(
-        sets["train"],
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        generator=torch.Generator(),
-        pin_memory=pin_memory,
-        persistent_workers=False,
+    common = {"batch_size": batch_size, "num_workers": workers, "pin_memory": pin_memory}
+    train_loader = DataLoader(
+        train, shuffle=True, generator=torch.Generator(), persistent_workers=False, **common
     )
-    val = DataLoader(
-        sets["val"],
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=pin_memory,
+    return train_loader, DataLoader(val, shuffle=False, **common)
+
+
+def _transforms(size: int) -> tuple[Any, Any]:
+    """(train, evaluation) transforms: random resized crop and flip; resize and centre crop."""
+    from torchvision import transforms
+
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+    evaluation = [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size)]
+    return (
+        transforms.Compose([*train, transforms.ToTensor(), normalize]),
+        transforms.Compose([*evaluation, transforms.ToTensor(), normalize]),
     )
-    return train, val
+
+
+def _image_folder(split: str, root: Path, transform: Any) -> Any:
+    from torchvision import datasets
+
+    if not root.is_dir():
+        raise UserError(f"data.imagefolder.{split}: folder not found: {root}")
+    try:
+        return datasets.ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise UserError(
+            f"data.imagefolder.{split}: {root} holds no usable images ({exc}); expected one "
+            "sub-folder per class with .jpg/.png/... files inside"
+        ) from None
 
 
 def example_input(loader: Any, device: torch.device) -> torch.Tensor:

@@ -1,8 +1,15 @@
 """The state database: runs, rounds, per-layer stats, checkpoints and events (sqlite-utils).
 
-The only module that speaks SQL. Every state change is one ``BEGIN IMMEDIATE`` transaction, so a
-kill leaves either the old state or the new one. WAL mode with ``synchronous=FULL``: a commit that
-returned survives power loss, and readers (``status``, ``history``) never block the writer.
+The only module that speaks SQL (with ``migrations.py``, its schema). Every state change is one
+``BEGIN IMMEDIATE`` transaction, so a kill leaves either the old state or the new one. WAL mode
+with ``synchronous=FULL``: a commit that returned survives power loss, and readers (``status``,
+``history``) never block the writer.
+
+Who may change a run's state (its status, rounds, baseline and checkpoints): ``runs.py`` creates a
+run; after that only the engine that runs it does — ``runner.py`` (status, rounds), ``baseline.py``
+(the dense baseline) and ``resumption.py`` (forgetting rounds whose checkpoints were lost).
+``daemon.py`` holds the lease (pid, host, heartbeat) and ``iterprune stop`` asks through
+:meth:`Store.request_stop`; neither changes the status. tests/test_architecture.py checks this.
 """
 
 from __future__ import annotations
@@ -17,130 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from iterprune import faults
+from iterprune.migrations import migrations
 
 DB_NAME = "iterprune.db"
-migrations = Migrations("iterprune")
-
-
-@migrations(name="0001_initial")
-def _initial(db: Database) -> None:
-    db["runs"].create(
-        {
-            "run": str,
-            "status": str,
-            "phase": str,
-            "round": int,
-            "attempt": int,
-            "step": float,
-            "reason": str,
-            "error": str,
-            "schedule": str,
-            "fingerprint": str,
-            "schedule_path": str,
-            "base_dir": str,
-            "model": str,
-            "baseline_accuracy": float,
-            "baseline_params": int,
-            "total_params": int,
-            "sparsity": float,
-            "val_accuracy": float,
-            "accepted_round": int,
-            "pid": int,
-            "host": str,
-            "heartbeat_at": float,
-            "progress": str,
-            "torch_version": str,
-            "num_threads": int,
-            "created_at": str,
-            "updated_at": str,
-        },
-        pk="run",
-    )
-    db["checkpoints"].create(
-        {
-            "id": int,
-            "run": str,
-            "round": int,
-            "attempt": int,
-            "kind": str,
-            "path": str,
-            "sha256": str,
-            "bytes": int,
-            "created_at": str,
-        },
-        pk="id",
-        foreign_keys=[("run", "runs", "run")],
-    )
-    db["checkpoints"].create_index(["run", "round"])
-    db["rounds"].create(
-        {
-            "id": int,
-            "run": str,
-            "round": int,
-            "attempt": int,
-            "status": str,
-            "step": float,
-            "target_sparsity": float,
-            "sparsity": float,
-            "params": int,
-            "val_accuracy": float,
-            "drop": float,
-            "loss": float,
-            "duration_s": float,
-            "note": str,
-            "checkpoint_id": int,
-            "started_at": str,
-            "finished_at": str,
-        },
-        pk="id",
-        foreign_keys=[("run", "runs", "run"), ("checkpoint_id", "checkpoints", "id")],
-    )
-    db["rounds"].create_index(["run", "round", "attempt"], unique=True)
-    db["layers"].create(
-        {
-            "run": str,
-            "round": int,
-            "attempt": int,
-            "layer": str,
-            "position": int,
-            "params": int,
-            "nonzero": int,
-            "sparsity": float,
-        },
-        pk=("run", "round", "attempt", "layer"),
-    )
-    db["events"].create(
-        {"id": int, "run": str, "at": str, "level": str, "kind": str, "message": str},
-        pk="id",
-    )
-    db["events"].create_index(["run", "id"])
-
-
-@migrations(name="0002_latency_and_early_stopping")
-def _latency(db: Database) -> None:
-    for column in ("latency_ms_p50", "latency_ms_p99"):
-        db["rounds"].add_column(column, float)
-        db["runs"].add_column(f"baseline_{column}", float)
-    db["rounds"].add_column("best_epoch", int)
-
-
-@migrations(name="0003_lottery_control")
-def _lottery(db: Database) -> None:
-    db["rounds"].add_column("control_accuracy", float)
-
-
-@migrations(name="0004_window")
-def _window(db: Database) -> None:
-    db["runs"].add_column("next_window_at", str)
-    db["runs"].add_column("stop_requested", int)
-
-
-@migrations(name="0005_macs")
-def _macs(db: Database) -> None:
-    db["rounds"].add_column("macs", int)
 
 
 def now() -> str:
@@ -198,8 +86,11 @@ class Store:
 
     # --- runs ---------------------------------------------------------------------------------
 
+    def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, params))
+
     def run(self, run: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("select * from runs where run = ?", [run]))
+        rows = self._rows("select * from runs where run = ?", [run])
         return rows[0] if rows else None
 
     def runs(self) -> list[dict[str, Any]]:
@@ -263,21 +154,30 @@ class Store:
             )
         return cursor.rowcount == 1
 
+    def fail_run(self, run: str, error: str) -> None:
+        """The run failed: its status, the error, the attempt it was in, and an event, at once."""
+        with self.transaction():
+            self.db.execute(
+                "update rounds set status = 'failed', note = ?, finished_at = ? "
+                "where run = ? and status = 'running'",
+                [error[:500], now(), run],
+            )
+            self._update_run(run, {"status": "failed", "error": error, "pid": None})
+            self._add_event(run, "error", "failed", error)
+
     def request_stop(self, run: str) -> None:
         self.update_run(run, stop_requested=1)
 
     def rewind_to(self, run: str, round_: int, run_fields: dict[str, Any]) -> list[str]:
         """Forget every round after ``round_`` (their checkpoints were lost); returns their files."""
         with self.transaction():
+            where = "where run = ? and round > ?"
             paths = [
                 r["path"]
-                for r in self.db.query(
-                    "select path from checkpoints where run = ? and round > ?", [run, round_]
-                )
+                for r in self._rows(f"select path from checkpoints {where}", [run, round_])
             ]
-            self.db.execute("delete from layers where run = ? and round > ?", [run, round_])
-            self.db.execute("delete from rounds where run = ? and round > ?", [run, round_])
-            self.db.execute("delete from checkpoints where run = ? and round > ?", [run, round_])
+            for table in ("layers", "rounds", "checkpoints"):
+                self.db.execute(f"delete from {table} {where}", [run, round_])
             self._update_run(run, {**run_fields, "accepted_round": round_})
         return paths
 
@@ -309,7 +209,7 @@ class Store:
         """An attempt stopped before its end; resume continues it (from a mid-round checkpoint)."""
         with self.transaction():
             self.db.execute(
-                "update rounds set status = 'failed', note = 'stopped; continued on resume', "
+                "update rounds set status = 'interrupted', note = 'stopped; continued on resume', "
                 "finished_at = ? where run = ? and round = ? and attempt = ? and status = 'running'",
                 [now(), run, round_, attempt],
             )
@@ -346,12 +246,9 @@ class Store:
         return mids
 
     def mid_checkpoint(self, run: str, round_: int, attempt: int) -> dict[str, Any] | None:
-        rows = list(
-            self.db.query(
-                "select * from checkpoints where run = ? and round = ? and attempt = ? and kind = 'mid' "
-                "order by id desc limit 1",
-                [run, round_, attempt],
-            )
+        where = "run = ? and round = ? and attempt = ? and kind = 'mid'"
+        rows = self._rows(
+            f"select * from checkpoints where {where} order by id desc", [run, round_, attempt]
         )
         return rows[0] if rows else None
 
@@ -368,9 +265,7 @@ class Store:
 
     def _drop_mids(self, run: str, round_: int, attempt: int) -> list[str]:
         where = "run = ? and round = ? and attempt = ? and kind = 'mid'"
-        rows = list(
-            self.db.query(f"select path from checkpoints where {where}", [run, round_, attempt])
-        )
+        rows = self._rows(f"select path from checkpoints where {where}", [run, round_, attempt])
         self.db.execute(f"delete from checkpoints where {where}", [run, round_, attempt])
         return [r["path"] for r in rows]
 
@@ -398,16 +293,12 @@ class Store:
         )
 
     def rounds(self, run: str) -> list[dict[str, Any]]:
-        return list(
-            self.db.query("select * from rounds where run = ? order by round, attempt", [run])
-        )
+        return self._rows("select * from rounds where run = ? order by round, attempt", [run])
 
     def layers(self, run: str, round_: int, attempt: int) -> list[dict[str, Any]]:
-        return list(
-            self.db.query(
-                "select * from layers where run = ? and round = ? and attempt = ? order by position",
-                [run, round_, attempt],
-            )
+        where = "run = ? and round = ? and attempt = ?"
+        return self._rows(
+            f"select * from layers where {where} order by position", [run, round_, attempt]
         )
 
     # --- checkpoints --------------------------------------------------------------------------
@@ -420,12 +311,9 @@ class Store:
     def drop_superseded(self, run: str) -> list[str]:
         """Forget every accepted checkpoint but the newest (the dense one stays); their paths."""
         with self.transaction():
-            rows = list(
-                self.db.query(
-                    "select id, path from checkpoints where run = ? and kind = 'accepted' and id < "
-                    "(select max(id) from checkpoints where run = ? and kind = 'accepted')",
-                    [run, run],
-                )
+            accepted = "from checkpoints where run = ? and kind = 'accepted'"
+            rows = self._rows(
+                f"select id, path {accepted} and id < (select max(id) {accepted})", [run, run]
             )
             for r in rows:
                 self.db.execute(
@@ -435,7 +323,7 @@ class Store:
         return [r["path"] for r in rows]
 
     def checkpoints(self, run: str) -> list[dict[str, Any]]:
-        return list(self.db.query("select * from checkpoints where run = ? order by id", [run]))
+        return self._rows("select * from checkpoints where run = ? order by id", [run])
 
     # --- events -------------------------------------------------------------------------------
 
@@ -449,10 +337,8 @@ class Store:
         )
 
     def events(self, run: str, after_id: int = 0) -> list[dict[str, Any]]:
-        return list(
-            self.db.query(
-                "select * from events where run = ? and id > ? order by id", [run, after_id]
-            )
+        return self._rows(
+            "select * from events where run = ? and id > ? order by id", [run, after_id]
         )
 
 

@@ -5,22 +5,40 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from iterprune.pruning import Mask
 
-if TYPE_CHECKING:
-    from iterprune.distributed import Group
-
 Progress = Callable[[int, int, int], None]  # (epoch, batch done, batches per epoch)
 # Under torchrun the ranks agree every this many batches (one small all-reduce: the loss, and rank
 # 0's stop / checkpoint decisions). Every batch cost 17% on a small CPU model (bench/distributed.py).
 AGREE_EVERY = 8
+
+
+class Collective(Protocol):
+    """The process group as training sees it under torchrun (``distributed.Group`` is one)."""
+
+    rank: int
+    world: int
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model for forward and backward passes (DistributedDataParallel)."""
+
+    def agree(
+        self, loss: float, bad: bool, stop: bool, due: bool
+    ) -> tuple[float, bool, bool, bool]:
+        """The mean loss over ranks, whether any was not finite, and rank 0's stop / checkpoint."""
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the ranks."""
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank."""
 
 
 class MaskEnforcer:
@@ -116,7 +134,7 @@ class Options:
     on_resumed: Callable[[], None] | None = None  # after the skipped batches: restore RNG states
     checkpoint: Callable[[Position], None] | None = None
     checkpoint_due: Callable[[], bool] | None = None
-    group: Group | None = None  # under torchrun: DDP, and rank 0's stop/checkpoint decisions
+    group: Collective | None = None  # under torchrun: DDP, and rank 0's stop/checkpoint decisions
 
 
 def _batches(loader: Iterable, cap: int | None) -> int:
@@ -141,89 +159,138 @@ def train(
     state are put back. ``opts.checkpoint`` is called with the position after a batch when
     ``opts.checkpoint_due()`` says so, and when ``opts.should_stop()`` ends training early.
     """
-    o = opts or Options()
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    net = o.group.wrap(model) if o.group is not None else model  # DDP all-reduces the gradients
-    sampler = getattr(loader, "sampler", None)
-    pos = o.start or Position()
-    pending = 0.0  # loss not yet added to pos.loss_sum (under torchrun: until the ranks agree)
-    generator = getattr(loader, "generator", None)
-    n_batches = _batches(loader, o.max_batches)
-    total_steps = max(1, epochs * n_batches)
-    device_type = torch.device(o.device).type
-    for epoch in range(pos.epoch, epochs):
+    run = _Run(model, loader, optimizer, epochs, opts or Options())
+    for epoch in range(run.pos.epoch, epochs):
+        ended = run.epoch(epoch)
+        if ended is not None:
+            return ended
+        if run.o.patience is not None and run.pos.stale_epochs >= run.o.patience:
+            break
+    return run.finish()
+
+
+class _Run:
+    """One call of :func:`train`: its position, one epoch and one batch at a time."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        epochs: int,
+        o: Options,
+    ) -> None:
+        self.model, self.loader, self.optimizer, self.o = model, loader, optimizer, o
+        self.loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        self.net = o.group.wrap(model) if o.group is not None else model  # DDP: gradients
+        self.pos = o.start or Position()
+        self.pending = 0.0  # loss not yet in pos.loss_sum (under torchrun: until ranks agree)
+        self.generator = getattr(loader, "generator", None)
+        self.n_batches = _batches(loader, o.max_batches)
+        self.total_steps = max(1, epochs * self.n_batches)
+        self.device_type = torch.device(o.device).type
+
+    def epoch(self, epoch: int) -> TrainResult | None:
+        """Train one epoch; a result when training ends inside it (stop, non-finite loss)."""
+        o = self.o
+        batches, skip, loader_state = self._begin(epoch)
+        for i, (x, y) in enumerate(batches, start=skip):
+            if o.max_batches is not None and i >= o.max_batches:
+                break
+            ended = self._batch(epoch, i, x, y, loader_state) or self._after_batch()
+            if ended is not None:
+                return ended
+        if o.validate is not None and o.patience is not None:
+            self.pos = _early_stopping(self.pos, epoch, self.model, self.optimizer, o.validate())
+        return None
+
+    def _begin(self, epoch: int) -> tuple[Iterator, int, torch.Tensor | None]:
+        """The epoch's batches (a resumed epoch: in the same order, the done ones skipped)."""
+        o, generator = self.o, self.generator
         resuming = o.start is not None and epoch == o.start.epoch
-        if resuming and pos.loader_state is not None and generator is not None:
-            generator.set_state(pos.loader_state)
+        if resuming and self.pos.loader_state is not None and generator is not None:
+            generator.set_state(self.pos.loader_state)
         loader_state = generator.get_state() if isinstance(generator, torch.Generator) else None
+        sampler = getattr(self.loader, "sampler", None)
         if o.group is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle of the shards
-        batches = iter(loader)
-        skip = pos.batch if resuming else 0
+        batches = iter(self.loader)
+        skip = self.pos.batch if resuming else 0
         for _ in range(skip):
             next(batches)
         if resuming and o.on_resumed is not None:
             o.on_resumed()
-        for i, (x, y) in enumerate(batches, start=skip):
-            if o.max_batches is not None and i >= o.max_batches:
-                break
-            if o.cosine_lr is not None:
-                lr = o.cosine_lr * 0.5 * (1 + math.cos(math.pi * pos.count / total_steps))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            x, y = x.to(o.device, non_blocking=True), y.to(o.device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type, enabled=o.scaler is not None):
-                loss = loss_fn(net(x), y)
-            value = float(loss.detach())
-            if o.group is None and not math.isfinite(value):
-                return TrainResult(loss=value, batches=pos.count, finite=False)
-            if o.scaler is not None:
-                o.scaler.scale(loss).backward()
-                o.scaler.step(optimizer)
-                o.scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if o.enforcer is not None:
-                o.enforcer.mask_weights()
-            pending += value
-            pos = dataclasses.replace(
-                pos, epoch=epoch, batch=i + 1, count=pos.count + 1, loader_state=loader_state
+        return batches, skip, loader_state
+
+    def _batch(
+        self, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor, state: torch.Tensor | None
+    ) -> TrainResult | None:
+        """One optimizer step; a result when the loss is not finite (single process)."""
+        o, optimizer, pos = self.o, self.optimizer, self.pos
+        if o.cosine_lr is not None:
+            lr = o.cosine_lr * 0.5 * (1 + math.cos(math.pi * pos.count / self.total_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        x, y = x.to(o.device, non_blocking=True), y.to(o.device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device_type, enabled=o.scaler is not None):
+            loss = self.loss_fn(self.net(x), y)
+        value = float(loss.detach())
+        if o.group is None and not math.isfinite(value):
+            return TrainResult(loss=value, batches=pos.count, finite=False)
+        if o.scaler is not None:
+            o.scaler.scale(loss).backward()
+            o.scaler.step(optimizer)
+            o.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if o.enforcer is not None:
+            o.enforcer.mask_weights()
+        self.pending += value
+        self.pos = dataclasses.replace(
+            pos, epoch=epoch, batch=i + 1, count=pos.count + 1, loader_state=state
+        )
+        if o.progress is not None:
+            o.progress(epoch, i + 1, self.n_batches)
+        return None
+
+    def _after_batch(self) -> TrainResult | None:
+        """Stop, checkpoint, or (under torchrun, every AGREE_EVERY batches) agree with the ranks."""
+        o = self.o
+        stopping = due = False
+        if o.group is None:
+            self.pos.loss_sum, self.pending = self.pos.loss_sum + self.pending, 0.0
+            stopping = _asked(o.should_stop)
+            due = o.checkpoint is not None and not stopping and _asked(o.checkpoint_due)
+        elif self.pos.count % AGREE_EVERY == 0:
+            # every rank steps even on a non-finite loss (DDP needs all of them); it is caught
+            # here, and such an attempt is rolled back anyway
+            self.pos, self.pending, finite, stopping, due = _agree(o, self.pos, self.pending)
+            if not finite:
+                return TrainResult(loss=math.nan, batches=self.pos.count, finite=False)
+        if o.checkpoint is not None and (stopping or due):
+            o.checkpoint(self.pos)
+        if stopping:
+            return TrainResult(
+                loss=self.pos.loss_sum / max(self.pos.count, 1), batches=self.pos.count
             )
-            if o.progress is not None:
-                o.progress(epoch, i + 1, n_batches)
-            stopping = due = False
-            if o.group is None:
-                pos.loss_sum, pending = pos.loss_sum + pending, 0.0
-                stopping = _asked(o.should_stop)
-                due = o.checkpoint is not None and not stopping and _asked(o.checkpoint_due)
-            elif pos.count % AGREE_EVERY == 0:
-                # every rank steps even on a non-finite loss (DDP needs all of them); it is caught
-                # here, and such an attempt is rolled back anyway
-                pos, pending, finite, stopping, due = _agree(o, pos, pending)
-                if not finite:
-                    return TrainResult(loss=math.nan, batches=pos.count, finite=False)
-            if o.checkpoint is not None and (stopping or due):
-                o.checkpoint(pos)
-            if stopping:
-                return TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
-        if o.validate is not None and o.patience is not None:
-            pos = _early_stopping(pos, epoch, model, optimizer, o.validate())
-            if pos.stale_epochs >= o.patience:
-                break
-    if o.group is not None:
-        pos, pending, finite, _, _ = _agree(o, pos, pending)
-        if not finite:
-            return TrainResult(loss=math.nan, batches=pos.count, finite=False)
-        o.group.sync_buffers(model)  # BatchNorm statistics: rank 0's, on every rank
-    result = TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
-    if pos.best_state is not None:
-        model.load_state_dict(pos.best_state["model"])
-        optimizer.load_state_dict(pos.best_state["optimizer"])
-        result.best_accuracy, result.best_epoch = pos.best_accuracy, pos.best_epoch
-    return result
+        return None
+
+    def finish(self) -> TrainResult:
+        o, pos, model = self.o, self.pos, self.model
+        if o.group is not None:
+            pos, self.pending, finite, _, _ = _agree(o, pos, self.pending)
+            if not finite:
+                return TrainResult(loss=math.nan, batches=pos.count, finite=False)
+            o.group.sync_buffers(model)  # BatchNorm statistics: rank 0's, on every rank
+        result = TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
+        if pos.best_state is not None:
+            model.load_state_dict(pos.best_state["model"])
+            self.optimizer.load_state_dict(pos.best_state["optimizer"])
+            result.best_accuracy, result.best_epoch = pos.best_accuracy, pos.best_epoch
+        return result
 
 
 def _agree(o: Options, pos: Position, pending: float) -> tuple[Position, float, bool, bool, bool]:
@@ -261,7 +328,7 @@ def evaluate(
     model: nn.Module,
     loader: Iterable,
     device: torch.device | str = "cpu",
-    group: Group | None = None,
+    group: Collective | None = None,
 ) -> float:
     """Top-1 accuracy in points (0-100). Runs in a forked RNG so it never shifts training.
 

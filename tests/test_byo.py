@@ -8,25 +8,33 @@ import json
 from pathlib import Path
 
 import torch
-from test_sources import write_images
+from helpers import tiny, write, write_images
 
 from iterprune import cli, sources
 from iterprune.specs import ModelSpec
 
-SCHEDULE = """\
-name: byo
-threads: 1
-model: {torchvision: resnet18, num_classes: 2, weights: resnet18.pt}
-data:
-  imagefolder: {train: data/train, val: data/val, image_size: 16}
-  batch_size: 4
-pretrain: {epochs: 0}
-prune: {step: 0.3, target_sparsity: 0.5, exclude: [fc]}
-finetune: {epochs: 2, optimizer: adam, lr: 1.0e-4, lr_schedule: cosine, amp: auto, patience: 1,
-           max_batches_per_epoch: 2}
-validate: {max_drop: 100}
-benchmark: {batch_size: 2, input_shape: [3, 16, 16], iterations: 3, warmup: 1}
-"""
+SCHEDULE = {
+    "name": "byo",
+    "threads": 1,
+    "model": {"torchvision": "resnet18", "num_classes": 2, "weights": "resnet18.pt"},
+    "data": {
+        "imagefolder": {"train": "data/train", "val": "data/val", "image_size": 16},
+        "batch_size": 4,
+    },
+    "pretrain": {"epochs": 0},
+    "prune": {"step": 0.3, "target_sparsity": 0.5, "exclude": ["fc"]},
+    "finetune": {
+        "epochs": 2,
+        "optimizer": "adam",
+        "lr": 1.0e-4,
+        "lr_schedule": "cosine",
+        "amp": "auto",
+        "patience": 1,
+        "max_batches_per_epoch": 2,
+    },
+    "validate": {"max_drop": 100},
+    "benchmark": {"batch_size": 2, "input_shape": [3, 16, 16], "iterations": 3, "warmup": 1},
+}
 
 
 def test_torchvision_model_on_image_folders_through_the_cli(tmp_path: Path, capsys) -> None:
@@ -34,8 +42,7 @@ def test_torchvision_model_on_image_folders_through_the_cli(tmp_path: Path, caps
     write_images(tmp_path / "data" / "val", {"ants": 3, "bees": 3}, size=24)
     model = sources.build_model(ModelSpec(torchvision="resnet18", num_classes=2), seed=5)
     torch.save(model.state_dict(), tmp_path / "resnet18.pt")
-    path = tmp_path / "byo.yaml"
-    path.write_text(SCHEDULE)
+    path = write(tmp_path / "byo.yaml", SCHEDULE)
     state = str(tmp_path / "state")
 
     assert cli.main(["analyze", str(path), "--json"]) == 0
@@ -60,10 +67,8 @@ def test_torchvision_model_on_image_folders_through_the_cli(tmp_path: Path, caps
     assert "fc" not in layers  # excluded from pruning
 
 
-def test_amp_true_on_a_cpu_is_a_clear_error(
-    tmp_path: Path, capsys, write_schedule, tiny_text
-) -> None:
-    path = write_schedule(tiny_text.replace("finetune: {", "device: cpu\nfinetune: {amp: true, "))
+def test_amp_true_on_a_cpu_is_a_clear_error(tmp_path: Path, capsys, write_schedule) -> None:
+    path = write_schedule(tiny(device="cpu", finetune={"amp": True}))
     assert cli.main(["start", str(path), "--state-dir", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "finetune.amp: true needs a CUDA device" in err and "Traceback" not in err

@@ -8,29 +8,34 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner import assert_resume_matches_uninterrupted, assert_same_tensors, make_runner
+from helpers import (
+    assert_resume_matches_uninterrupted,
+    assert_same_tensors,
+    make_runner,
+    merged,
+    run_to_end,
+    write,
+)
 
 from iterprune import channels, training
-from iterprune.specs import ValidateSpec
 
-CHANNEL = """\
-name: tiny
-seed: 3
-threads: 1
-model: {builtin: digits_cnn, kwargs: {width: 8}}
-data: {builtin: digits, kwargs: {limit: 400}, batch_size: 32}
-pretrain: {epochs: 3, lr: 3.0e-3}
-prune: {method: channel, step: 0.3, target_sparsity: 0.6}
-finetune: {epochs: 1, optimizer: adam, lr: 1.0e-3}
-validate: {max_drop: 100}
-"""
+CHANNEL = {
+    "name": "tiny",
+    "seed": 3,
+    "threads": 1,
+    "model": {"builtin": "digits_cnn", "kwargs": {"width": 8}},
+    "data": {"builtin": "digits", "kwargs": {"limit": 400}, "batch_size": 32},
+    "pretrain": {"epochs": 3, "lr": 3.0e-3},
+    "prune": {"method": "channel", "step": 0.3, "target_sparsity": 0.6},
+    "finetune": {"epochs": 1, "optimizer": "adam", "lr": 1.0e-3},
+    "validate": {"max_drop": 100},
+}
 
 
 def test_channel_rounds_make_the_model_smaller_and_cheaper(tmp_path: Path) -> None:
     runner = make_runner(tmp_path, CHANNEL)
     dense_arch = channels.architecture(runner.model)
-    while runner.step():
-        pass
+    run_to_end(runner)
     rounds = [r for r in runner.store.rounds("tiny") if r["status"] == "accepted"]
     assert len(rounds) >= 2
     assert [r["params"] for r in rounds] == sorted((r["params"] for r in rounds), reverse=True)
@@ -51,7 +56,7 @@ def test_a_rolled_back_channel_round_restores_the_exact_smaller_model(
     weights = {k: v.clone() for k, v in runner.model.state_dict().items()}
     optimizer = copy.deepcopy(runner.optimizer.state_dict())
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.0)
-    runner.schedule = dataclasses.replace(runner.schedule, validate=ValidateSpec(max_drop=0.0))
+    runner.rules = dataclasses.replace(runner.rules, max_drop=0.0)
     assert runner.step()
     assert runner.store.rounds("tiny")[-1]["status"] == "rolled_back"
     assert channels.architecture(runner.model) == arch
@@ -72,8 +77,7 @@ def test_pt2_export_runs_without_iterprune_or_the_model_code(
 ) -> None:
     from iterprune import cli
 
-    path = tmp_path / "tiny.yaml"
-    path.write_text(CHANNEL.replace("method: channel", f"method: {method}"))
+    path = write(tmp_path / "tiny.yaml", merged(CHANNEL, prune={"method": method}))
     state = str(tmp_path / "s")
     assert cli.main(["start", str(path), "--state-dir", state]) == 0
     out = tmp_path / "model.pt2"
@@ -99,12 +103,9 @@ def test_pt2_export_runs_without_iterprune_or_the_model_code(
 
 
 def test_channel_rounds_record_latency_with_a_benchmark_section(tmp_path: Path) -> None:
-    text = (
-        CHANNEL + "benchmark: {batch_size: 4, input_shape: [1, 8, 8], iterations: 3, warmup: 1}\n"
-    )
-    runner = make_runner(tmp_path, text)
-    while runner.step():
-        pass
+    benchmark = {"batch_size": 4, "input_shape": [1, 8, 8], "iterations": 3, "warmup": 1}
+    runner = make_runner(tmp_path, merged(CHANNEL, benchmark=benchmark))
+    run_to_end(runner)
     rounds = [r for r in runner.store.rounds("tiny") if r["status"] == "accepted"]
     assert rounds and all(r["latency_ms_p50"] > 0 and r["latency_ms_p99"] > 0 for r in rounds)
     assert runner.store.run("tiny")["baseline_latency_ms_p50"] > 0

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny
 
 from iterprune import cli
 
@@ -44,7 +45,7 @@ def test_start_runs_the_schedule_and_history_json_has_the_contract_shape(
             "duration_s",
             "params",
         } <= r.keys()
-        assert r["status"] in ("accepted", "rolled_back", "running", "failed")
+        assert r["status"] in ("accepted", "rolled_back", "running", "interrupted", "failed")
         assert 0 <= r["sparsity"] <= 1 and 0 <= r["val_accuracy"] <= 100
     last = [r for r in doc["rounds"] if r["status"] == "accepted"][-1]
     assert last["params"] == round(doc["baseline_params"] * (1 - last["sparsity"]))
@@ -88,11 +89,11 @@ def test_start_runs_the_schedule_and_history_json_has_the_contract_shape(
 
 
 def test_changed_schedule_is_refused_and_fresh_starts_a_new_run(
-    capsys, write_schedule, tiny_text: str, state_dir: Path
+    capsys, write_schedule, state_dir: Path
 ) -> None:
-    path = write_schedule(tiny_text.replace("target_sparsity: 0.6", "target_sparsity: 0.3"))
+    path = write_schedule(tiny(prune={"target_sparsity": 0.3}))
     assert run_cli(capsys, "start", str(path))[0] == 0
-    write_schedule(tiny_text.replace("target_sparsity: 0.6", "target_sparsity: 0.4"))
+    write_schedule(tiny(prune={"target_sparsity": 0.4}))
     code, _, err = run_cli(capsys, "start", str(path))
     assert code == 2
     assert "prune.target_sparsity: 0.3 -> 0.4" in err and "--fresh" in err
@@ -134,24 +135,36 @@ def test_validate_accepts_a_good_schedule(capsys, write_schedule) -> None:
     ],
 )
 def test_unknown_run_exits_2(capsys, write_schedule, state_dir: Path, args: list[str]) -> None:
-    run_cli(
-        capsys,
-        "start",
-        str(
-            write_schedule(
-                "name: t\nmodel: {builtin: digits_mlp}\ndata: {builtin: digits, kwargs: {limit: 100}}\n"
-                "pretrain: {epochs: 1}\nprune: {step: 0.5, target_sparsity: 0.5}\n"
-            )
-        ),
-    )
+    doc = {
+        "name": "t",
+        "model": {"builtin": "digits_mlp"},
+        "data": {"builtin": "digits", "kwargs": {"limit": 100}},
+        "pretrain": {"epochs": 1},
+        "prune": {"step": 0.5, "target_sparsity": 0.5},
+    }
+    run_cli(capsys, "start", str(write_schedule(doc)))
     code, _, err = run_cli(capsys, *args)
     assert code == 2
     assert "no run named 'nope'" in err
 
 
-def test_no_state_yet_is_a_clear_error(capsys, state_dir: Path) -> None:
-    code, _, err = run_cli(capsys, "runs")
+def test_no_state_yet_lists_no_runs_and_other_commands_say_so(capsys, state_dir: Path) -> None:
+    assert run_cli(capsys, "runs", "--json") == (0, "[]\n", "")
+    code, out, _ = run_cli(capsys, "runs")
+    assert code == 0 and "no runs" in out
+    assert run_cli(capsys, "status", "--json") == (0, "[]\n", "")
+    assert not state_dir.exists()  # looking creates nothing
+    code, _, err = run_cli(capsys, "history", "tiny")
     assert code == 2 and "no iterprune state" in err
+
+
+def test_an_empty_state_directory_lists_no_runs(capsys, state_dir: Path) -> None:
+    from iterprune.store import Store
+
+    Store(state_dir).close()  # a database without runs
+    assert run_cli(capsys, "runs", "--json") == (0, "[]\n", "")
+    code, out, _ = run_cli(capsys, "runs")
+    assert code == 0 and "no runs" in out
 
 
 def test_bad_arguments_exit_2(capsys) -> None:
@@ -162,7 +175,7 @@ def test_bad_arguments_exit_2(capsys) -> None:
 def test_every_command_has_help_with_an_example() -> None:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {name for name, *_ in cli.COMMANDS}
+    assert set(sub.choices) == {command.name for command in cli.COMMANDS}
     for name, p in sub.choices.items():
         text = p.format_help()
         assert "Example:" in text and f"iterprune {name}" in text, name

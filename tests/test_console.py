@@ -33,7 +33,7 @@ ROWS = [
 
 
 def render(renderable, width: int = 80) -> str:
-    con = console.Console(file=io.StringIO(), width=width, color_system=None)
+    con = console.make_console(file=io.StringIO(), width=width, color_system=None)
     con.print(renderable)
     return con.file.getvalue()
 
@@ -46,7 +46,7 @@ def test_rounds_table_fits_80_columns_without_truncation() -> None:
 
 
 def test_plain_reporter_prints_one_timestamped_line_per_event() -> None:
-    con = console.Console(file=io.StringIO(), width=200, color_system=None)
+    con = console.make_console(file=io.StringIO(), width=200, color_system=None)
     rep = console.reporter_for(con)
     assert isinstance(rep, console.PlainReporter)  # a StringIO is no terminal
     rep.round_done(ROWS[1])
@@ -60,7 +60,9 @@ def test_plain_reporter_prints_one_timestamped_line_per_event() -> None:
 
 
 def test_live_reporter_draws_header_rounds_and_progress() -> None:
-    con = console.Console(file=io.StringIO(), width=100, color_system=None, force_terminal=True)
+    con = console.make_console(
+        file=io.StringIO(), width=100, color_system=None, force_terminal=True
+    )
     with console.LiveReporter(con) as rep:
         rep.run_started(
             {

@@ -13,24 +13,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import merged, write
 
 from iterprune import checkpoints
 from iterprune.store import Store
 
 pytestmark = pytest.mark.slow
 
-SCHEDULE = """\
-name: crash
-seed: 11
-threads: 1
-model: {builtin: digits_mlp, kwargs: {hidden: 48}}
-data: {builtin: digits, kwargs: {limit: 500}, batch_size: 32}
-pretrain: {epochs: 4, lr: 1.0e-2}
-prune: {method: global_magnitude, step: 0.5, target_sparsity: 0.95}
-finetune: {epochs: 3, optimizer: sgd, lr: 0.02, momentum: 0.9}
-validate: {max_drop: 1.0}
-rollback: {retries: 2, shrink: 0.5, min_step: 0.05}
-"""
+SCHEDULE = {
+    "name": "crash",
+    "seed": 11,
+    "threads": 1,
+    "model": {"builtin": "digits_mlp", "kwargs": {"hidden": 48}},
+    "data": {"builtin": "digits", "kwargs": {"limit": 500}, "batch_size": 32},
+    "pretrain": {"epochs": 4, "lr": 1.0e-2},
+    "prune": {"method": "global_magnitude", "step": 0.5, "target_sparsity": 0.95},
+    "finetune": {"epochs": 3, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9},
+    "validate": {"max_drop": 1.0},
+    "rollback": {"retries": 2, "shrink": 0.5, "min_step": 0.05},
+}
 
 # named points (ITERPRUNE_KILL_AT), with "random" for a SIGKILL after a random delay
 KILLS = [
@@ -94,8 +95,7 @@ def outcome(state: Path) -> tuple[list, str]:
 
 
 def test_kill_9_anywhere_then_resume_ends_identically(tmp_path: Path) -> None:
-    schedule = tmp_path / "crash.yaml"
-    schedule.write_text(SCHEDULE)
+    schedule = write(tmp_path / "crash.yaml", SCHEDULE)
 
     reference = cli(tmp_path / "ref", schedule)
     out, _ = reference.communicate(timeout=300)
@@ -150,8 +150,7 @@ MID_KILLS = [
 
 
 def test_kill_9_inside_long_epochs_continues_from_mid_round_checkpoints(tmp_path: Path) -> None:
-    schedule = tmp_path / "crash.yaml"
-    schedule.write_text(SCHEDULE + "when: {checkpoint_every: 3}\n")
+    schedule = write(tmp_path / "crash.yaml", merged(SCHEDULE, when={"checkpoint_every": 3}))
     reference = cli(tmp_path / "ref", schedule)
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runner import Recorder
+from helpers import Recorder, open_runner, tiny, write
 
-from iterprune import cli, daemon, schedule
+from iterprune import cli, daemon, schedule, window
+from iterprune.errors import ScheduleError
 from iterprune.runner import Runner
 from iterprune.runs import open_run
 from iterprune.store import Store
@@ -30,7 +31,7 @@ def at(text: str) -> dt.datetime:
 
 
 def test_window_opens_and_closes_minute_by_minute() -> None:
-    w = daemon.Window("* 22-23,0-5 * * *")
+    w = window.Window("* 22-23,0-5 * * *")
     assert w.is_open(at("2026-11-25 23:30")) and w.is_open(at("2026-11-26 05:59:59"))
     assert not w.is_open(at("2026-11-25 12:00")) and not w.is_open(at("2026-11-26 06:00"))
     assert w.next_open(at("2026-11-25 12:00")) == at("2026-11-25 22:00")
@@ -50,7 +51,7 @@ def test_window_opens_and_closes_minute_by_minute() -> None:
 )
 def test_day_of_week_follows_standard_cron_not_apscheduler(dow: str, open_on: set[str]) -> None:
     """APScheduler 3 reads day 0 as Monday; a schedule's 0 means Sunday, as in every crontab."""
-    w = daemon.Window(f"* * * * {dow}")
+    w = window.Window(f"* * * * {dow}")
     week = {
         at(f"2026-11-{d} 10:00"): name
         for d, name in zip(
@@ -61,7 +62,7 @@ def test_day_of_week_follows_standard_cron_not_apscheduler(dow: str, open_on: se
 
 
 def test_window_in_a_timezone() -> None:
-    w = daemon.Window("* 9-17 * * *", "Europe/Berlin")
+    w = window.Window("* 9-17 * * *", "Europe/Berlin")
     assert w.is_open(at("2026-11-25 08:30"))  # 09:30 in Berlin (UTC+1 in November)
     assert not w.is_open(at("2026-11-25 17:30"))  # 18:30 in Berlin
 
@@ -86,7 +87,7 @@ def test_window_in_a_timezone() -> None:
 )
 def test_bad_windows_are_schedule_errors(when: str, problem: str) -> None:
     text = f"model: {{builtin: digits_mlp}}\ndata: {{builtin: digits}}\nwhen: {when}\n"
-    with pytest.raises(schedule.ScheduleError) as err:
+    with pytest.raises(ScheduleError) as err:
         schedule.parse(text, "s.yaml")
     assert any(problem in p for p in err.value.problems), err.value.problems
 
@@ -120,16 +121,8 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def runner_for(state: Path, text: str, reporter: Recorder | None = None) -> Runner:
-    store = Store(state)
-    run_id = open_run(store, schedule.parse(text, "tiny.yaml"), "tiny.yaml")
-    return Runner(store, run_id, reporter or Recorder())
-
-
-def test_outside_the_window_the_run_waits_paused_with_the_next_opening(
-    tmp_path: Path, tiny_text: str
-) -> None:
-    runner = runner_for(tmp_path, tiny_text + "when: {window: '* 22-23 * * *'}\n")
+def test_outside_the_window_the_run_waits_paused_with_the_next_opening(tmp_path: Path) -> None:
+    runner = open_runner(tmp_path, tiny(when={"window": "* 22-23 * * *"}))
     thread, out = serve_in_background(runner, Clock(at("2026-11-25 12:00")))
     watcher = Store(tmp_path)
     wait_for(lambda: watcher.run("tiny")["status"] == "paused")
@@ -161,20 +154,19 @@ class CloseWindowAfter(Recorder):
 
 @pytest.mark.parametrize("policy", ["pause", "finish"])
 def test_a_window_closing_mid_round_pauses_or_finishes_the_round(
-    tmp_path: Path, tiny_text: str, policy: str
+    tmp_path: Path, policy: str
 ) -> None:
     clock = Clock(at("2026-11-25 22:30"))
-    text = tiny_text.replace("finetune: {epochs: 1,", "finetune: {epochs: 3,")
-    text += f"when: {{window: '* 22 * * *', window_policy: {policy}}}\n"
+    doc = tiny(finetune={"epochs": 3}, when={"window": "* 22 * * *", "window_policy": policy})
     rec = CloseWindowAfter(clock, 5, at("2026-11-25 23:00"))
-    runner = runner_for(tmp_path, text, rec)
+    runner = open_runner(tmp_path, doc, rec)
     thread, out = serve_in_background(runner, clock)
     watcher = Store(tmp_path)
     wait_for(lambda: watcher.run("tiny")["status"] == "paused")
     rounds = watcher.rounds("tiny")
     mids = [c for c in watcher.checkpoints("tiny") if c["kind"] == "mid"]
     if policy == "pause":
-        assert [r["status"] for r in rounds] == ["failed"]  # interrupted, to be continued
+        assert [r["status"] for r in rounds] == ["interrupted"]  # to be continued
         assert len(mids) == 1 and mids[0]["round"] == 1
         assert any("the time window closed" in e["message"] for e in watcher.events("tiny"))
     else:
@@ -186,11 +178,11 @@ def test_a_window_closing_mid_round_pauses_or_finishes_the_round(
     assert out["status"] == "stopped"
 
 
-def test_pause_between_rounds(tmp_path: Path, tiny_text: str) -> None:
+def test_pause_between_rounds(tmp_path: Path) -> None:
     rec = Recorder()
     stamps = []
     rec.round_done = lambda row: stamps.append(time.monotonic())  # type: ignore[method-assign]
-    runner = runner_for(tmp_path, tiny_text + "when: {pause_between_rounds: 0.3s}\n", rec)
+    runner = open_runner(tmp_path, tiny(when={"pause_between_rounds": "0.3s"}), rec)
     thread, out = serve_in_background(runner, Clock(at("2026-11-25 12:00")))
     thread.join(60)
     assert out["status"] == "finished" and len(stamps) >= 2
@@ -217,10 +209,10 @@ def exited(pid: int) -> bool:
         return True
 
 
-def test_detach_stop_status_logs_and_resume(tmp_path: Path, tiny_text: str) -> None:
-    path = tmp_path / "tiny.yaml"
-    slow = tiny_text.replace("finetune: {epochs: 1,", "finetune: {epochs: 40,")
-    path.write_text(slow + "when: {checkpoint_every: 200}\n")
+@pytest.mark.slow
+def test_detach_stop_status_logs_and_resume(tmp_path: Path) -> None:
+    slow = tiny(finetune={"epochs": 40}, when={"checkpoint_every": 200})
+    path = write(tmp_path / "tiny.yaml", slow)
     state = tmp_path / "state"
     started = time.monotonic()
     out = iterprune("start", str(path), "--detach", state=state)

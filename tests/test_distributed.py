@@ -19,28 +19,30 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import checkpoint_state, merged, write
 from torch import nn
 
-from iterprune import checkpoints, distributed, examples, sources, training
+from iterprune import distributed, examples, orders, sources, training
+from iterprune.errors import RanksDisagree
 from iterprune.runs import load_schedule
 from iterprune.store import Store
 
 pytestmark = pytest.mark.slow
 
-SCHEDULE = """\
-name: ddp
-seed: 5
-threads: 1
-model: {builtin: digits_cnn, kwargs: {width: 8}}
-data: {builtin: digits, kwargs: {limit: 423}, batch_size: 16}
-pretrain: {epochs: 3, lr: 1.0e-2}
-prune: {method: global_magnitude, step: 0.5, target_sparsity: 0.9}
-finetune: {epochs: 2, optimizer: sgd, lr: 0.02, momentum: 0.9, patience: 1}
-validate: {max_drop: 1.5}
-rollback: {retries: 1, shrink: 0.5, min_step: 0.1}
-when: {checkpoint_every: 4}
-checkpoints: {keep: all}
-"""
+SCHEDULE = {
+    "name": "ddp",
+    "seed": 5,
+    "threads": 1,
+    "model": {"builtin": "digits_cnn", "kwargs": {"width": 8}},
+    "data": {"builtin": "digits", "kwargs": {"limit": 423}, "batch_size": 16},
+    "pretrain": {"epochs": 3, "lr": 1.0e-2},
+    "prune": {"method": "global_magnitude", "step": 0.5, "target_sparsity": 0.9},
+    "finetune": {"epochs": 2, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "patience": 1},
+    "validate": {"max_drop": 1.5},
+    "rollback": {"retries": 1, "shrink": 0.5, "min_step": 0.1},
+    "when": {"checkpoint_every": 4},
+    "checkpoints": {"keep": "all"},
+}
 
 
 # --- the collective helpers, in two spawned processes -------------------------------------------
@@ -131,17 +133,16 @@ def _ranks(rank: int, port: int) -> None:
         mask = {"weight": torch.ones(2, 4, dtype=torch.bool)}
         for differ in (False, True):
             if rank == 0:
-                leader = distributed.Leader(group)
+                leader = orders.Leader(group)
                 if differ:
-                    with pytest.raises(distributed.RanksDisagree, match=r"rank\(s\) 1"):
+                    with pytest.raises(RanksDisagree, match=r"rank\(s\) 1"):
                         leader.verify(model, mask, "round 1.1")
                 else:
                     assert leader.verify(model, mask, "round 1.1") == distributed.digest(
                         model.state_dict(), mask
                     )
             else:
-                kind, _ = group.broadcast()
-                assert kind == "verify"
+                assert isinstance(group.broadcast(), orders.Verify)
                 state = {k: v.clone() for k, v in model.state_dict().items()}
                 if differ:
                     state["bias"][0] += 1e-6
@@ -231,8 +232,7 @@ def outcome(state: Path) -> tuple[list, str]:
 
 
 def _checkpoint_digest(state: Path, store: Store, round_: int) -> str:
-    row = [c for c in store.checkpoints("ddp") if c["round"] == round_ and c["kind"] != "mid"][-1]
-    saved = checkpoints.load(state / row["path"], row["sha256"])
+    saved = checkpoint_state(state, "ddp", round_)
     return distributed.digest(saved["model"], saved["mask"])
 
 
@@ -241,7 +241,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """One uninterrupted two-rank run: (schedule, state directory)."""
     root = tmp_path_factory.mktemp("ddp")
     schedule = root / "ddp.yaml"
-    schedule.write_text(SCHEDULE)
+    write(schedule, SCHEDULE)
     done = torchrun(root / "state", "start", str(schedule))
     assert done.returncode == 0, done.stdout + done.stderr
     return schedule, root / "state"
@@ -281,7 +281,7 @@ def test_validation_accuracy_is_exact_over_uneven_shards(reference: tuple[Path, 
     )
     for row in store.checkpoints("ddp"):
         if row["kind"] in ("dense", "accepted"):
-            saved = checkpoints.load(state / row["path"], row["sha256"])
+            saved = checkpoint_state(state, "ddp", row["round"])
             model = sources.build_model(s.model, s.seed, s.base_dir)
             model.load_state_dict(saved["model"])
             # one process over the whole validation set: the figure the two ranks reported
@@ -325,9 +325,11 @@ def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
 
 
 MODES = {
-    "lottery": "lottery: {rewind: {epoch: 1}, control: random_reinit}\n"
-    "prune: {method: global_magnitude, step: 0.4, target_sparsity: 0.7}\n",
-    "channel": "prune: {method: channel, step: 0.3, target_sparsity: 0.5}\n",
+    "lottery": {
+        "lottery": {"rewind": {"epoch": 1}, "control": "random_reinit"},
+        "prune": {"method": "global_magnitude", "step": 0.4, "target_sparsity": 0.7},
+    },
+    "channel": {"prune": {"method": "channel", "step": 0.3, "target_sparsity": 0.5}},
 }
 
 
@@ -335,13 +337,18 @@ MODES = {
 def test_lottery_and_channel_modes_under_torchrun(mode: str, tmp_path: Path) -> None:
     """The rewind weights, the control model and the smaller channel-pruned model all reach the
     other rank (channel mode rebuilds the architecture there from rank 0's layer shapes)."""
-    schedule = tmp_path / f"{mode}.yaml"
-    schedule.write_text(
-        f"name: {mode}\nseed: 4\nthreads: 1\nmodel: {{builtin: digits_cnn, kwargs: {{width: 8}}}}\n"
-        "data: {builtin: digits, kwargs: {limit: 400}, batch_size: 32}\n"
-        "pretrain: {epochs: 3, lr: 3.0e-3}\nfinetune: {epochs: 2, optimizer: adam, lr: 3.0e-3}\n"
-        "validate: {max_drop: 100}\n" + MODES[mode]
-    )
+    doc = {
+        "name": mode,
+        "seed": 4,
+        "threads": 1,
+        "model": {"builtin": "digits_cnn", "kwargs": {"width": 8}},
+        "data": {"builtin": "digits", "kwargs": {"limit": 400}, "batch_size": 32},
+        "pretrain": {"epochs": 3, "lr": 3.0e-3},
+        "finetune": {"epochs": 2, "optimizer": "adam", "lr": 3.0e-3},
+        "validate": {"max_drop": 100},
+        **MODES[mode],
+    }
+    schedule = write(tmp_path / f"{mode}.yaml", doc)
     done = torchrun(tmp_path / "state", "start", str(schedule))
     assert done.returncode == 0, done.stdout + done.stderr
     store = Store(tmp_path / "state")
@@ -387,8 +394,7 @@ def _serving(proc: subprocess.Popen, state: Path, run: str, ready) -> None:
 def test_stop_between_rounds_ends_every_rank_with_exit_code_0(tmp_path: Path) -> None:
     schedule = tmp_path / "ddp.yaml"
     # a pause after each round: the stop lands while rank 0 waits and the others wait for orders
-    text = SCHEDULE.replace("name: ddp", "name: stopper")
-    schedule.write_text(text.replace("when: {", "when: {pause_between_rounds: 60s, "))
+    write(schedule, merged(SCHEDULE, name="stopper", when={"pause_between_rounds": "60s"}))
     state = tmp_path / "state"
     proc = launch(state, "start", str(schedule))
     _serving(proc, state, "stopper", lambda row: (row["accepted_round"] or 0) >= 1)  # after round 1
@@ -411,9 +417,13 @@ def test_ctrl_c_mid_round_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> 
     """Ctrl-C reaches every process (torchrun's agent even sends the ranks a second SIGINT):
     rank 0 stops all ranks after the same batch with a mid-round checkpoint, and resume finishes."""
     schedule = tmp_path / "ddp.yaml"
-    text = SCHEDULE.replace("name: ddp", "name: ctrlc").replace("patience: 1", "patience: 50")
-    text = text.replace("target_sparsity: 0.9", "target_sparsity: 0.5")  # one round
-    schedule.write_text(text.replace("finetune: {epochs: 2", "finetune: {epochs: 25"))
+    doc = merged(
+        SCHEDULE,
+        name="ctrlc",
+        finetune={"epochs": 25, "patience": 50},
+        prune={"target_sparsity": 0.5},  # one round
+    )
+    write(schedule, doc)
     state = tmp_path / "state"
     proc = launch(state, "start", str(schedule), start_new_session=True)
     _serving(proc, state, "ctrlc", lambda row: row["phase"] == "finetune")

@@ -8,41 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SPARSE_RUN, checkpoint_state, write
 from safetensors.torch import load_file
 
 import iterprune
-from iterprune import checkpoints, cli, console
+from iterprune import cli, console
 from iterprune.store import Store
-
-SPARSE_RUN = """\
-name: sparse
-seed: 1
-threads: 1
-model: {builtin: digits_mlp, kwargs: {hidden: 256}}
-data: {builtin: digits, kwargs: {limit: 300}, batch_size: 32}
-pretrain: {epochs: 2, lr: 1.0e-2}
-prune: {step: 0.5, target_sparsity: 0.9}
-finetune: {epochs: 1, optimizer: adam, lr: 1.0e-3}
-validate: {max_drop: 100}
-checkpoints: {keep: all}
-"""
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     state = tmp_path_factory.mktemp("export")
-    path = state / "sparse.yaml"
-    path.write_text(SPARSE_RUN)
+    path = write(state / "sparse.yaml", SPARSE_RUN)
     assert cli.main(["start", str(path), "--state-dir", str(state / "s")]) == 0
     return state / "s"
-
-
-def checkpoint_state(state: Path, round_: int) -> dict:
-    store = Store(state)
-    row = next(
-        c for c in store.checkpoints("sparse") if c["round"] == round_ and c["kind"] != "mid"
-    )
-    return checkpoints.load(state / row["path"], row["sha256"])
 
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors", "sparse"])
@@ -74,7 +53,7 @@ def test_exports_load_back_exactly(finished: Path, tmp_path: Path, fmt: str, whi
         loaded = iterprune.load_sparse(out)
     rounds = [r for r in Store(finished).rounds("sparse") if r["status"] == "accepted"]
     round_ = rounds[-1]["round"] if which in ("last", "best") else int(which)
-    state = checkpoint_state(finished, round_)
+    state = checkpoint_state(finished, "sparse", round_)
     assert loaded.keys() == state["model"].keys()
     for name, tensor in state["model"].items():
         expected = tensor * state["mask"][name] if name in state["mask"] else tensor
@@ -94,7 +73,7 @@ def test_sparse_export_at_90_percent_is_at_most_a_quarter_of_the_dense_size(
     )
     text = capsys.readouterr().out
     assert re.search(r"sparsity (89.99|90.00)%", text) and "the dense state_dict is" in text
-    state = checkpoint_state(finished, Store(finished).run("sparse")["accepted_round"])
+    state = checkpoint_state(finished, "sparse", Store(finished).run("sparse")["accepted_round"])
     dense = sum(t.numel() * t.element_size() for t in state["model"].values())
     assert out.stat().st_size <= 0.25 * dense, (out.stat().st_size, dense)
 

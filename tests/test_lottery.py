@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner import Recorder, assert_resume_matches_uninterrupted, make_runner
+from helpers import (
+    Recorder,
+    assert_resume_matches_uninterrupted,
+    make_runner,
+    run_to_end,
+    tiny,
+    write,
+)
 
 from iterprune import cli, pruning
 from iterprune.runner import Runner
@@ -31,22 +38,19 @@ class AtTrainingStart(Recorder):
             self.starts.append((weights, self.runner.mask, self.runner.accepted.mask))
 
 
-def lottery_text(tiny_text: str, rewind: str) -> str:
-    return (
-        tiny_text.replace("pretrain: {epochs: 4", "pretrain: {epochs: 3")
-        + f"lottery: {{rewind: {rewind}}}\n"
-    )
+def lottery(rewind: str | dict, control: str | None = None) -> dict:
+    section = {"rewind": rewind} if control is None else {"rewind": rewind, "control": control}
+    return tiny(pretrain={"epochs": 3}, lottery=section)
 
 
-@pytest.mark.parametrize("rewind", ["init", "{epoch: 1}", "{step: 5}"])
+@pytest.mark.parametrize("rewind", ["init", {"epoch": 1}, {"step": 5}], ids=str)
 def test_training_starts_from_rewind_weights_times_the_mask_every_round(
-    tmp_path: Path, tiny_text: str, rewind: str
+    tmp_path: Path, rewind: str | dict
 ) -> None:
     rec = AtTrainingStart()
-    runner = make_runner(tmp_path, lottery_text(tiny_text, rewind), rec)
+    runner = make_runner(tmp_path, lottery(rewind), rec)
     rec.runner = runner
-    while runner.step():
-        pass
+    run_to_end(runner)
     rewind_state = runner.snapshots.rewind_point()
     assert len(rec.starts) >= 2
     for weights, mask, accepted in rec.starts:
@@ -56,23 +60,18 @@ def test_training_starts_from_rewind_weights_times_the_mask_every_round(
     assert runner.store.run("tiny")["status"] == "finished"
 
 
-def test_rewind_points_differ_as_asked(tmp_path: Path, tiny_text: str) -> None:
+def test_rewind_points_differ_as_asked(tmp_path: Path) -> None:
     points = {}
-    for rewind in ("init", "{epoch: 1}"):
-        runner = make_runner(tmp_path / rewind.strip("{}: "), lottery_text(tiny_text, rewind))
-        points[rewind] = runner.snapshots.rewind_point()
+    for name, rewind in (("init", "init"), ("epoch", {"epoch": 1})):
+        runner = make_runner(tmp_path / name, lottery(rewind))
+        points[name] = runner.snapshots.rewind_point()
         trained = runner.accepted.model
-    assert not torch.equal(points["init"]["1.weight"], points["{epoch: 1}"]["1.weight"])
-    assert not torch.equal(points["{epoch: 1}"]["1.weight"], trained["1.weight"])
+    assert not torch.equal(points["init"]["1.weight"], points["epoch"]["1.weight"])
+    assert not torch.equal(points["epoch"]["1.weight"], trained["1.weight"])
 
 
-def test_control_accuracy_is_recorded_and_shown(tmp_path: Path, tiny_text: str, capsys) -> None:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(
-        lottery_text(tiny_text, "init").replace(
-            "lottery: {rewind: init}", "lottery: {rewind: init, control: random_reinit}"
-        )
-    )
+def test_control_accuracy_is_recorded_and_shown(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path / "tiny.yaml", lottery("init", "random_reinit"))
     state = str(tmp_path / "s")
     assert cli.main(["start", str(path), "--state-dir", state]) == 0
     out = capsys.readouterr().out
@@ -84,22 +83,15 @@ def test_control_accuracy_is_recorded_and_shown(tmp_path: Path, tiny_text: str, 
     assert "ctrl %" in capsys.readouterr().out
 
 
-def test_rewind_point_survives_resume_and_the_run_ends_identically(
-    tmp_path: Path, tiny_text: str
-) -> None:
-    text = lottery_text(tiny_text, "{epoch: 1}").replace(
-        "lottery: {rewind: {epoch: 1}}", "lottery: {rewind: {epoch: 1}, control: random_reinit}"
-    )
-    whole, resumed = assert_resume_matches_uninterrupted(tmp_path, text)
+def test_rewind_point_survives_resume_and_the_run_ends_identically(tmp_path: Path) -> None:
+    doc = lottery({"epoch": 1}, "random_reinit")
+    whole, resumed = assert_resume_matches_uninterrupted(tmp_path, doc)
     controls = [r["control_accuracy"] for r in resumed.store.rounds("tiny")]
     assert controls == [r["control_accuracy"] for r in whole.store.rounds("tiny")]
 
 
-def test_a_corrupt_rewind_point_stops_the_run_with_exit_code_5(
-    tmp_path: Path, tiny_text: str, capsys
-) -> None:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(lottery_text(tiny_text, "init"))
+def test_a_corrupt_rewind_point_stops_the_run_with_exit_code_5(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path / "tiny.yaml", lottery("init"))
     state = tmp_path / "s"
     assert cli.main(["start", str(path), "--state-dir", str(state)]) == 0
     store = Store(state)

@@ -5,47 +5,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_runner import Recorder, assert_same_tensors, final_state, make_runner
+from helpers import (
+    Recorder,
+    StopAfter,
+    assert_same_tensors,
+    final_state,
+    make_runner,
+    run_to_end,
+    tiny,
+)
 
 from iterprune.runner import Runner
 from iterprune.store import Store
 
 
-class StopAfter(Recorder):
-    """Asks the runner to stop after ``n`` fine-tuning batches (as SIGTERM would)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n, self.batches, self.runner = n, 0, None
-
-    def advance(self, done: float) -> None:
-        if self.phases and self.phases[-1] == "finetune":
-            self.batches += 1
-            if self.batches == self.n:
-                self.runner.stop.set()
-
-
-def run_to_end(runner: Runner) -> None:
-    while runner.step():
-        pass
-
-
-def test_stop_mid_epoch_writes_a_checkpoint_and_resume_continues_exactly(
-    tmp_path: Path, tiny_text: str
-) -> None:
-    text = tiny_text.replace("finetune: {epochs: 1,", "finetune: {epochs: 3,")
-    whole = make_runner(tmp_path / "a", text)
+def test_stop_mid_epoch_writes_a_checkpoint_and_resume_continues_exactly(tmp_path: Path) -> None:
+    doc = tiny(finetune={"epochs": 3})
+    whole = make_runner(tmp_path / "a", doc)
     run_to_end(whole)
     expected_rows, expected_weights = final_state(whole)
 
     stopper = StopAfter(47)  # 30 batches in round 1, then round 2, epoch 2, batch 7 of 10
-    first = make_runner(tmp_path / "b", text, stopper)
-    stopper.runner = first
-    while first.step():
-        pass
+    first = make_runner(tmp_path / "b", doc, stopper)
+    run_to_end(first)
     mid = [c for c in first.store.checkpoints("tiny") if c["kind"] == "mid"]
     assert len(mid) == 1 and (mid[0]["round"], mid[0]["attempt"]) == (2, 1)
-    assert first.store.rounds("tiny")[-1]["status"] == "failed"
+    assert first.store.rounds("tiny")[-1]["status"] == "interrupted"
     first.store.close()
 
     resumed = Runner(Store(tmp_path / "b"), "tiny", Recorder())
@@ -60,34 +45,28 @@ def test_stop_mid_epoch_writes_a_checkpoint_and_resume_continues_exactly(
     assert not list((tmp_path / "b" / "checkpoints" / "tiny").glob("*-mid-*"))
 
 
-def test_checkpoint_every_n_batches_keeps_only_the_newest(tmp_path: Path, tiny_text: str) -> None:
-    text = tiny_text.replace("finetune: {epochs: 1,", "finetune: {epochs: 2,")
+def test_checkpoint_every_n_batches_keeps_only_the_newest(tmp_path: Path) -> None:
     stopper = StopAfter(25)
-    runner = make_runner(tmp_path, text + "when: {checkpoint_every: 4}\n", stopper)
-    stopper.runner = runner
+    doc = tiny(finetune={"epochs": 2}, when={"checkpoint_every": 4})
+    runner = make_runner(tmp_path, doc, stopper)
     saved = []
     real = runner.snapshots.save_mid
     runner.snapshots.save_mid = lambda r, a, n, state: (
         saved.append((r, a, n)),
         real(r, a, n, state),
     )
-    while runner.step():
-        pass
+    run_to_end(runner)
     # round 1: 20 batches, a checkpoint every 4; round 2: stopped after its 5th batch
     assert saved == [(1, 1, 4), (1, 1, 8), (1, 1, 12), (1, 1, 16), (1, 1, 20), (2, 1, 4), (2, 1, 5)]
     mids = [c for c in runner.store.checkpoints("tiny") if c["kind"] == "mid"]
     assert len(mids) == 1 and mids[0]["path"].endswith("mid-0000005.pt")
 
 
-def test_corrupt_mid_checkpoint_redoes_the_attempt_from_its_start(
-    tmp_path: Path, tiny_text: str
-) -> None:
-    whole = make_runner(tmp_path / "a", tiny_text)
+def test_corrupt_mid_checkpoint_redoes_the_attempt_from_its_start(tmp_path: Path) -> None:
+    whole = make_runner(tmp_path / "a", tiny())
     run_to_end(whole)
     expected_rows, _ = final_state(whole)
-    stopper = StopAfter(15)
-    first = make_runner(tmp_path / "b", tiny_text, stopper)
-    stopper.runner = first
+    first = make_runner(tmp_path / "b", tiny(), StopAfter(15))
     run_to_end(first)
     mid = [c for c in first.store.checkpoints("tiny") if c["kind"] == "mid"][0]
     (tmp_path / "b" / mid["path"]).write_bytes(b"broken")

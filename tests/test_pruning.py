@@ -7,7 +7,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from iterprune import pruning
+from iterprune import decisions, pruning
 from iterprune.errors import PruneError
 
 
@@ -48,7 +48,7 @@ def test_global_magnitude_prunes_exactly_and_only_shrinks() -> None:
     mask = pruning.dense_mask(params)
     for _ in range(4):
         alive = pruning.count_alive(mask)
-        n = pruning.amount_to_prune(alive, total, 0.3, 0.9)
+        n = decisions.amount_to_prune(alive, total, 0.3, 0.9)
         new = pruning.prune(params, mask, n)
         pruning.apply(params, new)
         assert pruning.count_alive(new) == alive - n
@@ -85,13 +85,6 @@ def test_random_pruning_is_seeded_and_exact() -> None:
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert any(not torch.equal(a[n], c[n]) for n in a)
     assert pruning.count_alive(a) == pruning.count_alive(dense) - 400
-
-
-def test_amount_to_prune_never_passes_the_target() -> None:
-    total = 1000
-    assert pruning.amount_to_prune(1000, total, 0.1, 0.95) == 100
-    assert pruning.amount_to_prune(60, total, 0.5, 0.95) == 10
-    assert pruning.amount_to_prune(50, total, 0.5, 0.95) == 0
 
 
 @pytest.mark.parametrize("k", [1, 7, 400_000, 1_234_567, 2_000_000])

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny
 
-from iterprune import cli, paths
+from iterprune import cli, paths, schedule
+from iterprune.runs import open_run
 from iterprune.store import Store
 
 
@@ -30,8 +32,8 @@ def start(path: Path, state: Path, *extra: str) -> int:
 
 
 @pytest.fixture
-def reference(write_schedule, tiny_text: str, tmp_path: Path) -> tuple[Path, list]:
-    path = write_schedule(tiny_text + "checkpoints: {keep: all}\n")
+def reference(write_schedule, tmp_path: Path) -> tuple[Path, list]:
+    path = write_schedule(tiny(checkpoints={"keep": "all"}))
     assert start(path, tmp_path / "ref") == 0
     return path, rounds(tmp_path / "ref")
 
@@ -137,13 +139,11 @@ def test_a_live_owner_on_this_host_is_refused_with_its_pid(
 
 
 def test_a_fresh_lease_from_another_host_is_refused_and_a_stale_one_taken_over(
-    write_schedule, tiny_text: str, tmp_path: Path, capsys
+    write_schedule, tmp_path: Path, capsys
 ) -> None:
     state = tmp_path / "s"
-    path = write_schedule(tiny_text.replace("target_sparsity: 0.6", "target_sparsity: 0.3"))
+    path = write_schedule(tiny(prune={"target_sparsity": 0.3}))
     store = Store(state)
-    from iterprune import schedule
-    from iterprune.runs import open_run
 
     open_run(store, schedule.load(path), str(path))
     store.update_run("tiny", pid=777, host="gpu-box-2", heartbeat_at=time.time() - 5)

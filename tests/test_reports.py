@@ -6,10 +6,10 @@ from pathlib import Path
 
 import onnx
 import torch
+from helpers import SPARSE_RUN, checkpoint_state, tiny, write
 from onnx import numpy_helper
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_export import SPARSE_RUN, checkpoint_state
 
 from iterprune import cli
 
@@ -25,10 +25,8 @@ def test_plot_writes_a_readable_png(tmp_path: Path, write_schedule) -> None:
     assert colours is not None and len(colours) > 50  # drawn, not blank
 
 
-def test_tensorboard_gets_scalars_and_layer_histograms(
-    tmp_path: Path, write_schedule, tiny_text
-) -> None:
-    path = write_schedule(tiny_text + "report: {tensorboard: tb}\n")
+def test_tensorboard_gets_scalars_and_layer_histograms(tmp_path: Path, write_schedule) -> None:
+    path = write_schedule(tiny(report={"tensorboard": "tb"}))
     assert cli.main(["start", str(path), "--state-dir", str(tmp_path / "s")]) == 0
     events = EventAccumulator(str(tmp_path / "tb" / "tiny"))
     events.Reload()
@@ -42,8 +40,7 @@ def test_tensorboard_gets_scalars_and_layer_histograms(
 
 
 def test_onnx_export_carries_the_pruned_weights(tmp_path: Path) -> None:
-    path = tmp_path / "sparse.yaml"
-    path.write_text(SPARSE_RUN)
+    path = write(tmp_path / "sparse.yaml", SPARSE_RUN)
     state = tmp_path / "s"
     assert cli.main(["start", str(path), "--state-dir", str(state)]) == 0
     out = tmp_path / "m.onnx"
@@ -58,6 +55,6 @@ def test_onnx_export_carries_the_pruned_weights(tmp_path: Path) -> None:
     weights = {
         i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
     }
-    ckpt = checkpoint_state(state, 4)
+    ckpt = checkpoint_state(state, "sparse", 4)
     for name, keep in ckpt["mask"].items():
         assert torch.equal(weights[name], ckpt["model"][name] * keep), name

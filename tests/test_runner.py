@@ -1,80 +1,24 @@
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    Recorder,
+    assert_resume_matches_uninterrupted,
+    assert_same_tensors,
+    make_runner,
+    snapshot,
+    tiny,
+)
 
-from iterprune import pruning, schedule, training
-from iterprune.runner import Runner
-from iterprune.runs import open_run
-from iterprune.store import Store
-
-
-class Recorder:
-    """A reporter that keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.rounds: list[dict] = []
-        self.events: list[tuple[str, str, str]] = []
-        self.phases: list[str] = []
-        self.done: tuple[str, str] | None = None
-
-    def run_started(self, info: dict) -> None:
-        self.info = info
-
-    def phase(self, name: str, total: int, description: str) -> None:
-        self.phases.append(name)
-
-    def advance(self, done: float) -> None:
-        pass
-
-    def round_done(self, row: dict) -> None:
-        self.rounds.append(row)
-
-    def event(self, level: str, kind: str, message: str) -> None:
-        self.events.append((level, kind, message))
-
-    def run_done(self, status: str, reason: str) -> None:
-        self.done = (status, reason)
+from iterprune import pruning, training
 
 
-def make_runner(state: Path, text: str, reporter: Recorder | None = None) -> Runner:
-    store = Store(state)
-    s = schedule.parse(text, "tiny.yaml")
-    run_id = open_run(store, s, "tiny.yaml")
-    runner = Runner(store, run_id, reporter or Recorder())
-    runner.prepare()
-    return runner
-
-
-def snapshot(runner: Runner) -> dict:
-    return {
-        "model": {k: v.clone() for k, v in runner.model.state_dict().items()},
-        "optimizer": copy.deepcopy(runner.optimizer.state_dict()),
-        "mask": {k: v.clone() for k, v in runner.accepted.mask.items()},
-    }
-
-
-def assert_same_tensors(a, b) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same_tensors(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            assert_same_tensors(x, y)
-    else:
-        assert a == b
-
-
-def test_run_reaches_the_target_and_records_every_round(tmp_path: Path, tiny_text: str) -> None:
+def test_run_reaches_the_target_and_records_every_round(tmp_path: Path) -> None:
     rec = Recorder()
-    runner = make_runner(tmp_path, tiny_text, rec)
+    runner = make_runner(tmp_path, tiny(), rec)
     while runner.step():
         pass
     row = runner.store.run("tiny")
@@ -93,9 +37,9 @@ def test_run_reaches_the_target_and_records_every_round(tmp_path: Path, tiny_tex
 
 
 def test_forced_accuracy_drop_is_rolled_back_bit_for_bit(
-    tmp_path: Path, tiny_text: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = make_runner(tmp_path, tiny_text)
+    runner = make_runner(tmp_path, tiny())
     assert runner.step()  # round 1 accepted: optimizer state now exists
     before = snapshot(runner)
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.0)
@@ -107,9 +51,9 @@ def test_forced_accuracy_drop_is_rolled_back_bit_for_bit(
 
 
 def test_retries_exhausted_finishes_at_the_frontier(
-    tmp_path: Path, tiny_text: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = make_runner(tmp_path, tiny_text)
+    runner = make_runner(tmp_path, tiny())
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.0)
     while runner.step():
         pass
@@ -125,10 +69,9 @@ def test_retries_exhausted_finishes_at_the_frontier(
 
 
 def test_step_under_min_step_finishes_at_the_frontier(
-    tmp_path: Path, tiny_text: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    text = tiny_text.replace("retries: 2", "retries: 9").replace("min_step: 0.05", "min_step: 0.1")
-    runner = make_runner(tmp_path, text)
+    runner = make_runner(tmp_path, tiny(rollback={"retries": 9, "min_step": 0.1}))
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.0)
     while runner.step():
         pass
@@ -136,44 +79,12 @@ def test_step_under_min_step_finishes_at_the_frontier(
     assert "under rollback.min_step" in runner.store.run("tiny")["reason"]
 
 
-def final_state(runner: Runner) -> tuple[list, dict]:
-    rows = [
-        (r["round"], r["attempt"], r["status"], r["sparsity"], r["val_accuracy"])
-        for r in runner.store.rounds(runner.run_id)
-    ]
-    return rows, {k: v.clone() for k, v in runner.model.state_dict().items()}
+def test_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+    assert_resume_matches_uninterrupted(tmp_path, tiny())
 
 
-def test_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(
-    tmp_path: Path, tiny_text: str
-) -> None:
-    assert_resume_matches_uninterrupted(tmp_path, tiny_text)
-
-
-def assert_resume_matches_uninterrupted(tmp_path: Path, text: str) -> tuple[Runner, Runner]:
-    """Run ``text`` whole, and again stopped after one round and resumed by a new Runner; the
-    rounds and the final weights must be identical. Returns (whole, resumed)."""
-    whole = make_runner(tmp_path / "a", text)
-    while whole.step():
-        pass
-    expected_rows, expected_weights = final_state(whole)
-    first = make_runner(tmp_path / "b", text)
-    assert first.step()  # one accepted round, then the process "dies"
-    first.store.close()
-    resumed = Runner(Store(tmp_path / "b"), "tiny", Recorder())
-    resumed.prepare()
-    while resumed.step():
-        pass
-    rows, weights = final_state(resumed)
-    assert rows == expected_rows
-    assert_same_tensors(weights, expected_weights)
-    return whole, resumed
-
-
-def test_superseded_checkpoints_are_removed_but_dense_and_last_kept(
-    tmp_path: Path, tiny_text: str
-) -> None:
-    runner = make_runner(tmp_path, tiny_text)
+def test_superseded_checkpoints_are_removed_but_dense_and_last_kept(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, tiny())
     while runner.step():
         pass
     kinds = [c["kind"] for c in runner.store.checkpoints("tiny")]
@@ -182,8 +93,8 @@ def test_superseded_checkpoints_are_removed_but_dense_and_last_kept(
     assert len(files) == 2 and "dense.pt" in files
 
 
-def test_keep_all_keeps_every_accepted_checkpoint(tmp_path: Path, tiny_text: str) -> None:
-    runner = make_runner(tmp_path, tiny_text + "checkpoints: {keep: all}\n")
+def test_keep_all_keeps_every_accepted_checkpoint(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, tiny(checkpoints={"keep": "all"}))
     while runner.step():
         pass
     accepted = [r for r in runner.store.rounds("tiny") if r["status"] == "accepted"]

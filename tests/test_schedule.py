@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from iterprune import schedule
-from iterprune.schedule import ScheduleError
+from iterprune.errors import ScheduleError, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,11 +112,11 @@ MALFORMED = {
         "unknown torchvision model 'resnet5O'; close matches: resnet50",
     ),
     "imagefolder_missing_dirs": (
-        VALID.replace("builtin: digits\n", "imagefolder: {train: nope}\n"),
+        "model:\n  builtin: digits_cnn\ndata:\n  imagefolder: {train: nope}\n",
         "data.imagefolder.train (line 4): folder not found: nope",
     ),
     "imagefolder_without_val": (
-        VALID.replace("builtin: digits\n", "imagefolder: {train: .}\n"),
+        "model:\n  builtin: digits_cnn\ndata:\n  imagefolder: {train: .}\n",
         "data.imagefolder.val (line 4): missing",
     ),
     "amp_bad_value": (
@@ -153,7 +153,7 @@ MALFORMED = {
         "lottery mode needs unstructured pruning",
     ),
     "trust_pickle_text": (
-        VALID.replace("builtin: digits_cnn", "{builtin: digits_cnn, trust_pickle: 'yes'}"),
+        "model:\n  {builtin: digits_cnn, trust_pickle: 'yes'}\ndata:\n  builtin: digits\n",
         "must be true or false",
     ),
 }
@@ -222,7 +222,7 @@ def test_factory_is_imported_from_the_schedule_directory(tmp_path: Path) -> None
 
 
 def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
-    with pytest.raises(schedule.UserError, match="schedule file not found"):
+    with pytest.raises(UserError, match="schedule file not found"):
         schedule.load(tmp_path / "nope.yaml")
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from helpers import write_images
 from safetensors.torch import save_file
 
 from iterprune import schedule, sources
-from iterprune.errors import UserError
+from iterprune.errors import ScheduleError, UserError
 from iterprune.specs import ImageFolderSpec, ModelSpec
 
 
@@ -82,15 +82,6 @@ def test_torchvision_models_are_built_by_name_with_num_classes() -> None:
     assert torch.equal(model.conv1.weight, again.conv1.weight)  # seeded
 
 
-def write_images(root: Path, classes: dict[str, int], size: int = 20) -> None:
-    g = torch.Generator().manual_seed(0)
-    for cls, n in classes.items():
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            pixels = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(root / cls / f"{i}.png")
-
-
 def test_imagefolder_loaders_use_the_standard_transforms(tmp_path: Path) -> None:
     write_images(tmp_path / "train", {"cat": 3, "dog": 3})
     write_images(tmp_path / "val", {"cat": 2, "dog": 2})
@@ -127,7 +118,7 @@ def test_imagefolder_problems_are_clear_errors(tmp_path: Path, case: str, messag
 
 def test_schedule_names_missing_image_folders(tmp_path: Path) -> None:
     text = "model: {torchvision: resnet18}\ndata:\n  imagefolder: {train: a, val: b}\n"
-    with pytest.raises(schedule.ScheduleError) as err:
+    with pytest.raises(ScheduleError) as err:
         schedule.parse(text, "s.yaml", tmp_path)
     assert err.value.problems == [
         "data.imagefolder.train (line 3): folder not found: a",

@@ -1,0 +1,253 @@
+"""What each ``iterprune`` command does: a thin layer over the library that reads its arguments,
+calls the library and prints (``cli.py`` holds the table of commands and the parser). Errors
+become messages and exit codes in :func:`guarded` alone.
+
+Modules that import torch are imported inside the commands that need them, so ``--help``,
+``status`` and ``logs`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from iterprune import paths, views
+from iterprune.errors import EXIT_OK, EXIT_SECOND_CTRL_C, IterpruneError, UserError
+from iterprune.store import DB_NAME, Store
+
+
+def _store(args: argparse.Namespace, create: bool = False) -> Store:
+    state = paths.state_dir(args.state_dir)
+    if not create and not (state / DB_NAME).exists():
+        raise UserError(
+            f"no iterprune state in {state} (start a run first, or pass --state-dir / "
+            f"set ${paths.ENV_STATE_DIR})"
+        )
+    return Store(state)
+
+
+def _has_state(args: argparse.Namespace) -> bool:
+    return (paths.state_dir(args.state_dir) / DB_NAME).exists()
+
+
+def _emit(args: argparse.Namespace, doc: Any, render: Callable[[Any], Any]) -> int:
+    """``--json``: the document on stdout and nothing else; otherwise ``render(doc)``."""
+    if getattr(args, "json", False):
+        print(json.dumps(doc, indent=2, default=str))
+        return EXIT_OK
+    from iterprune import console
+
+    console.make_console().print(render(doc))
+    return EXIT_OK
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from iterprune import schedule
+
+    s = schedule.load(args.schedule)
+    p = s.prune
+    source = s.model.builtin or s.model.torchvision or s.model.factory
+    print(
+        f"{args.schedule}: OK — run '{s.name}', model {source}, {p.method} pruning "
+        f"{p.step:.0%} per round to {p.target_sparsity:.0%}, budget {s.validate.max_drop} points"
+    )
+    return EXIT_OK
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from iterprune import analysis, console, schedule, sources
+
+    s = schedule.load(args.schedule)
+    model = sources.build_model(s.model, s.seed, s.base_dir)
+    doc = {
+        "schedule": args.schedule,
+        "model": s.model.builtin or s.model.torchvision or s.model.factory,
+        "weights": s.model.weights,
+        **analysis.weight_report(model, s.prune.exclude),
+    }
+    return _emit(args, doc, console.analysis_view)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from iterprune import schedule
+    from iterprune.runs import open_run
+
+    def opening() -> tuple[Store, str | None]:
+        s = schedule.load(args.schedule)  # every schedule problem surfaces before any write
+        store = _store(args, create=True)
+        run_id = open_run(store, s, str(Path(args.schedule).resolve()), fresh=args.fresh)
+        row = store.run(run_id) or {}
+        if row.get("status") == "finished":
+            print(f"run '{run_id}' already finished: {row['reason']}")
+            print(f"See it with: iterprune history {run_id}   (start it again with --fresh)")
+            return store, None
+        return store, run_id
+
+    return _serve(args, opening)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    def opening() -> tuple[Store, str | None]:
+        store = _store(args)
+        row = views.status(store, args.run)[0]
+        if row["status"] == "finished":
+            print(f"run '{args.run}' already finished: {row['reason']}")
+            return store, None
+        return store, args.run
+
+    return _serve(args, opening)
+
+
+def _serve(args: argparse.Namespace, opening: Callable[[], tuple[Store, str | None]]) -> int:
+    from iterprune import distributed, launch
+
+    if not distributed.launched():
+        return launch.serve(opening, args.lease_timeout, getattr(args, "detach", False))
+    if getattr(args, "detach", False):
+        raise UserError(
+            "--detach cannot be used under torchrun; run torchrun itself in the background "
+            "(nohup, tmux, a systemd unit)"
+        )
+    launch.leave(guarded(lambda: launch.under_torchrun(opening, args.lease_timeout)))
+    return EXIT_OK  # not reached: leave() ends the process
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from iterprune import console
+
+    docs = views.runs(_store(args)) if _has_state(args) else []
+    if not docs and not args.json:
+        print(f"no runs in {paths.state_dir(args.state_dir)}")
+        return EXIT_OK
+    return _emit(args, docs, console.runs_table)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from iterprune import console
+
+    return _emit(args, views.history(_store(args), args.run), console.history_view)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from iterprune import console
+
+    return _emit(args, views.show(_store(args), args.run, args.round), console.layers_table)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from iterprune import console
+
+    if args.run is None and not _has_state(args):
+        rows = []
+    else:
+        rows = views.status(_store(args), args.run)
+    if args.json:
+        return _emit(args, rows[0] if args.run else rows, console.status_view)
+    if not rows:
+        print(f"no runs in {paths.state_dir(args.state_dir)}")
+        return EXIT_OK
+    return _emit(args, rows, console.status_view)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from iterprune import daemon
+
+    store = _store(args)
+    row = views.status(store, args.run)[0]
+    if row["status"] not in ("running", "paused"):
+        print(f"run '{args.run}' is not being served (status: {row['status']})")
+        return EXIT_OK
+    store.request_stop(args.run)  # the owner's heartbeat sees it, on whatever host it runs
+    owner = store.run(args.run) or {}
+    daemon.stop_owner(owner)  # on this machine: at once
+    print(
+        f"asked pid {owner.get('pid')} on {owner.get('host')} to stop run '{args.run}': it "
+        "finishes the current batch, writes a mid-round checkpoint and exits"
+    )
+    print(f"continue it later with: iterprune resume {args.run}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from iterprune import export
+
+    store = _store(args)
+    views.status(store, args.run)  # unknown run -> exit 2
+    shape = None
+    if args.input_shape:
+        try:
+            shape = tuple(int(x) for x in args.input_shape.split(","))
+        except ValueError:
+            raise UserError(
+                f"--input-shape must look like 3,224,224, got {args.input_shape!r}"
+            ) from None
+    doc = export.export(store, args.run, args.round, Path(args.out), args.format, shape)
+    ratio = doc["bytes"] / doc["dense_state_dict_bytes"]
+    print(
+        f"wrote {doc['out']} ({doc['format']}): round {doc['round']}, sparsity "
+        f"{doc['sparsity']:.2%}, accuracy {doc['val_accuracy']:.2f}%"
+    )
+    print(
+        f"size {doc['bytes'] / 2**20:.2f} MiB; the dense state_dict is "
+        f"{doc['dense_state_dict_bytes'] / 2**20:.2f} MiB ({ratio:.0%})"
+    )
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from iterprune import plots
+    from iterprune.runs import load_schedule
+
+    store = _store(args)
+    history = views.history(store, args.run)
+    layers = views.show(store, args.run, args.round)
+    max_drop = load_schedule(store, args.run).validate.max_drop
+    plots.plot(history, layers, max_drop, Path(args.out))
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from iterprune import console
+
+    store = _store(args)
+    docs = [views.summary(store, args.run), views.summary(store, args.other)]
+    return _emit(args, docs, console.compare_table)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    store = _store(args)
+    views.status(store, args.run)  # unknown run -> exit 2
+    last = 0
+    try:
+        while True:
+            for e in store.events(args.run, after_id=last):
+                when = e["at"][:19].replace("T", " ")
+                print(f"{when} {e['level']:<7} {e['message']}", flush=True)
+                last = e["id"]
+            served = views.status(store, args.run)[0]["status"] in ("running", "paused")
+            if not args.follow or not served:
+                return EXIT_OK
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run a command; an iterprune error becomes its message on stderr and its exit code."""
+    try:
+        return command()
+    except IterpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; the run can be continued with: iterprune resume RUN", file=sys.stderr)
+        return EXIT_SECOND_CTRL_C

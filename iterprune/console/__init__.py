@@ -1,0 +1,41 @@
+"""Everything the user sees in a terminal: the live dashboard, plain log lines, and tables.
+
+This package is the only place that imports Rich: ``reporters`` (what a served run shows) and
+``tables`` (the inspection commands' views).
+"""
+
+from iterprune.console.reporters import (
+    LiveReporter,
+    PlainReporter,
+    make_console,
+    reporter_for,
+    say,
+)
+from iterprune.console.tables import (
+    analysis_view,
+    compare_table,
+    history_view,
+    layers_table,
+    rounds_table,
+    runs_table,
+    sparkline,
+    status_table,
+    status_view,
+)
+
+__all__ = [
+    "LiveReporter",
+    "PlainReporter",
+    "analysis_view",
+    "compare_table",
+    "history_view",
+    "layers_table",
+    "make_console",
+    "reporter_for",
+    "rounds_table",
+    "runs_table",
+    "say",
+    "sparkline",
+    "status_table",
+    "status_view",
+]

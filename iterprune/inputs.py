@@ -1,0 +1,107 @@
+"""Checking the schedule's ``model`` and ``data`` sections: what a run prunes and trains on.
+
+Paths (weights, image folders) are relative to the schedule's directory, and a factory is imported
+here already, so a typo in its name is reported with the schedule's other problems.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from iterprune.checker import Checker
+from iterprune.errors import UserError
+from iterprune.factories import resolve_factory, torchvision_models
+from iterprune.specs import DataSpec, ImageFolderSpec, ModelSpec
+
+BUILTIN_MODELS = ("digits_cnn", "digits_mlp")
+BUILTIN_DATA = ("digits",)
+MODEL_KEYS = (
+    "builtin",
+    "torchvision",
+    "factory",
+    "num_classes",
+    "kwargs",
+    "weights",
+    "trust_pickle",
+)
+DATA_KEYS = ("builtin", "imagefolder", "factory", "kwargs", "batch_size", "workers", "val_fraction")
+
+
+def _factory(c: Checker, raw: dict, path: str, base_dir: Path) -> str | None:
+    spec = c.text(raw, "factory", path, None)
+    if spec is not None:
+        try:
+            resolve_factory(spec, base_dir)
+        except UserError as exc:
+            c.fail(f"{path}.factory", str(exc))
+    return spec
+
+
+def _torchvision_name(c: Checker, m: dict) -> str | None:
+    name = c.text(m, "torchvision", "model", None)
+    if name is not None:
+        known = torchvision_models()
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            c.fail("model.torchvision", f"unknown torchvision model {name!r}{hint}")
+    return name
+
+
+def model_section(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
+    if "model" not in raw:
+        c.fail("model", "missing: say which model to prune (e.g. model: {builtin: digits_cnn})")
+    m = c.section(raw, "model", MODEL_KEYS)
+    if isinstance(raw.get("model"), dict):
+        c.one_of(m, ("builtin", "torchvision", "factory"), "model")
+    spec = ModelSpec(
+        builtin=c.text(m, "builtin", "model", None, BUILTIN_MODELS),
+        torchvision=_torchvision_name(c, m),
+        factory=_factory(c, m, "model", base_dir),
+        num_classes=c.count(m, "num_classes", "model", None),
+        kwargs=c.mapping(m, "kwargs", "model"),
+        weights=c.text(m, "weights", "model", None),
+        trust_pickle=c.boolean(m, "trust_pickle", "model", False),
+    )
+    if spec.weights and not (base_dir / spec.weights).expanduser().is_file():
+        c.fail("model.weights", f"file not found: {spec.weights}")
+    return spec
+
+
+def _image_folders(c: Checker, d: dict, base_dir: Path) -> ImageFolderSpec | None:
+    if d.get("imagefolder") is None:
+        return None
+    f = c.section(d, "imagefolder", ("train", "val", "image_size"), "data")
+    dirs = {}
+    for key in ("train", "val"):
+        value = c.text(f, key, "data.imagefolder", None)
+        if value is None and isinstance(d.get("imagefolder"), dict):
+            c.fail(f"data.imagefolder.{key}", "missing: the folder of class sub-folders")
+        elif value is not None and not (base_dir / value).expanduser().is_dir():
+            c.fail(f"data.imagefolder.{key}", f"folder not found: {value}")
+        dirs[key] = value or ""
+    return ImageFolderSpec(
+        train=dirs["train"],
+        val=dirs["val"],
+        image_size=c.count(f, "image_size", "data.imagefolder", 224, minimum=8),
+    )
+
+
+def data_section(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
+    if "data" not in raw:
+        c.fail("data", "missing: say which data to fine-tune on (e.g. data: {builtin: digits})")
+    d = c.section(raw, "data", DATA_KEYS)
+    if isinstance(raw.get("data"), dict):
+        c.one_of(d, ("builtin", "imagefolder", "factory"), "data")
+    return DataSpec(
+        builtin=c.text(d, "builtin", "data", None, BUILTIN_DATA),
+        imagefolder=_image_folders(c, d, base_dir),
+        factory=_factory(c, d, "data", base_dir),
+        kwargs=c.mapping(d, "kwargs", "data"),
+        batch_size=c.count(d, "batch_size", "data", 64),
+        workers=c.count(d, "workers", "data", 0, minimum=0),
+        val_fraction=c.number(
+            d, "val_fraction", "data", 0.25, check=lambda v: 0 < v < 1, rule="in (0, 1)"
+        ),
+    )

@@ -1,0 +1,60 @@
+"""Where a continued run picks up: the newest accepted checkpoint that passes its sha256 check.
+
+A damaged checkpoint (a flipped byte, a truncated or deleted file) is skipped with a warning; the
+run falls back to the newest older one that verifies, and the rounds after it are forgotten, to be
+redone. A lottery run also needs its rewind point, which must verify too (else exit code 5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from iterprune import orders
+from iterprune.attempts import Accepted
+from iterprune.reporter import Narrator
+from iterprune.snapshots import Snapshots
+from iterprune.specs import Schedule
+from iterprune.workbench import Workbench
+
+
+def resume(
+    bench: Workbench, snapshots: Snapshots, narrator: Narrator, ranks: orders.Ranks
+) -> tuple[Accepted, dict[str, torch.Tensor] | None]:
+    """Load the newest accepted state that verifies into ``bench`` (every rank gets it); the
+    accepted state and the rewind point (lottery)."""
+    store, run_id, schedule = snapshots.store, snapshots.run_id, bench.schedule
+    row = store.run(run_id) or {}
+    ckpt, state = snapshots.newest_valid(row["accepted_round"])
+    if ckpt["round"] != row["accepted_round"]:
+        _fall_back(snapshots, schedule, ckpt["round"], row)
+        narrator.event(
+            "warning",
+            "fallback",
+            f"fell back to round {ckpt['round']}: rounds {ckpt['round'] + 1}.."
+            f"{row['accepted_round']} will be redone",
+        )
+    bench.load(state["model"], state.get("architecture"))
+    if state["optimizer"] is not None:
+        bench.optimizer.load_state_dict(state["optimizer"])
+    accepted = Accepted.of(ckpt["round"], bench, state["mask"], state["optimizer"] is not None)
+    rewind = snapshots.rewind_point() if schedule.lottery is not None else None
+    ranks.sync(bench, accepted.mask)
+    narrator.event("info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})")
+    return accepted, rewind
+
+
+def _fall_back(snapshots: Snapshots, schedule: Schedule, round_: int, row: dict[str, Any]) -> None:
+    """Forget the rounds after ``round_`` (their checkpoints are lost): they will be redone."""
+    store, run_id = snapshots.store, snapshots.run_id
+    accepted = [r for r in store.rounds(run_id) if r["status"] == "accepted"]
+    kept = next((r for r in accepted if r["round"] == round_), None)
+    fields = {
+        "step": kept["step"] if kept else schedule.prune.step,
+        "sparsity": kept["sparsity"] if kept else 0.0,
+        "val_accuracy": kept["val_accuracy"] if kept else row["baseline_accuracy"],
+        "round": round_,
+        "attempt": kept["attempt"] if kept else 0,
+    }
+    snapshots.forget(store.rewind_to(run_id, round_, fields))
