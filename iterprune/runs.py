@@ -47,9 +47,11 @@ def open_run(store: Store, schedule: Schedule, schedule_path: str, fresh: bool =
             }
         )
         return run_id
-    if existing["fingerprint"] != schedule.fingerprint():
-        old = json.loads(existing["schedule"])
-        changes = differences({**old, "name": schedule.name}, schedule.canonical())
+    # compared through the stored schedule, not the stored hash: a run started by an older
+    # release (whose hash also covered fields left at their defaults) keeps its identity
+    stored = from_canonical({**json.loads(existing["schedule"]), "name": schedule.name})
+    if stored.fingerprint() != schedule.fingerprint():
+        changes = differences(stored.canonical(), schedule.canonical())
         listing = "\n".join(f"  - {c}" for c in changes)
         raise RunConflict(
             f"run '{run_id}' exists and its schedule has changed:\n{listing}\n"

@@ -142,14 +142,45 @@ class Schedule:
     base_dir: str = "."
 
     def canonical(self) -> dict[str, Any]:
-        """The schedule as plain data, without where it was read from: what identifies a run."""
+        """The schedule as plain data, without where it was read from: stored with a run."""
         data = dataclasses.asdict(self)
         data.pop("base_dir")
         return json.loads(json.dumps(data, sort_keys=True, default=list))
 
     def fingerprint(self) -> str:
-        text = json.dumps(self.canonical(), sort_keys=True)
+        """What identifies a run: a hash of every field that differs from its default.
+
+        Fields left at their defaults are not part of it, so a field added by a later release
+        (with a default that keeps the old behaviour) does not change the identity of runs
+        started before it; tests/test_schedule.py pins the fingerprint of the example schedule.
+        """
+        text = json.dumps(_set_fields(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _set_fields(value: Any) -> Any:
+    """A spec as plain data with every field that equals its default left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.name == "base_dir" or item == _default(f):
+                continue
+            out[f.name] = _set_fields(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_set_fields(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _set_fields(v) for k, v in value.items()}
+    return value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:

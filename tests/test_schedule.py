@@ -201,6 +201,31 @@ def test_fingerprint_ignores_comments_but_not_values() -> None:
     assert schedule.differences(a.canonical(), c.canonical()) == ["seed: 1 -> 2"]
 
 
+def test_fingerprint_leaves_out_fields_at_their_defaults() -> None:
+    """A field a later release adds (with a default) must not change the identity of a run."""
+    implicit = schedule.parse(VALID)
+    explicit = schedule.parse(
+        VALID + "rollback: {retries: 3, shrink: 0.5}\nvalidate: {max_drop: 1.0}\n"
+    )
+    assert implicit.fingerprint() == explicit.fingerprint()
+    assert (
+        implicit.fingerprint() != schedule.parse(VALID + "rollback: {retries: 4}\n").fingerprint()
+    )
+
+
+# Pinned: a change here means every run started from these schedules is refused as "changed".
+# Change a pin only together with the schedule file itself.
+PINNED = {
+    "schedules/digits.yaml": "3c017714fcd293f5",
+    "tests/fixtures/state-0.1/schedule.yaml": "55b2a1dde29730ab",
+}
+
+
+@pytest.mark.parametrize("path", sorted(PINNED))
+def test_fingerprints_of_shipped_schedules_are_pinned(path: str) -> None:
+    assert schedule.load(ROOT / path).fingerprint() == PINNED[path]
+
+
 def test_canonical_round_trips(tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
     text = (
