@@ -55,7 +55,7 @@ def worker(rank: int, port: int, args: argparse.Namespace, out: str) -> None:
     group = distributed.Group()
     results: dict = {}
     try:
-        train, _ = examples.digits_loaders(32, 0.25, seed=0)
+        train, _, _ = examples.digits_loaders(32, 0.25, seed=0)
         loader = distributed.shard(train, group, train=True)
         rng.seed_sampler(loader, 0)
         torch.manual_seed(0)

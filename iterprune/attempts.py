@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from iterprune import channels, decisions, orders, pruning, recipe, rng, training
+from iterprune import channels, decisions, evaluation, orders, pruning, recipe, rng, training
+from iterprune.errors import IterpruneError
 from iterprune.reporter import Narrator
 from iterprune.snapshots import Snapshots
 from iterprune.workbench import Workbench
@@ -68,10 +69,16 @@ class Start:
 
 @dataclass
 class Done:
-    """What an attempt produced: its mask and its fine-tuning result (the model is the bench's)."""
+    """What an attempt produced: its mask and its fine-tuning result (the model is the bench's).
+
+    ``first`` is the judgement before a recovery (its drop and interval, and the epochs trained
+    until then) once the attempt is recovering; ``epochs`` counts every epoch trained in it.
+    """
 
     mask: pruning.Mask
     result: training.TrainResult
+    epochs: int
+    first: dict[str, Any] | None = None
 
 
 class Attempts:
@@ -101,16 +108,31 @@ class Attempts:
         target_alive: int,
         rewind: State | None,
     ) -> Done:
-        """Prune (or pick up the attempt's mid-round checkpoint), then fine-tune under the mask."""
+        """Prune (or pick up the attempt's mid-round checkpoint), then fine-tune under the mask.
+        An attempt interrupted during its recovery continues the recovery."""
         seed = rng.derive_seed(self.schedule.seed, plan.round, plan.attempt)
         mid = self.snapshots.mid(plan.round, plan.attempt, self.ranks.world)
+        if mid is not None and mid[1].get("stage") == "recover":
+            first = mid[1]["first"]
+            seed = rng.derive_seed(self.schedule.seed, plan.round, plan.attempt, "recover")
+            mask, start = self._continue(plan, seed, *mid)
+            result = self._finetune(plan, seed, mask, start, first)
+            return Done(mask, result, first["epochs"] + result.epochs, first)
         if mid is None:
             rng.seed_everything(seed, (self.bench.train_loader,))
             mask, start = self._prune(plan, accepted, target_alive, rewind), None
         else:
             mask, start = self._continue(plan, seed, *mid)
-        self.mask = mask  # the decision this attempt applies
-        return Done(mask, self._finetune(plan, seed, mask, start))
+        result = self._finetune(plan, seed, mask, start)
+        return Done(mask, result, result.epochs)
+
+    def recover(self, plan: decisions.Attempt, done: Done, epochs: int, first: dict) -> Done:
+        """Fine-tune a failed attempt ``epochs`` more (``first``: its judgement so far)."""
+        seed = rng.derive_seed(self.schedule.seed, plan.round, plan.attempt, "recover")
+        rng.seed_everything(seed, (self.bench.train_loader,))
+        first = {**first, "epochs": done.epochs, "recover_epochs": epochs}
+        result = self._finetune(plan, seed, done.mask, None, first)
+        return Done(done.mask, result, done.epochs + result.epochs, first)
 
     def interrupted(self) -> bool:
         return self.stop.is_set() or self.pause.is_set()
@@ -160,13 +182,22 @@ class Attempts:
         return state["mask"], Start(position, state)
 
     def _finetune(
-        self, plan: decisions.Attempt, seed: int, mask: pruning.Mask, start: Start | None
+        self,
+        plan: decisions.Attempt,
+        seed: int,
+        mask: pruning.Mask,
+        start: Start | None,
+        first: dict | None = None,
     ) -> training.TrainResult:
+        """Fine-tune under ``mask`` (``first``: this is the recovery, of its epochs)."""
         bench, narrator = self.bench, self.narrator
         scaler = bench.scaler(start.state.get("scaler") if start else None)
-        self.set_phase("finetune")
-        label = f"round {plan.round}.{plan.attempt}: fine-tuning"
-        narrator.phase("finetune", self.schedule.finetune.epochs, label)
+        epochs = first["recover_epochs"] if first else self.schedule.finetune.epochs
+        phase = "recover" if first else "finetune"
+        self.mask = mask  # the decision this attempt applies
+        self.set_phase(phase)
+        doing = f"recovering, {epochs} more epoch(s)" if first else "fine-tuning"
+        narrator.phase(phase, epochs, f"round {plan.round}.{plan.attempt}: {doing}")
         narrator.batches = start.position.count if start else 0
         self._last_mid = (time.monotonic(), narrator.batches)
 
@@ -179,16 +210,18 @@ class Attempts:
                 "optimizer": bench.optimizer.state_dict(),
                 "position": dataclasses.asdict(pos),
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                **({"stage": "recover", "first": first} if first else {}),
             }
             state.update(self.ranks.mid_state(bench.model, pos))  # every rank's random state
             self.snapshots.save_mid(plan.round, plan.attempt, pos.count, state)
             self._last_mid = (time.monotonic(), pos.count)
 
         self.ranks.sync(bench, mask)
-        order = orders.Finetune(seed, *(start.order() if start else (None, None, None)))
-        with self.ranks.order(order):
+        sent = start.order() if start else (None, None, None)
+        with self.ranks.order(orders.Finetune(seed, *sent, epochs=epochs if first else None)):
             return bench.finetune(
                 mask,
+                epochs,
                 scaler=scaler,
                 progress=narrator.batch,
                 should_stop=self.interrupted,
@@ -207,35 +240,40 @@ class Attempts:
         return False
 
     def measure(
-        self, plan: decisions.Attempt, done: Done, baseline_accuracy: float, total: int
-    ) -> tuple[dict, list]:
-        """The attempt's row fields and per-layer stats (validation accuracy, drop, sparsity)."""
+        self, plan: decisions.Attempt, done: Done, dense: evaluation.Reference, total: int
+    ) -> dict[str, Any]:
+        """The attempt's row fields: its answers on the validation split paired with the dense
+        model's (lost, gained, the drop and its interval), sparsity and the training summary."""
         bench, result = self.bench, done.result
-        accuracy = self.accuracy(plan, result)
+        self.set_phase("validate")
+        self.narrator.phase("validate", 1, f"round {plan.round}.{plan.attempt}: validating")
+        found = self.ranks.evaluate(bench, "val")
+        if found.labels_digest() != dense.labels:
+            raise IterpruneError(
+                "the validation split is not the one the dense model was measured on (its "
+                "labels differ, in content or order), so the samples cannot be compared; keep "
+                "the validation data and its order fixed for the whole run"
+            )
+        table = found.against(dense.correct)
+        low, high = table.interval(self.schedule.validate.confidence)
         remaining = bench.alive(done.mask)
-        control = self.control(plan, done.mask)
-        self.verify(plan, done.mask)
-        fields = {
+        return {
             "step": plan.step,
             "target_sparsity": plan.target_sparsity,
             "sparsity": 1 - remaining / total,
             "params": remaining,
-            "val_accuracy": accuracy,
-            "drop": baseline_accuracy - accuracy,
+            "val_accuracy": found.accuracy,
+            "drop": table.drop,
+            "drop_low": low,
+            "drop_high": high,
+            "lost": table.lost,
+            "gained": table.gained,
             "loss": result.loss,
             "macs": bench.macs(),
             "best_epoch": result.best_epoch,
-            "control_accuracy": control,
+            "epochs": done.epochs,
+            "recovered": 1 if done.first else None,
         }
-        return fields, pruning.layer_stats(bench.model, self.schedule.prune.exclude)
-
-    def accuracy(self, plan: decisions.Attempt, result: training.TrainResult) -> float:
-        """The attempt's validation accuracy (with early stopping: its best epoch's)."""
-        self.set_phase("validate")
-        self.narrator.phase("validate", 1, f"round {plan.round}.{plan.attempt}: validating")
-        if result.best_accuracy is not None:
-            return result.best_accuracy
-        return self.ranks.evaluate(self.bench)
 
     def control(self, plan: decisions.Attempt, mask: pruning.Mask) -> float | None:
         """Lottery mode's control: the same mask trained from a fresh random initialisation."""

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from iterprune import orders, paths, pruning, rng, training
+from iterprune import evaluation, evidence, orders, paths, pruning, rng, training
 from iterprune.attempts import Accepted
 from iterprune.errors import RunConflict, UserError
 from iterprune.reporter import Narrator
 from iterprune.snapshots import Snapshots
+from iterprune.specs import Schedule
 from iterprune.store import Store
 from iterprune.workbench import Workbench
 
@@ -25,7 +26,9 @@ State = dict[str, torch.Tensor]
 
 @dataclass
 class Baseline:
-    accuracy: float  # validation accuracy of the dense model, in points
+    reference: evaluation.Reference  # the dense model's answers on the validation split
+    accuracy: float  # its validation accuracy, in points
+    test_accuracy: float | None  # on the test split, when there is one (never decides)
     latency: dict[str, float]  # latency_ms_p50 / _p99, with a benchmark section
     rewind: State | None  # lottery mode: the weights every round rewinds to
 
@@ -45,13 +48,24 @@ def start(
     total = sum(p.numel() for p in bench.params.values())
     mask = record(snapshots.store, snapshots.run_id, snapshots, bench, found, total)
     speed = found.latency.get("latency_ms_p50")
+    test = f", {found.test_accuracy:.2f}% on the test split" if found.test_accuracy else ""
     narrator.event(
         "info",
         "baseline",
-        f"dense baseline accuracy {found.accuracy:.2f}% on {total:,} prunable weights"
+        f"dense baseline accuracy {found.accuracy:.2f}% on {found.reference.correct.numel()} "
+        f"validation samples{test}, {total:,} prunable weights"
         + (f", {speed:.2f} ms/batch" if speed is not None else ""),
     )
+    warn_unresolved(narrator, bench.schedule, found.reference.correct.numel(), found.accuracy)
     return Accepted.of(0, bench, mask, optimizer=False), found.rewind
+
+
+def warn_unresolved(narrator: Narrator, schedule: Schedule, n: int, accuracy: float) -> None:
+    """A warning when the validation split is too small to tell a drop of the budget from none."""
+    v = schedule.validate
+    seen = evidence.resolution(n, accuracy, v.max_drop, v.confidence)
+    if not seen.resolved:
+        narrator.event("warning", "resolution", seen.message(v.confidence))
 
 
 def establish(
@@ -74,8 +88,10 @@ def establish(
             f"({narrator.batches} steps in {s.pretrain.epochs} epochs)"
         )
     narrator.phase("validate", 1, "measuring the dense baseline")
-    accuracy = ranks.evaluate(bench)
-    return Baseline(accuracy, measure_latency(bench, narrator), catcher.state)
+    found = ranks.evaluate(bench, "val")
+    test = ranks.evaluate(bench, "test").accuracy if bench.test_loader is not None else None
+    latency = measure_latency(bench, narrator)
+    return Baseline(evaluation.Reference.of(found), found.accuracy, test, latency, catcher.state)
 
 
 def record(
@@ -98,7 +114,10 @@ def record(
         )
         written.append({"round": 0, "attempt": 0, "kind": "rewind", **rewind})
     run_fields = {
+        **found.reference.row(),
         "baseline_accuracy": found.accuracy,
+        "baseline_test_accuracy": found.test_accuracy,
+        "test_accuracy": found.test_accuracy,
         "baseline_params": total,
         "total_params": total,
         "val_accuracy": found.accuracy,

@@ -10,7 +10,10 @@ import torch
 SCALARS = (
     "sparsity",
     "val_accuracy",
+    "test_accuracy",
     "drop",
+    "drop_low",
+    "drop_high",
     "loss",
     "latency_ms_p50",
     "latency_ms_p99",
@@ -42,6 +45,8 @@ class TensorBoardReporter:
         if info.get("baseline_accuracy") is not None:
             self.writer.add_scalar("round/val_accuracy", info["baseline_accuracy"], 0)
             self.writer.add_scalar("round/sparsity", 0.0, 0)
+        if info.get("baseline_test_accuracy") is not None:
+            self.writer.add_scalar("round/test_accuracy", info["baseline_test_accuracy"], 0)
 
     def phase(self, name: str, total: int, description: str) -> None:
         pass

@@ -59,7 +59,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.schedule}: OK — run '{s.name}', model {source}, {p.method} pruning "
         f"{p.step:.0%} per round to {p.target_sparsity:.0%}, budget {s.validate.max_drop} points"
     )
+    warning = _resolution_warning(s)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _resolution_warning(s: Any) -> str | None:
+    """Whether the validation split can tell a drop of the budget from none, judged before the
+    dense model is measured: as if it got every sample right, the most favourable case."""
+    from iterprune import evidence, sources
+
+    try:
+        _, val, _ = sources.build_loaders(s.data, s.seed, s.base_dir)
+        n = len(val.dataset)
+    except (UserError, TypeError, AttributeError):
+        return None  # the data cannot be sized here; the run warns once it measures the baseline
+    v = s.validate
+    seen = evidence.resolution(n, 100.0, v.max_drop, v.confidence)
+    return None if seen.resolved else seen.message(v.confidence)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

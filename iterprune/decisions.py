@@ -3,8 +3,16 @@ position and an attempt's outcome.
 
 No torch and no I/O, so every rule is a row in a table test (tests/test_decisions.py). The runner
 asks :func:`next_attempt` before a round (prune how much, or finish and why) and :func:`judge`
-after it (accept, or roll back with the next step, or finish at the frontier), then carries the
-answer out.
+after it (accept, recover first, or roll back with the next step, or finish at the frontier), then
+carries the answer out. The controller:
+
+- an attempt passes under ``validate.rule``: ``estimate`` (its drop is within ``max_drop``) or
+  ``confident`` (the upper end of the drop's interval is);
+- one that fails with a finite loss is first fine-tuned ``rollback.recover_epochs`` more and
+  judged again; only a second failure rolls it back, and the step shrinks;
+- after ``rollback.grow_after`` accepted rounds in a row the step grows by ``rollback.grow``,
+  never beyond the schedule's ``prune.step``;
+- a round that would leave less than half a step to the target goes to the target instead.
 """
 
 from __future__ import annotations
@@ -27,16 +35,26 @@ class Rules:
     retries: int
     shrink: float
     min_step: float
+    step: float = 1.0  # the schedule's prune.step: growth never goes beyond it
+    rule: str = "estimate"  # estimate | confident
+    recover_epochs: int = 0
+    grow_after: int = 0  # 0: the step never grows back
+    grow: float = 1.0
 
     @classmethod
     def of(cls, schedule: Schedule) -> Rules:
-        r = schedule.rollback
+        r, v = schedule.rollback, schedule.validate
         return cls(
             target_sparsity=schedule.prune.target_sparsity,
-            max_drop=schedule.validate.max_drop,
+            max_drop=v.max_drop,
             retries=r.retries,
             shrink=r.shrink,
             min_step=r.min_step,
+            step=schedule.prune.step,
+            rule=v.rule,
+            recover_epochs=r.recover_epochs,
+            grow_after=r.grow_after,
+            grow=r.grow,
         )
 
 
@@ -49,6 +67,7 @@ class Position:
     alive: int  # prunable weights left
     total: int  # prunable weights of the dense model
     rolled_back: int = 0  # attempts of the next round that were rolled back already
+    streak: int = 0  # rounds accepted in a row since the step last changed
 
 
 @dataclass(frozen=True)
@@ -73,11 +92,22 @@ class Outcome:
 
     drop: float  # accuracy points lost against the dense baseline (negative: gained)
     finite: bool = True  # the fine-tuning loss stayed finite
+    drop_high: float | None = None  # the upper end of the drop's interval
+    recovered: bool = False  # this is the judgement after a recovery
 
 
 @dataclass(frozen=True)
 class Accept:
-    pass
+    next_step: float
+    streak: int
+
+
+@dataclass(frozen=True)
+class Recover:
+    """Fine-tune the attempt ``epochs`` more, then judge it again."""
+
+    epochs: int
+    why: str
 
 
 @dataclass(frozen=True)
@@ -93,9 +123,13 @@ def target_alive(total: int, target_sparsity: float) -> int:
 
 
 def amount_to_prune(alive: int, total: int, step: float, target_sparsity: float) -> int:
-    """How many of the ``alive`` weights to remove: ``step`` of them, never past the target."""
+    """How many of the ``alive`` weights to remove: ``step`` of them, never past the target, and
+    all the way to it when less than half a step would be left for a last round."""
+    to_target = alive - target_alive(total, target_sparsity)
     want = round(alive * step)
-    return max(0, min(want, alive - target_alive(total, target_sparsity)))
+    if to_target - want < 0.5 * step * (alive - want):  # no sliver left for one more round
+        want = to_target
+    return max(0, min(want, to_target))
 
 
 def next_attempt(rules: Rules, pos: Position) -> Attempt | Finish:
@@ -118,16 +152,31 @@ def next_attempt(rules: Rules, pos: Position) -> Attempt | Finish:
     )
 
 
-def judge(rules: Rules, attempt: Attempt, outcome: Outcome) -> Accept | RollBack:
-    """Accept an attempt within the budget; roll back any other with a smaller next step, and
-    finish at the frontier when the retries are spent or the step would be under ``min_step``."""
-    if outcome.finite and outcome.drop <= rules.max_drop + DROP_EPS:
-        return Accept()
-    why = (
-        "loss was not finite"
-        if not outcome.finite
-        else f"drop {outcome.drop:.2f} > {rules.max_drop}"
-    )
+def passes(rules: Rules, outcome: Outcome) -> bool:
+    """Whether a measured attempt is within the budget under the schedule's rule."""
+    if not outcome.finite:
+        return False
+    if rules.rule == "confident":
+        drop = outcome.drop_high if outcome.drop_high is not None else outcome.drop
+    else:
+        drop = outcome.drop
+    return drop <= rules.max_drop + DROP_EPS
+
+
+def judge(
+    rules: Rules, pos: Position, attempt: Attempt, outcome: Outcome
+) -> Accept | Recover | RollBack:
+    """Accept an attempt that passes; give one that fails with a finite loss its recovery
+    epochs first; roll back the rest with a smaller next step, finishing at the frontier when
+    the retries are spent or the step would be under ``min_step``."""
+    if passes(rules, outcome):
+        streak = pos.streak + 1
+        if rules.grow_after and streak >= rules.grow_after and attempt.step < rules.step:
+            return Accept(next_step=min(rules.step, attempt.step * rules.grow), streak=0)
+        return Accept(next_step=attempt.step, streak=streak)
+    why = _why(rules, outcome)
+    if outcome.finite and not outcome.recovered and rules.recover_epochs > 0:
+        return Recover(rules.recover_epochs, why)
     next_step = attempt.step * rules.shrink
     finish = None
     if attempt.attempt > rules.retries:
@@ -138,3 +187,11 @@ def judge(rules: Rules, attempt: Attempt, outcome: Outcome) -> Accept | RollBack
             f"rollback.min_step ({rules.min_step})"
         )
     return RollBack(why=why, next_step=next_step, finish=finish)
+
+
+def _why(rules: Rules, outcome: Outcome) -> str:
+    if not outcome.finite:
+        return "loss was not finite"
+    if rules.rule == "confident" and outcome.drop_high is not None:
+        return f"drop up to {outcome.drop_high:.2f} > {rules.max_drop} (drop {outcome.drop:.2f})"
+    return f"drop {outcome.drop:.2f} > {rules.max_drop}"

@@ -118,6 +118,17 @@ class Group:
             offset += size
         return _fill(box[0], received)
 
+    def collect(self, part: torch.Tensor) -> torch.Tensor | None:
+        """At rank 0, every rank's part of a split sharded by :class:`ShardSampler` (rank r holds
+        samples r, r + world, ...) back in the split's order, each sample once; None elsewhere."""
+        parts = self.gather(part.detach().cpu())
+        if parts is None:
+            return None
+        whole = torch.empty(sum(len(p) for p in parts), dtype=part.dtype)
+        for rank, p in enumerate(parts):
+            whole[rank :: self.world] = p
+        return whole
+
     def gather(self, obj: Any) -> list[Any] | None:
         """Every rank's ``obj``, in rank order, at rank 0 (None elsewhere)."""
         with self.guard("gathering"):

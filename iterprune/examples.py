@@ -60,28 +60,39 @@ def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def split(
-    labels: torch.Tensor, val_fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stratified train/validation indices, fixed by ``seed``."""
+    labels: torch.Tensor, val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stratified train / validation / test indices, fixed by ``seed``.
+
+    Without a test share the split is the one earlier releases made (same draws), so their
+    runs continue on the same data.
+    """
     g = torch.Generator().manual_seed(seed)
-    train, val = [], []
+    train, val, test = [], [], []
     for cls in labels.unique(sorted=True):
         idx = (labels == cls).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_val = max(1, round(len(idx) * val_fraction))
+        n_test = max(1, round(len(idx) * test_fraction)) if test_fraction > 0 else 0
         val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return torch.cat(train).sort().values, torch.cat(val).sort().values
+        test.append(idx[n_val : n_val + n_test])
+        train.append(idx[n_val + n_test :])
+    return tuple(torch.cat(part).sort().values for part in (train, val, test))  # type: ignore[return-value]
 
 
 def digits_loaders(
-    batch_size: int, val_fraction: float, seed: int, limit: int | None = None
-) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders over the digits; ``limit`` keeps the first N samples (tests)."""
+    batch_size: int,
+    val_fraction: float,
+    seed: int,
+    limit: int | None = None,
+    test_fraction: float = 0.0,
+) -> tuple[DataLoader, DataLoader, DataLoader | None]:
+    """Train, validation and (with a test share) test loaders over the digits; ``limit`` keeps
+    the first N samples (tests)."""
     x, y = digits_tensors()
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    train_idx, val_idx = split(y, val_fraction, seed)
+    train_idx, val_idx, test_idx = split(y, val_fraction, seed, test_fraction)
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(
         TensorDataset(x[train_idx], y[train_idx]),
@@ -90,4 +101,7 @@ def digits_loaders(
         generator=generator,
     )
     val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_size=512, shuffle=False)
-    return train, val
+    test = None
+    if len(test_idx):
+        test = DataLoader(TensorDataset(x[test_idx], y[test_idx]), batch_size=512, shuffle=False)
+    return train, val, test

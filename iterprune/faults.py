@@ -2,7 +2,8 @@
 
 ``ITERPRUNE_KILL_AT=POINT[:N][@RANK]`` sends SIGKILL to this process the N-th time (default 1) it
 reaches ``POINT``; with ``@RANK``, only in that torchrun rank (``RANK``; a single process is rank 0).
-Workers that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) ignore it: the kill happens once. Points: ``pretrain_batch``, ``finetune_batch``, ``prune``, ``validate``,
+Workers that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) ignore it: the kill happens once. Points: ``pretrain_batch``, ``finetune_batch``, ``prune``, ``validate``, ``recover`` and
+``recover_batch`` (an attempt's recovery),
 ``checkpoint_write`` (temp file written, not yet renamed), ``checkpoint_renamed`` (file in place, row
 not yet committed), ``db_commit`` (inside a transaction, before COMMIT). Unset, a point costs one
 dictionary lookup.

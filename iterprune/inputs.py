@@ -25,7 +25,10 @@ MODEL_KEYS = (
     "weights",
     "trust_pickle",
 )
-DATA_KEYS = ("builtin", "imagefolder", "factory", "kwargs", "batch_size", "workers", "val_fraction")
+DATA_KEYS = (
+    *("builtin", "imagefolder", "factory", "kwargs", "batch_size", "workers", "val_fraction"),
+    "test_fraction",
+)
 
 
 def _factory(c: Checker, raw: dict, path: str, base_dir: Path) -> str | None:
@@ -72,19 +75,20 @@ def model_section(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
 def _image_folders(c: Checker, d: dict, base_dir: Path) -> ImageFolderSpec | None:
     if d.get("imagefolder") is None:
         return None
-    f = c.section(d, "imagefolder", ("train", "val", "image_size"), "data")
-    dirs = {}
-    for key in ("train", "val"):
+    f = c.section(d, "imagefolder", ("train", "val", "test", "image_size"), "data")
+    dirs: dict[str, str | None] = {}
+    for key in ("train", "val", "test"):
         value = c.text(f, key, "data.imagefolder", None)
-        if value is None and isinstance(d.get("imagefolder"), dict):
+        if value is None and key != "test" and isinstance(d.get("imagefolder"), dict):
             c.fail(f"data.imagefolder.{key}", "missing: the folder of class sub-folders")
         elif value is not None and not (base_dir / value).expanduser().is_dir():
             c.fail(f"data.imagefolder.{key}", f"folder not found: {value}")
-        dirs[key] = value or ""
+        dirs[key] = value if value is not None or key == "test" else ""
     return ImageFolderSpec(
-        train=dirs["train"],
-        val=dirs["val"],
+        train=dirs["train"] or "",
+        val=dirs["val"] or "",
         image_size=c.count(f, "image_size", "data.imagefolder", 224, minimum=8),
+        test=dirs["test"],
     )
 
 
@@ -94,7 +98,7 @@ def data_section(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
     d = c.section(raw, "data", DATA_KEYS)
     if isinstance(raw.get("data"), dict):
         c.one_of(d, ("builtin", "imagefolder", "factory"), "data")
-    return DataSpec(
+    spec = DataSpec(
         builtin=c.text(d, "builtin", "data", None, BUILTIN_DATA),
         imagefolder=_image_folders(c, d, base_dir),
         factory=_factory(c, d, "data", base_dir),
@@ -104,4 +108,24 @@ def data_section(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
         val_fraction=c.number(
             d, "val_fraction", "data", 0.25, check=lambda v: 0 < v < 1, rule="in (0, 1)"
         ),
+        test_fraction=c.number(
+            d, "test_fraction", "data", 0.0, check=lambda v: 0 <= v < 1, rule="in [0, 1)"
+        ),
     )
+    _split_shares(c, d, spec)
+    return spec
+
+
+def _split_shares(c: Checker, d: dict, spec: DataSpec) -> None:
+    """Only built-in data is split by iterprune, and some of it must be left to train on."""
+    if "test_fraction" in d and spec.builtin is None and spec.test_fraction:
+        other = "data.imagefolder.test (a folder)"
+        if spec.factory:
+            other = "a data factory that returns (train, val, test) loaders"
+        c.fail("data.test_fraction", f"applies to built-in data only; give {other} instead")
+    if spec.builtin is not None and spec.val_fraction + spec.test_fraction > 0.9:
+        c.fail(
+            "data.test_fraction" if "test_fraction" in d else "data.val_fraction",
+            "val_fraction + test_fraction must leave at least 10% to train on, got "
+            f"{spec.val_fraction:g} + {spec.test_fraction:g}",
+        )

@@ -90,3 +90,20 @@ def _interrupted(db: Database) -> None:
         "update rounds set status = 'interrupted' "
         "where status = 'failed' and note = 'stopped; continued on resume'"
     )
+
+
+@migrations(name="0007_paired_evidence_and_test_split")
+def _evidence(db: Database) -> None:
+    """The dense model's per-sample answers, the test split, the drop's interval, recoveries."""
+    runs = db["runs"]
+    runs.add_column("baseline_correct", bytes)  # bit-packed, in the validation split's order
+    runs.add_column("val_samples", int)
+    runs.add_column("val_labels", str)  # a digest of the split's labels, in order
+    runs.add_column("baseline_test_accuracy", float)
+    runs.add_column("test_accuracy", float)  # of the last accepted round
+    runs.add_column("streak", int)  # rounds accepted in a row since the step last changed
+    rounds = db["rounds"]
+    for column, kind in (("drop_low", float), ("drop_high", float), ("lost", int), ("gained", int)):
+        rounds.add_column(column, kind)
+    for column, kind in (("test_accuracy", float), ("recovered", int), ("epochs", int)):
+        rounds.add_column(column, kind)

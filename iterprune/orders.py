@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune import faults, pruning, recipe, rng, training
+from iterprune import evaluation, faults, pruning, recipe, rng, training
 from iterprune.distributed import Group, digest
 from iterprune.errors import IterpruneError, PeerLost, RanksDisagree
 from iterprune.schedule import from_canonical
@@ -68,11 +68,14 @@ class Finetune:
     position: dict[str, Any] | None = None
     ranks: list[dict[str, Any]] | None = None
     scaler: dict[str, Any] | None = None
+    epochs: int | None = None  # a recovery's extra epochs (default: the schedule's)
 
 
 @dataclasses.dataclass(frozen=True)
 class Evaluate:
-    pass
+    """Answer the validation (or test) split, each rank its shard."""
+
+    split: str = "val"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +118,12 @@ class Ranks:
     def mid_state(self, model: nn.Module, pos: training.Position) -> dict[str, Any]:
         return {}
 
-    def evaluate(self, bench: Workbench) -> float:
-        """Validation accuracy, measured by every rank on its shard."""
-        with self.order(Evaluate()):
-            return bench.evaluate()
+    def evaluate(self, bench: Workbench, split: str = "val") -> evaluation.Answers:
+        """The model's answers on a split, each rank answering its shard."""
+        with self.order(Evaluate(split)):
+            found = bench.answers(split)
+        assert found is not None  # rank 0 holds the whole split
+        return found
 
 
 class Leader(Ranks):
@@ -224,8 +229,8 @@ class Follower:
                     self.pretrain(order)
                 case Finetune() as order:
                     self.finetune(order)
-                case Evaluate():
-                    self.bench.evaluate()
+                case Evaluate(split=split):
+                    self.bench.answers(split)
                 case Control(mask=mask, seed=seed):
                     b = self.bench
                     recipe.control_accuracy(
@@ -262,6 +267,7 @@ class Follower:
             on_resumed = lambda: rng.restore(mine["rng"])  # noqa: E731
         b.finetune(
             self.mask or {},
+            order.epochs,
             scaler=b.scaler(order.scaler),
             start=position,
             on_resumed=on_resumed,

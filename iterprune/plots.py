@@ -29,16 +29,32 @@ def plot(history: dict[str, Any], layers: dict[str, Any], max_drop: float, out: 
 
 
 def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
-    """Accuracy against sparsity: accepted rounds, rolled-back attempts, controls, the budget."""
+    """Accuracy against sparsity: every attempt with the interval of its drop as an error bar
+    (accepted and rolled back), the test split's accuracy of the accepted rounds, controls, the
+    dense baseline and the budget."""
     rounds, base = history["rounds"], history["baseline_accuracy"]
     accepted = [r for r in rounds if r["status"] == "accepted"]
     rejected = [r for r in rounds if r["status"] == "rolled_back"]
-    xs = [0.0] + [100 * r["sparsity"] for r in accepted]
-    ys = [base] + [r["val_accuracy"] for r in accepted]
-    ax.plot(xs, ys, "o-", color="tab:blue", label="accepted round")
-    if rejected:
-        xs, ys = [100 * r["sparsity"] for r in rejected], [r["val_accuracy"] for r in rejected]
-        ax.plot(xs, ys, "x", color="tab:red", markersize=9, mew=2, label="rolled back")
+    ax.plot(
+        [0.0] + [100 * r["sparsity"] for r in accepted],
+        [base] + [r["val_accuracy"] for r in accepted],
+        "-",
+        color="tab:blue",
+        lw=1,
+    )
+    _attempts(ax, accepted, base, "o", "tab:blue", "accepted round (validation)")
+    _attempts(ax, rejected, base, "x", "tab:red", "rolled back")
+    tested = [r for r in accepted if r.get("test_accuracy") is not None]
+    if tested:
+        xs = [100 * r["sparsity"] for r in tested]
+        ax.plot(
+            xs,
+            [r["test_accuracy"] for r in tested],
+            "s--",
+            color="tab:purple",
+            ms=4,
+            label="accepted round (test split, never decides)",
+        )
     controls = [r for r in accepted if r.get("control_accuracy") is not None]
     if controls:
         xs, ys = [100 * r["sparsity"] for r in controls], [r["control_accuracy"] for r in controls]
@@ -47,10 +63,32 @@ def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
     budget = f"budget: baseline − {max_drop:g} points"
     ax.axhline(base - max_drop, color="tab:orange", ls="--", lw=1, label=budget)
     ax.set_xlabel("sparsity of prunable weights (%)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{history['run']}: accuracy vs sparsity, every attempt")
+    ax.set_ylabel("accuracy (%)")
+    confidence = history.get("confidence") or 0.95
+    ax.set_title(f"{history['run']}: every attempt, with the {confidence:.0%} interval of its drop")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
+
+
+def _attempts(ax: Any, rows: list[dict], base: float, marker: str, colour: str, label: str) -> None:
+    if not rows:
+        return
+    xs = [100 * r["sparsity"] for r in rows]
+    ys = [r["val_accuracy"] for r in rows]
+    with_bars = [r for r in rows if r.get("drop_low") is not None]
+    if with_bars:  # the interval of the drop, as accuracy: baseline - high .. baseline - low
+        below = [r["val_accuracy"] - (base - r["drop_high"]) for r in with_bars]
+        above = [(base - r["drop_low"]) - r["val_accuracy"] for r in with_bars]
+        ax.errorbar(
+            [100 * r["sparsity"] for r in with_bars],
+            [r["val_accuracy"] for r in with_bars],
+            yerr=[below, above],
+            fmt="none",
+            ecolor=colour,
+            alpha=0.5,
+            capsize=2,
+        )
+    ax.plot(xs, ys, marker, color=colour, markersize=7 if marker == "x" else 5, label=label)
 
 
 def _layers(ax: Any, layers: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune import pruning, rng, sources, training
+from iterprune import evaluation, pruning, rng, sources, training
 from iterprune.specs import FinetuneSpec, Schedule
 
 
@@ -33,7 +33,7 @@ def options(
     """Training options for one round under ``mask``: schedule, early stopping, batch cap."""
     validate = None
     if f.patience:
-        validate = lambda: training.evaluate(model, val_loader, device, group)  # noqa: E731
+        validate = lambda: evaluation.accuracy(model, val_loader, device, group)  # noqa: E731
     return training.Options(
         enforcer=training.MaskEnforcer(params, mask),
         device=device,
@@ -54,15 +54,17 @@ def finetune(
     optimizer: torch.optim.Optimizer,
     loaders: tuple[Iterable, Iterable],
     device: torch.device,
+    epochs: int | None = None,
     **extra: Any,
 ) -> training.TrainResult:
-    """One round's fine-tuning of ``model`` under ``mask`` (``extra``: more :func:`options`)."""
+    """One round's fine-tuning of ``model`` under ``mask``: ``epochs`` (default: the section's)
+    of the recipe (``extra``: more :func:`options`)."""
     train_loader, val_loader = loaders
     opts = options(f, model, params, mask, val_loader, device, **extra)
     if f.lr_schedule == "constant":
         for param_group in optimizer.param_groups:
             param_group["lr"] = f.lr
-    return training.train(model, train_loader, optimizer, f.epochs, opts)
+    return training.train(model, train_loader, optimizer, epochs or f.epochs, opts)
 
 
 def control_accuracy(
@@ -100,5 +102,5 @@ def control_accuracy(
         )
         accuracy = result.best_accuracy
         if accuracy is None:
-            accuracy = training.evaluate(model, val_loader, device, group)
+            accuracy = evaluation.accuracy(model, val_loader, device, group)
     return accuracy

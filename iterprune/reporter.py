@@ -104,3 +104,21 @@ class Narrator:
         if self.phase_name in ("pretrain", "finetune", "control"):
             return f"{self.phase_name} epoch {epoch + 1}, batch {batch}/{batches or '?'}"
         return self.phase_name
+
+
+def outcome_text(fields: dict[str, Any]) -> str:
+    """An attempt's result in words: sparsity, accuracy, the drop and its interval, test."""
+    test = fields.get("test_accuracy")
+    return (
+        f"sparsity {fields['sparsity']:.2%}, accuracy {fields['val_accuracy']:.2f}% (drop "
+        f"{fields['drop']:+.2f}, interval {fields['drop_low']:+.2f} to {fields['drop_high']:+.2f})"
+        + (f", test {test:.2f}%" if test is not None else "")
+    )
+
+
+def recovery_note(first: dict[str, Any] | None, why: str) -> str:
+    """What a recovery did, from its first judgement (``why``: why the attempt still failed)."""
+    first = first or {}
+    before = f"drop {first['drop']:+.2f} ({first['drop_low']:+.2f} to {first['drop_high']:+.2f})"
+    recovered = f"recovered with {first.get('recover_epochs')} more epoch(s) from {before}"
+    return f"{why}; {recovered}" if why else recovered

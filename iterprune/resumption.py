@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from iterprune import orders
+from iterprune import evaluation, orders
 from iterprune.attempts import Accepted
 from iterprune.reporter import Narrator
 from iterprune.snapshots import Snapshots
@@ -26,6 +26,8 @@ def resume(
     accepted state and the rewind point (lottery)."""
     store, run_id, schedule = snapshots.store, snapshots.run_id, bench.schedule
     row = store.run(run_id) or {}
+    if evaluation.Reference.from_row(row) is None:
+        _measure_dense(bench, snapshots, narrator, ranks, row)
     ckpt, state = snapshots.newest_valid(row["accepted_round"])
     if ckpt["round"] != row["accepted_round"]:
         _fall_back(snapshots, schedule, ckpt["round"], row)
@@ -43,6 +45,32 @@ def resume(
     ranks.sync(bench, accepted.mask)
     narrator.event("info", "resume", f"resumed from round {ckpt['round']} ({ckpt['path']})")
     return accepted, rewind
+
+
+def _measure_dense(
+    bench: Workbench,
+    snapshots: Snapshots,
+    narrator: Narrator,
+    ranks: orders.Ranks,
+    row: dict[str, Any],
+) -> None:
+    """A run started by an older release kept only the dense model's accuracy. Every attempt is
+    now paired with its per-sample answers, so they are measured once, from the dense
+    checkpoint, and kept with the run."""
+    _, state = snapshots.newest_valid(0)
+    bench.load(state["model"], state.get("architecture"))
+    ranks.sync(bench, None)
+    narrator.phase("validate", 1, "measuring the dense model's answers")
+    found = ranks.evaluate(bench, "val")
+    snapshots.store.update_run(snapshots.run_id, **evaluation.Reference.of(found).row())
+    recorded = row.get("baseline_accuracy")
+    note = "" if recorded is None else f" (recorded when the run started: {recorded:.2f}%)"
+    narrator.event(
+        "info",
+        "baseline",
+        f"measured the dense model's answers on {found.n} validation samples, accuracy "
+        f"{found.accuracy:.2f}%{note}: this run was started by an earlier release",
+    )
 
 
 def _fall_back(snapshots: Snapshots, schedule: Schedule, round_: int, row: dict[str, Any]) -> None:

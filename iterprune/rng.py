@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 
-def derive_seed(seed: int, round_: int, attempt: int) -> int:
-    """A seed for one attempt, derived from the run seed: resumed work draws the same numbers."""
-    digest = hashlib.sha256(f"{seed}/{round_}/{attempt}".encode()).digest()
+def derive_seed(seed: int, round_: int, attempt: int, purpose: str = "") -> int:
+    """A seed for one attempt (and one purpose within it, such as a recovery), derived from the
+    run seed: resumed work draws the same numbers."""
+    text = f"{seed}/{round_}/{attempt}" + (f"/{purpose}" if purpose else "")
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 

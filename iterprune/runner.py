@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune import attempts, baseline, decisions, orders, pruning, resumption
+from iterprune import attempts, baseline, decisions, evaluation, orders, pruning, resumption
 from iterprune.errors import UnknownRun, UserError
-from iterprune.reporter import Narrator, NullReporter, Reporter
+from iterprune.reporter import Narrator, NullReporter, Reporter, outcome_text, recovery_note
 from iterprune.runs import load_schedule
 from iterprune.snapshots import Snapshots
 from iterprune.specs import WhenSpec
@@ -57,6 +57,7 @@ class Runner:
         self.attempts: attempts.Attempts | None = None
         self.accepted: attempts.Accepted | None = None
         self.rewind: State | None = None  # lottery mode's rewind weights
+        self.dense: evaluation.Reference | None = None  # its answers: each attempt's pair
         self.total = 0  # prunable weights of the dense model
 
     @property
@@ -110,6 +111,7 @@ class Runner:
             begun = resumption.resume(self.bench, self.snapshots, self.narrator, self.ranks)
         if begun is not None:  # None: stopped during pretraining, nothing to keep
             self.accepted, self.rewind = begun
+            self.dense = evaluation.Reference.from_row(self._row())
             if fresh:
                 self.reporter.run_started(self._info())  # now with the baseline
         for path in self.snapshots.sweep():
@@ -159,27 +161,48 @@ class Runner:
         """Run one attempt; return False when the run has finished (or was asked to stop)."""
         if self.stop.is_set() or self._row()["status"] in ("finished", "failed"):
             return False
-        plan = decisions.next_attempt(self.rules, self._position())
+        position = self._position()
+        plan = decisions.next_attempt(self.rules, position)
         if isinstance(plan, decisions.Finish):
             return self._finish(plan.reason)
         started = time.perf_counter()
-        fields = {"step": plan.step, "target_sparsity": plan.target_sparsity}
-        self.store.begin_attempt(self.run_id, plan.round, plan.attempt, fields)
+        begun = {"step": plan.step, "target_sparsity": plan.target_sparsity}
+        self.store.begin_attempt(self.run_id, plan.round, plan.attempt, begun)
         target = decisions.target_alive(self.total, self.rules.target_sparsity)
         done = self.attempts.run(plan, self.accepted.mask, target, self.rewind)
-        if self.attempts.interrupted():
+        verdict, fields = self._judge(position, plan, done)
+        if isinstance(verdict, decisions.Recover):
+            first = {k: fields[k] for k in ("drop", "drop_low", "drop_high", "val_accuracy")}
+            done = self.attempts.recover(plan, done, verdict.epochs, first)
+            verdict, fields = self._judge(position, plan, done)
+        if verdict is None or isinstance(verdict, decisions.Recover):
             return self._interrupted(plan)
-        fields, layers = self.attempts.measure(plan, done, self._baseline_accuracy(), self.total)
-        fields["finished_at"] = now()
-        outcome = decisions.Outcome(drop=fields["drop"], finite=done.result.finite)
-        verdict = decisions.judge(self.rules, plan, outcome)
+        fields.update(control_accuracy=self.attempts.control(plan, done.mask), finished_at=now())
+        self.attempts.verify(plan, done.mask)
+        layers = pruning.layer_stats(self.bench.model, self.schedule.prune.exclude)
+        fields["duration_s"] = time.perf_counter() - started
         if isinstance(verdict, decisions.Accept):
-            return self._accept(plan, done.mask, fields, layers, started)
-        return self._roll_back(plan, verdict, fields, layers, started)
+            return self._accept(plan, verdict, done, fields, layers)
+        return self._roll_back(plan, verdict, done, fields, layers)
+
+    def _judge(
+        self, position: decisions.Position, plan: decisions.Attempt, done: attempts.Done
+    ) -> tuple[decisions.Accept | decisions.Recover | decisions.RollBack | None, dict]:
+        """Measure the attempt and decide; (None, {}) when a stop or the window ended it."""
+        if self.attempts.interrupted():
+            return None, {}
+        fields = self.attempts.measure(plan, done, self.dense, self.total)
+        outcome = decisions.Outcome(
+            drop=fields["drop"],
+            finite=done.result.finite,
+            drop_high=fields["drop_high"],
+            recovered=done.first is not None,
+        )
+        return decisions.judge(self.rules, position, plan, outcome), fields
 
     def _position(self) -> decisions.Position:
         assert self.accepted is not None and self.bench is not None
-        following = self.accepted.round + 1
+        row, following = self._row(), self.accepted.round + 1
         rolled_back = sum(
             1
             for r in self.store.rounds(self.run_id)
@@ -187,38 +210,45 @@ class Runner:
         )
         return decisions.Position(
             accepted_round=self.accepted.round,
-            step=float(self._row()["step"]),
+            step=float(row["step"]),
             alive=self.bench.alive(self.accepted.mask),
             total=self.total,
             rolled_back=rolled_back,
+            streak=row["streak"] or 0,
         )
 
     def _accept(
         self,
         plan: decisions.Attempt,
-        mask: pruning.Mask,
+        verdict: decisions.Accept,
+        done: attempts.Done,
         fields: dict,
         layers: list,
-        started: float,
     ) -> bool:
         bench, r, a = self.bench, plan.round, plan.attempt
         assert bench is not None
-        fields.update(baseline.measure_latency(bench, self.narrator))
-        fields.update(status="accepted", duration_s=time.perf_counter() - started)
-        checkpoint = self.snapshots.write_accepted(r, a, bench.state(mask))
-        message = (
-            f"round {r}.{a} accepted: sparsity {fields['sparsity']:.2%}, "
-            f"accuracy {fields['val_accuracy']:.2f}% (drop {fields['drop']:+.2f})"
-        )
-        run_fields = {"accepted_round": r, "phase": "prune"}
-        run_fields.update(sparsity=fields["sparsity"], val_accuracy=fields["val_accuracy"])
-        event = ("info", "accepted", message)
+        fields.update(baseline.measure_latency(bench, self.narrator), status="accepted")
+        if bench.test_loader is not None:  # reported, never decides
+            fields["test_accuracy"] = self.ranks.evaluate(bench, "test").accuracy
+        if done.first:
+            fields["note"] = recovery_note(done.first, "")
+        checkpoint = self.snapshots.write_accepted(r, a, bench.state(done.mask))
+        run_fields = {
+            "accepted_round": r,
+            "phase": "prune",
+            "sparsity": fields["sparsity"],
+            "val_accuracy": fields["val_accuracy"],
+            "test_accuracy": fields.get("test_accuracy"),
+            "step": verdict.next_step,
+            "streak": verdict.streak,
+        }
+        event = ("info", "accepted", f"round {r}.{a} accepted: " + outcome_text(fields))
         self.snapshots.forget(
             self.store.finish_attempt(
                 self.run_id, r, a, fields, layers, run_fields, checkpoint, event
             )
         )
-        self.accepted = attempts.Accepted.of(r, bench, mask)
+        self.accepted = attempts.Accepted.of(r, bench, done.mask)
         if self.schedule.checkpoints.keep == "last":
             self.snapshots.forget(self.store.drop_superseded(self.run_id))
         self.narrator.round_done(r, a, fields, layers)
@@ -228,19 +258,18 @@ class Runner:
         self,
         plan: decisions.Attempt,
         verdict: decisions.RollBack,
+        done: attempts.Done,
         fields: dict,
         layers: list,
-        started: float,
     ) -> bool:
         r, a = plan.round, plan.attempt
-        fields.update(
-            status="rolled_back", duration_s=time.perf_counter() - started, note=verdict.why
-        )
+        note = recovery_note(done.first, verdict.why) if done.first else verdict.why
+        fields.update(status="rolled_back", note=note)
         self._restore()
-        run_fields: dict[str, Any] = {"step": verdict.next_step, "phase": "prune"}
+        run_fields: dict[str, Any] = {"step": verdict.next_step, "streak": 0, "phase": "prune"}
         if verdict.finish:
             run_fields.update(status="finished", reason=verdict.finish, phase="done")
-        message = f"round {r}.{a} rolled back ({verdict.why}); next step {verdict.next_step:.4f}"
+        message = f"round {r}.{a} rolled back ({note}); next step {verdict.next_step:.4f}"
         event = ("warning", "rolled_back", message)
         self.snapshots.forget(
             self.store.finish_attempt(self.run_id, r, a, fields, layers, run_fields, event=event)
@@ -294,6 +323,7 @@ class Runner:
             "run": self.run_id,
             "model": row["model"],
             "baseline_accuracy": row["baseline_accuracy"],
+            "baseline_test_accuracy": row["baseline_test_accuracy"],
             "target_sparsity": s.prune.target_sparsity,
             "max_drop": s.validate.max_drop,
             "method": s.prune.method,
@@ -303,9 +333,6 @@ class Runner:
 
     def _set_phase(self, name: str) -> None:
         self.store.update_run(self.run_id, phase=name, heartbeat_at=time.time())
-
-    def _baseline_accuracy(self) -> float:
-        return float(self._row()["baseline_accuracy"])
 
     def _warn(self, kind: str, message: str) -> None:
         self.narrator.event("warning", kind, message)

@@ -19,6 +19,9 @@ from iterprune.operations import (
     when_section,
 )
 from iterprune.specs import (
+    GROW,
+    GROW_AFTER,
+    RECOVER_EPOCHS,
     FinetuneSpec,
     LotterySpec,
     PretrainSpec,
@@ -41,6 +44,8 @@ FINETUNE_KEYS = (
     *("epochs", "optimizer", "lr", "weight_decay", "momentum", "nesterov", "lr_schedule"),
     *("amp", "patience", "max_batches_per_epoch"),
 )
+ROLLBACK_KEYS = ("retries", "shrink", "min_step", "recover_epochs", "grow_after", "grow")
+RULES = ("estimate", "confident")
 PHASES_REFUSED = (
     "a schedule has one pruning method; to follow a channel phase with an unstructured one, "
     "export the first run (iterprune export RUN --format pt holds the smaller module) and start "
@@ -111,21 +116,28 @@ def _finetune(c: Checker, raw: dict) -> FinetuneSpec:
 
 
 def _validate(c: Checker, raw: dict) -> ValidateSpec:
-    v = c.section(raw, "validate", ("max_drop",))
+    v = c.section(raw, "validate", ("max_drop", "rule", "confidence"))
     in_range = lambda x: 0 <= x <= 100  # noqa: E731
     return ValidateSpec(
         max_drop=c.number(
             v, "max_drop", "validate", 1.0, check=in_range, rule="in [0, 100] accuracy points"
-        )
+        ),
+        rule=c.text(v, "rule", "validate", "estimate", RULES) or "estimate",
+        confidence=c.number(
+            v, "confidence", "validate", 0.95, check=lambda x: 0.5 <= x < 1, rule="in [0.5, 1)"
+        ),
     )
 
 
 def _rollback(c: Checker, raw: dict, prune: PruneSpec) -> RollbackSpec:
-    r = c.section(raw, "rollback", ("retries", "shrink", "min_step"))
+    r = c.section(raw, "rollback", ROLLBACK_KEYS)
     spec = RollbackSpec(
         retries=c.count(r, "retries", "rollback", 3, minimum=0),
         shrink=_fraction(c, r, "shrink", "rollback", 0.5),
         min_step=_fraction(c, r, "min_step", "rollback", 0.01),
+        recover_epochs=c.count(r, "recover_epochs", "rollback", RECOVER_EPOCHS, minimum=0),
+        grow_after=c.count(r, "grow_after", "rollback", GROW_AFTER, minimum=0),
+        grow=c.number(r, "grow", "rollback", GROW, check=lambda x: 1 <= x <= 10, rule="in [1, 10]"),
     )
     if spec.min_step > prune.step and "min_step" in r:
         c.fail(

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from iterprune import examples, rng
 from iterprune.errors import UserError
@@ -126,25 +126,43 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     model.load_state_dict(state)
 
 
-def build_loaders(spec: DataSpec, seed: int, base_dir: str = ".", pin_memory: bool = False):
-    """(train, validation) iterables of (inputs, targets) batches."""
+Loaders = tuple[Any, Any, Any]  # train, validation, test (None: no test split)
+
+
+def build_loaders(
+    spec: DataSpec, seed: int, base_dir: str = ".", pin_memory: bool = False
+) -> Loaders:
+    """(train, validation, test) iterables of (inputs, targets) batches; test may be None."""
     if spec.builtin == "digits":
-        return examples.digits_loaders(spec.batch_size, spec.val_fraction, seed, **spec.kwargs)
-    if spec.imagefolder is not None:
-        return imagefolder_loaders(
+        kwargs = {"test_fraction": spec.test_fraction, **spec.kwargs}
+        loaders = examples.digits_loaders(spec.batch_size, spec.val_fraction, seed, **kwargs)
+    elif spec.imagefolder is not None:
+        loaders = imagefolder_loaders(
             spec.imagefolder, spec.batch_size, spec.workers, base_dir, pin_memory
         )
+    else:
+        loaders = _factory_loaders(spec, base_dir)
+    for split, loader in zip(("validation", "test"), loaders[1:], strict=True):
+        if isinstance(loader, DataLoader) and isinstance(loader.sampler, RandomSampler):
+            raise UserError(
+                f"the {split} loader shuffles; iterprune compares the dense and the pruned model "
+                "sample by sample, so its order must stay the same: build it with shuffle=False"
+            )
+    return loaders
+
+
+def _factory_loaders(spec: DataSpec, base_dir: str) -> Loaders:
     fn = resolve_factory(str(spec.factory), base_dir)
     try:
         result = fn(batch_size=spec.batch_size, **spec.kwargs)
     except TypeError as exc:
         raise UserError(f"data.factory '{spec.factory}' could not be called: {exc}") from None
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+    if not (isinstance(result, (tuple, list)) and len(result) in (2, 3)):
         raise UserError(
-            f"data.factory '{spec.factory}' must return (train_loader, val_loader), "
-            f"got {type(result).__name__}"
+            f"data.factory '{spec.factory}' must return (train_loader, val_loader) or "
+            f"(train_loader, val_loader, test_loader), got {type(result).__name__}"
         )
-    return result[0], result[1]
+    return result[0], result[1], result[2] if len(result) == 3 else None
 
 
 def imagefolder_loaders(
@@ -153,23 +171,27 @@ def imagefolder_loaders(
     workers: int,
     base_dir: str = ".",
     pin_memory: bool = False,
-) -> tuple[DataLoader, DataLoader]:
-    """torchvision ImageFolder loaders with the standard ImageNet-style transforms."""
+) -> Loaders:
+    """torchvision ImageFolder loaders with the standard ImageNet-style transforms; a test
+    folder, when given, is read like the validation one."""
     train_tf, eval_tf = _transforms(spec.image_size)
     train = _image_folder("train", Path(base_dir) / spec.train, train_tf)
     val = _image_folder("val", Path(base_dir) / spec.val, eval_tf)
-    if train.classes != val.classes:
-        only_train = sorted(set(train.classes) - set(val.classes))
-        only_val = sorted(set(val.classes) - set(train.classes))
-        raise UserError(
-            "data.imagefolder: train and val have different classes "
-            f"(only in train: {only_train[:5] or 'none'}; only in val: {only_val[:5] or 'none'})"
-        )
+    test = _image_folder("test", Path(base_dir) / spec.test, eval_tf) if spec.test else None
+    for name, other in (("val", val), ("test", test)):
+        if other is not None and train.classes != other.classes:
+            only_train = sorted(set(train.classes) - set(other.classes))
+            only_other = sorted(set(other.classes) - set(train.classes))
+            raise UserError(
+                f"data.imagefolder: train and {name} have different classes (only in train: "
+                f"{only_train[:5] or 'none'}; only in {name}: {only_other[:5] or 'none'})"
+            )
     common = {"batch_size": batch_size, "num_workers": workers, "pin_memory": pin_memory}
     train_loader = DataLoader(
         train, shuffle=True, generator=torch.Generator(), persistent_workers=False, **common
     )
-    return train_loader, DataLoader(val, shuffle=False, **common)
+    test_loader = DataLoader(test, shuffle=False, **common) if test is not None else None
+    return train_loader, DataLoader(val, shuffle=False, **common), test_loader
 
 
 def _transforms(size: int) -> tuple[Any, Any]:

@@ -9,6 +9,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+# The controller's defaults, chosen with bench/frontier.py (see README, "How a run decides").
+RECOVER_EPOCHS = 1
+GROW_AFTER = 2
+GROW = 2.0
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -26,6 +31,7 @@ class ImageFolderSpec:
     train: str
     val: str
     image_size: int = 224
+    test: str | None = None  # measured and reported, never decides anything
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class DataSpec:
     batch_size: int = 64
     workers: int = 0
     val_fraction: float = 0.25
+    test_fraction: float = 0.0  # built-in data: a held-out test split (0: none)
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class FinetuneSpec:
 @dataclass(frozen=True)
 class ValidateSpec:
     max_drop: float = 1.0
+    rule: str = "estimate"  # estimate: drop <= max_drop; confident: its interval's top is
+    confidence: float = 0.95  # of the drop's interval
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,9 @@ class RollbackSpec:
     retries: int = 3
     shrink: float = 0.5
     min_step: float = 0.01
+    recover_epochs: int = RECOVER_EPOCHS  # a failed attempt's extra fine-tuning before rollback
+    grow_after: int = GROW_AFTER  # accepted rounds in a row before the step grows (0: never)
+    grow: float = GROW  # the step's growth factor, never beyond prune.step
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ class Collective(Protocol):
     def sync_buffers(self, model: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm statistics) on every rank."""
 
+    def collect(self, part: torch.Tensor) -> torch.Tensor | None:
+        """At rank 0, every rank's strided shard of a split put back in the split's order."""
+
 
 class MaskEnforcer:
     """Keeps masked weights at exactly zero through training, whatever the optimizer does.
@@ -92,6 +95,7 @@ class TrainResult:
     loss: float
     batches: int
     finite: bool = True
+    epochs: int = 0  # epochs trained (fewer than asked when early stopping or a stop ends it)
     best_accuracy: float | None = None  # with early stopping: the kept epoch's accuracy
     best_epoch: int | None = None
 
@@ -238,7 +242,7 @@ class _Run:
             loss = self.loss_fn(self.net(x), y)
         value = float(loss.detach())
         if o.group is None and not math.isfinite(value):
-            return TrainResult(loss=value, batches=pos.count, finite=False)
+            return self._result(value, finite=False)
         if o.scaler is not None:
             o.scaler.scale(loss).backward()
             o.scaler.step(optimizer)
@@ -269,23 +273,27 @@ class _Run:
             # here, and such an attempt is rolled back anyway
             self.pos, self.pending, finite, stopping, due = _agree(o, self.pos, self.pending)
             if not finite:
-                return TrainResult(loss=math.nan, batches=self.pos.count, finite=False)
+                return self._result(math.nan, finite=False)
         if o.checkpoint is not None and (stopping or due):
             o.checkpoint(self.pos)
         if stopping:
-            return TrainResult(
-                loss=self.pos.loss_sum / max(self.pos.count, 1), batches=self.pos.count
-            )
+            return self._result(self.pos.loss_sum / max(self.pos.count, 1))
         return None
+
+    def _result(self, loss: float, finite: bool = True) -> TrainResult:
+        pos = self.pos
+        epochs = pos.epoch + 1 if pos.count else 0
+        return TrainResult(loss=loss, batches=pos.count, finite=finite, epochs=epochs)
 
     def finish(self) -> TrainResult:
         o, pos, model = self.o, self.pos, self.model
         if o.group is not None:
             pos, self.pending, finite, _, _ = _agree(o, pos, self.pending)
             if not finite:
-                return TrainResult(loss=math.nan, batches=pos.count, finite=False)
+                return self._result(math.nan, finite=False)
             o.group.sync_buffers(model)  # BatchNorm statistics: rank 0's, on every rank
-        result = TrainResult(loss=pos.loss_sum / max(pos.count, 1), batches=pos.count)
+        self.pos = pos
+        result = self._result(pos.loss_sum / max(pos.count, 1))
         if pos.best_state is not None:
             model.load_state_dict(pos.best_state["model"])
             self.optimizer.load_state_dict(pos.best_state["optimizer"])
@@ -321,30 +329,3 @@ def _early_stopping(
             pos, best_accuracy=accuracy, best_epoch=epoch, stale_epochs=0, best_state=best
         )
     return dataclasses.replace(pos, stale_epochs=pos.stale_epochs + 1)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    device: torch.device | str = "cpu",
-    group: Collective | None = None,
-) -> float:
-    """Top-1 accuracy in points (0-100). Runs in a forked RNG so it never shifts training.
-
-    Under torchrun each rank counts its shard of the validation set and the counts are summed, so
-    the figure is exact for the whole set however unevenly it splits.
-    """
-    if group is not None:
-        group.sync_buffers(model)
-    model.eval()
-    correct = seen = 0
-    with torch.random.fork_rng(devices=[]):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            correct += int((model(x).argmax(dim=1) == y).sum())
-            seen += y.numel()
-    model.train()
-    if group is not None:
-        correct, seen = (int(v) for v in group.sum([correct, seen]))
-    return 100.0 * correct / seen if seen else 0.0

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from iterprune.errors import UnknownRun, UserError
+from iterprune.runs import load_schedule
 from iterprune.store import Store
 
 ROUND_KEYS = (
@@ -28,6 +29,13 @@ ROUND_KEYS = (
     "latency_ms_p99",
     "control_accuracy",
     "macs",
+    "drop_low",
+    "drop_high",
+    "lost",
+    "gained",
+    "test_accuracy",
+    "recovered",
+    "epochs",
 )
 
 
@@ -48,6 +56,8 @@ def runs(store: Store) -> list[dict[str, Any]]:
             "sparsity": r["sparsity"],
             "val_accuracy": r["val_accuracy"],
             "baseline_accuracy": r["baseline_accuracy"],
+            "test_accuracy": r["test_accuracy"],
+            "baseline_test_accuracy": r["baseline_test_accuracy"],
             "updated_at": r["updated_at"],
             "disk_bytes": r["disk_bytes"],
         }
@@ -57,11 +67,17 @@ def runs(store: Store) -> list[dict[str, Any]]:
 
 def history(store: Store, run: str) -> dict[str, Any]:
     row = _run(store, run)
+    validate = load_schedule(store, run).validate
     return {
         "run": run,
         "status": row["status"],
         "reason": row["reason"],
         "baseline_accuracy": row["baseline_accuracy"],
+        "baseline_test_accuracy": row["baseline_test_accuracy"],
+        "val_samples": row["val_samples"],
+        "max_drop": validate.max_drop,
+        "rule": validate.rule,
+        "confidence": validate.confidence,
         "baseline_params": row["baseline_params"],
         "baseline_latency_ms_p50": row["baseline_latency_ms_p50"],
         "baseline_latency_ms_p99": row["baseline_latency_ms_p99"],
@@ -151,8 +167,11 @@ def summary(store: Store, run: str) -> dict[str, Any]:
         "reason": row["reason"],
         "model": row["model"],
         "baseline_accuracy": row["baseline_accuracy"],
+        "baseline_test_accuracy": row["baseline_test_accuracy"],
         "sparsity": last["sparsity"] if last else 0.0,
         "val_accuracy": last["val_accuracy"] if last else row["baseline_accuracy"],
+        "test_accuracy": last["test_accuracy"] if last else row["baseline_test_accuracy"],
+        "epochs": sum(r["epochs"] or 0 for r in rounds),
         "params": last["params"] if last else row["baseline_params"],
         "accepted_rounds": len(accepted),
         "attempts": len(rounds),

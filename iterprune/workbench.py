@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune import channels, latency, pruning, recipe, sources, training
+from iterprune import channels, evaluation, latency, pruning, recipe, sources, training
 from iterprune.distributed import Group, shard
 from iterprune.errors import UserError
 from iterprune.specs import BenchmarkSpec, Schedule
@@ -57,12 +57,13 @@ class Workbench:
         self.amp = self.device.type == "cuda" and s.finetune.amp != "off"
         build = sources.build_model if weights else sources.fresh_model
         self.model: nn.Module = build(s.model, s.seed, s.base_dir).to(self.device)
-        train, val = sources.build_loaders(
+        train, val, test = sources.build_loaders(
             s.data, s.seed, s.base_dir, pin_memory=self.device.type == "cuda"
         )
         if group is not None:
             train, val = shard(train, group, train=True), shard(val, group, train=False)
-        self.train_loader, self.val_loader = train, val
+            test = shard(test, group, train=False) if test is not None else None
+        self.train_loader, self.val_loader, self.test_loader = train, val, test
         self.channel = s.prune.method == "channel"
         self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
         self.optimizer = self.new_optimizer()
@@ -146,12 +147,17 @@ class Workbench:
             scaler.load_state_dict(state)
         return scaler
 
-    def evaluate(self) -> float:
-        """Validation accuracy in points (under torchrun: exact over every rank's shard)."""
-        return training.evaluate(self.model, self.val_loader, self.device, self.group)
+    def answers(self, split: str = "val") -> evaluation.Answers | None:
+        """Which samples of the validation (or test) split the model gets right; under torchrun
+        the whole split at rank 0 (None elsewhere)."""
+        loader = self.val_loader if split == "val" else self.test_loader
+        return evaluation.answers(self.model, loader, self.device, self.group)
 
-    def finetune(self, mask: pruning.Mask, **extra: Any) -> training.TrainResult:
-        """One round's fine-tuning under ``mask`` (``extra``: more ``training.Options``)."""
+    def finetune(
+        self, mask: pruning.Mask, epochs: int | None = None, **extra: Any
+    ) -> training.TrainResult:
+        """Fine-tuning under ``mask``: ``epochs`` (default: the schedule's) of the recipe
+        (``extra``: more ``training.Options``)."""
         return recipe.finetune(
             self.schedule.finetune,
             self.model,
@@ -160,6 +166,7 @@ class Workbench:
             self.optimizer,
             (self.train_loader, self.val_loader),
             self.device,
+            epochs,
             group=self.group,
             **extra,
         )

@@ -4,6 +4,7 @@ comparisons of weights and rounds. Tests import from here, never from each other
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from iterprune import checkpoints, schedule
+from iterprune import checkpoints, evaluation, schedule
 from iterprune.runner import Runner
 from iterprune.runs import open_run
 from iterprune.specs import Schedule
@@ -109,7 +110,8 @@ class Recorder:
 
 
 class StopAfter(Recorder):
-    """Asks the runner to stop after ``n`` fine-tuning batches (as SIGTERM would)."""
+    """Asks the runner to stop after ``n`` fine-tuning batches, recoveries included (as SIGTERM
+    would)."""
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -117,7 +119,7 @@ class StopAfter(Recorder):
         self.runner: Runner | None = None
 
     def advance(self, done: float) -> None:
-        if self.phases and self.phases[-1] == "finetune":
+        if self.phases and self.phases[-1] in ("finetune", "recover"):
             self.batches += 1
             if self.batches == self.n and self.runner is not None:
                 self.runner.stop.set()
@@ -137,6 +139,20 @@ def make_runner(state: Path, doc: dict[str, Any], reporter: Recorder | None = No
         reporter.runner = runner
     runner.prepare()
     return runner
+
+
+def break_answers(monkeypatch: Any) -> None:
+    """From now on the model answers every sample wrong: each attempt loses all the dense
+    model's accuracy, and is rolled back."""
+    real = evaluation.answers
+
+    def wrong(*args: Any, **kwargs: Any) -> evaluation.Answers | None:
+        found = real(*args, **kwargs)
+        if found is None:
+            return None
+        return dataclasses.replace(found, correct=torch.zeros_like(found.correct))
+
+    monkeypatch.setattr(evaluation, "answers", wrong)
 
 
 def run_to_end(runner: Runner) -> None:

@@ -99,3 +99,13 @@ def test_history_view_and_layers_table_render() -> None:
         "layers": [{"layer": "conv1", "params": 100, "nonzero": 10, "sparsity": 0.9}],
     }
     assert "90.00%" in render(console.layers_table(layers))
+
+
+def test_rounds_with_intervals_and_a_test_split_fit_80_columns() -> None:
+    rows = [
+        {**ROWS[0], "drop_low": -1.18, "drop_high": 1.18, "test_accuracy": 98.89, "recovered": 1},
+        {**ROWS[1], "drop_low": 1.69, "drop_high": 4.1, "test_accuracy": None, "duration_s": 10.5},
+    ]
+    text = render(console.rounds_table(rows))
+    assert "[-1.2, +1.2]" in text and "98.89" in text and "test %" in text and "↻" in text
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80

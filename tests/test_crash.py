@@ -37,6 +37,7 @@ SCHEDULE = {
 KILLS = [
     "pretrain_batch:20",
     "random",
+    "recover_batch:4",
     "prune:2",
     "finetune_batch:20",
     "validate:2",
@@ -48,6 +49,7 @@ KILLS = [
     "prune:2",
     "random",
     "db_commit:9",
+    "recover:2",
     "validate:1",
 ]
 
@@ -67,6 +69,7 @@ def outcome(state: Path) -> tuple[list, str]:
     store = Store(state)
     rows = [
         (
+            r["recovered"],
             r["round"],
             r["attempt"],
             r["status"],
@@ -101,8 +104,9 @@ def test_kill_9_anywhere_then_resume_ends_identically(tmp_path: Path) -> None:
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out
     expected_rows, expected_hash = outcome(tmp_path / "ref")
-    statuses = [r[2] for r in expected_rows]
+    statuses = [r[3] for r in expected_rows]
     assert "rolled_back" in statuses and "accepted" in statuses  # the schedule exercises both
+    assert any(r[0] for r in expected_rows)  # and recoveries, which the kills also land in
 
     state = tmp_path / "killed"
     rng = random.Random(7)
@@ -140,6 +144,7 @@ def test_kill_9_anywhere_then_resume_ends_identically(tmp_path: Path) -> None:
 
 MID_KILLS = [
     "finetune_batch:60",
+    "recover_batch:5",
     "checkpoint_write:3",
     "finetune_batch:17",
     "checkpoint_renamed:2",

@@ -211,7 +211,10 @@ def exited(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_detach_stop_status_logs_and_resume(tmp_path: Path) -> None:
-    slow = tiny(finetune={"epochs": 40}, when={"checkpoint_every": 200})
+    # one round of 1000 epochs (about 10 s here): long enough to be caught fine-tuning
+    slow = tiny(
+        finetune={"epochs": 1000}, prune={"target_sparsity": 0.3}, when={"checkpoint_every": 200}
+    )
     path = write(tmp_path / "tiny.yaml", slow)
     state = tmp_path / "state"
     started = time.monotonic()

@@ -12,6 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from iterprune import cli
+from iterprune.store import Store
 
 
 def test_plot_writes_a_readable_png(tmp_path: Path, write_schedule) -> None:
@@ -26,14 +27,14 @@ def test_plot_writes_a_readable_png(tmp_path: Path, write_schedule) -> None:
 
 
 def test_tensorboard_gets_scalars_and_layer_histograms(tmp_path: Path, write_schedule) -> None:
-    path = write_schedule(tiny(report={"tensorboard": "tb"}))
+    path = write_schedule(tiny(report={"tensorboard": "tb"}, data={"test_fraction": 0.25}))
     assert cli.main(["start", str(path), "--state-dir", str(tmp_path / "s")]) == 0
     events = EventAccumulator(str(tmp_path / "tb" / "tiny"))
     events.Reload()
     tags = events.Tags()
-    assert {"round/sparsity", "round/val_accuracy", "round/drop", "round/loss"} <= set(
-        tags["scalars"]
-    )
+    scalars = {"round/sparsity", "round/val_accuracy", "round/drop", "round/loss"}
+    scalars |= {"round/test_accuracy", "round/drop_low", "round/drop_high"}
+    assert scalars <= set(tags["scalars"])
     assert "layer_sparsity" in tags["histograms"]
     sparsity = [e.value for e in events.Scalars("round/sparsity")]
     assert sparsity[0] == 0.0 and sparsity[-1] > 0.59
@@ -55,6 +56,7 @@ def test_onnx_export_carries_the_pruned_weights(tmp_path: Path) -> None:
     weights = {
         i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
     }
-    ckpt = checkpoint_state(state, "sparse", 4)
+    last = Store(state).run("sparse")["accepted_round"]
+    ckpt = checkpoint_state(state, "sparse", last)
     for name, keep in ckpt["mask"].items():
         assert torch.equal(weights[name], ckpt["model"][name] * keep), name

@@ -8,12 +8,13 @@ from helpers import (
     Recorder,
     assert_resume_matches_uninterrupted,
     assert_same_tensors,
+    break_answers,
     make_runner,
     snapshot,
     tiny,
 )
 
-from iterprune import pruning, training
+from iterprune import pruning
 
 
 def test_run_reaches_the_target_and_records_every_round(tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ def test_forced_accuracy_drop_is_rolled_back_bit_for_bit(
     runner = make_runner(tmp_path, tiny())
     assert runner.step()  # round 1 accepted: optimizer state now exists
     before = snapshot(runner)
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.0)
+    break_answers(monkeypatch)
     assert runner.step()  # round 2.1 loses everything and is rolled back
     last = runner.store.rounds("tiny")[-1]
     assert (last["round"], last["attempt"], last["status"]) == (2, 1, "rolled_back")
@@ -54,7 +55,7 @@ def test_retries_exhausted_finishes_at_the_frontier(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner = make_runner(tmp_path, tiny())
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.0)
+    break_answers(monkeypatch)
     while runner.step():
         pass
     rounds = runner.store.rounds("tiny")
@@ -72,7 +73,7 @@ def test_step_under_min_step_finishes_at_the_frontier(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner = make_runner(tmp_path, tiny(rollback={"retries": 9, "min_step": 0.1}))
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.0)
+    break_answers(monkeypatch)
     while runner.step():
         pass
     assert len(runner.store.rounds("tiny")) == 2  # 0.3, then 0.15; 0.075 < min_step

@@ -82,10 +82,26 @@ def test_torchvision_models_are_built_by_name_with_num_classes() -> None:
     assert torch.equal(model.conv1.weight, again.conv1.weight)  # seeded
 
 
+def test_an_image_folder_test_split_is_read_like_the_validation_one(tmp_path: Path) -> None:
+    for split, n in (("train", 3), ("val", 2), ("test", 2)):
+        write_images(tmp_path / split, {"cat": n, "dog": n})
+    _, val, test = sources.imagefolder_loaders(
+        ImageFolderSpec("train", "val", 16, test="test"), 4, 0, str(tmp_path)
+    )
+    assert len(test.dataset) == 4 and test.dataset.classes == val.dataset.classes
+    x, _ = next(iter(test))
+    assert x.shape == (4, 3, 16, 16)
+    write_images(tmp_path / "odd", {"cat": 1, "fox": 1})
+    with pytest.raises(UserError, match="train and test have different classes"):
+        sources.imagefolder_loaders(
+            ImageFolderSpec("train", "val", 16, test="odd"), 4, 0, str(tmp_path)
+        )
+
+
 def test_imagefolder_loaders_use_the_standard_transforms(tmp_path: Path) -> None:
     write_images(tmp_path / "train", {"cat": 3, "dog": 3})
     write_images(tmp_path / "val", {"cat": 2, "dog": 2})
-    train, val = sources.imagefolder_loaders(
+    train, val, test = sources.imagefolder_loaders(
         ImageFolderSpec("train", "val", 16), 4, 0, str(tmp_path)
     )
     x, y = next(iter(train))

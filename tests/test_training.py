@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from iterprune import pruning, training
+from iterprune import evaluation, pruning, training
 
 
 def toy_loader(n: int = 64, seed: int = 0):
@@ -77,7 +77,7 @@ def test_evaluate_does_not_touch_the_global_rng() -> None:
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    accuracy = training.evaluate(model, toy_loader())
+    accuracy = evaluation.accuracy(model, toy_loader())
     assert 0 <= accuracy <= 100
     assert torch.equal(torch.rand(3), expected)
 

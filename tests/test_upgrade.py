@@ -93,6 +93,9 @@ def test_a_run_of_0_1_continues_to_the_end(tmp_path: Path, how: str, capsys) -> 
     assert kept == old
     # the interrupted attempt continued from its mid-round checkpoint
     assert any(m.startswith("continuing round 3.1 at epoch 1, batch 5") for m in messages)
+    # 0.1.0 kept only the dense accuracy: its per-sample answers were measured once, the same
+    assert any("this run was started by an earlier release" in m for m in messages)
+    assert any("accuracy 80.00% (recorded when the run started: 80.00%)" in m for m in messages)
     assert rounds[-1]["status"] == "accepted" and rounds[-1]["sparsity"] >= 0.85 - 1e-4
 
 

@@ -146,14 +146,16 @@ class PlainReporter:
         self._line(
             f"round {row['round']}.{row['attempt']} {row['status'].replace('_', ' ')}: "
             f"step {frac(row['step'])}, sparsity {frac(row.get('sparsity'))}, accuracy "
-            f"{pct(row.get('val_accuracy'))}% (drop {row.get('drop', 0):+.2f})"
-            + (
-                f", control {row['control_accuracy']:.2f}%"
-                if row.get("control_accuracy") is not None
-                else ""
+            f"{pct(row.get('val_accuracy'))}% (drop {row.get('drop', 0):+.2f}"
+            + _optional(
+                row, "drop_low", lambda _: f" [{row['drop_low']:+.2f}, {row['drop_high']:+.2f}]"
             )
-            + (f", {row['latency_ms_p50']:.2f} ms" if row.get("latency_ms_p50") is not None else "")
-            + f", {row.get('duration_s', 0):.1f}s"
+            + ")"
+            + _optional(row, "test_accuracy", lambda v: f", test {v:.2f}%")
+            + _optional(row, "control_accuracy", lambda v: f", control {v:.2f}%")
+            + _optional(row, "latency_ms_p50", lambda v: f", {v:.2f} ms")
+            + f", {row.get('duration_s') or 0:.1f}s"
+            + (f" ({row['note']})" if row.get("recovered") and row.get("note") else "")
         )
 
     def event(self, level: str, kind: str, message: str) -> None:
@@ -173,3 +175,7 @@ def _now() -> str:
 
 
 # --- tables for the inspection commands --------------------------------------------------------
+
+
+def _optional(row: dict[str, Any], key: str, text: Any) -> str:
+    return text(row[key]) if row.get(key) is not None else ""

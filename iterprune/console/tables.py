@@ -38,51 +38,54 @@ def _table(title: str | None = None) -> Table:
 
 
 def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
-    """The rounds so far; lottery runs with a control add its accuracy, benchmarks the latency."""
-    control = any(r.get("control_accuracy") is not None for r in rows)
-    speed = any(r.get("latency_ms_p50") is not None for r in rows)
+    """The rounds so far: each drop with its interval, the test split's accuracy where there is
+    one (never used to decide), a lottery run's control, a benchmark's latency."""
+    has = {
+        key: any(r.get(key) is not None for r in rows)
+        for key in ("drop_low", "test_accuracy", "control_accuracy", "latency_ms_p50")
+    }
     table = _table(title)
-    columns = [
-        ("round", "right"),
-        ("step", "right"),
-        ("target", "right"),
-        ("sparsity", "right"),
-        ("nonzero", "right"),
-        ("acc %", "right"),
-        ("drop", "right"),
-    ]
-    columns += [("ctrl %", "right")] if control else []
-    columns += [("ms p50", "right")] if speed else []
-    columns += [("decision", "left"), ("time", "right")]
-    for name, justify in columns:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    # with intervals (every run since they exist) the non-zero count makes way for them
+    columns = ["round", "step", "sparsity"] + ([] if has["drop_low"] else ["nonzero"])
+    columns += ["acc %", "drop"] + (["interval"] if has["drop_low"] else [])
+    columns += ["test %"] if has["test_accuracy"] else []
+    columns += ["ctrl %"] if has["control_accuracy"] else []
+    columns += ["ms p50"] if has["latency_ms_p50"] else []
+    for name in [*columns, "decision", "time"]:
+        table.add_column(name, justify="left" if name == "decision" else "right", no_wrap=True)
     for r in rows:
         status = r.get("status") or "running"
         drop = r.get("drop")
-        cells = [
-            f"{r['round']}.{r['attempt']}",
-            frac(r.get("step"), 1),
-            frac(r.get("target_sparsity"), 1),
-            frac(r.get("sparsity")),
-            "—" if r.get("params") is None else f"{r['params']:,}",
-            pct(r.get("val_accuracy")),
-            "—" if drop is None else f"{drop:+.2f}",
-        ]
-        cells += [pct(r.get("control_accuracy"))] if control else []
-        cells += [pct(r.get("latency_ms_p50"))] if speed else []
+        cells = [f"{r['round']}.{r['attempt']}", frac(r.get("step"), 1), frac(r.get("sparsity"))]
+        if not has["drop_low"]:
+            cells.append("—" if r.get("params") is None else f"{r['params']:,}")
+        cells += [pct(r.get("val_accuracy")), "—" if drop is None else f"{drop:+.2f}"]
+        cells += [interval(r.get("drop_low"), r.get("drop_high"))] if has["drop_low"] else []
+        cells += [pct(r.get("test_accuracy"))] if has["test_accuracy"] else []
+        cells += [pct(r.get("control_accuracy"))] if has["control_accuracy"] else []
+        cells += [pct(r.get("latency_ms_p50"))] if has["latency_ms_p50"] else []
+        decision = status.replace("_", " ") + (" ↻" if r.get("recovered") else "")
         table.add_row(
             *cells,
-            Text(status.replace("_", " "), style=DECISION_STYLE.get(status, "")),
+            Text(decision, style=DECISION_STYLE.get(status, "")),
             "—" if r.get("duration_s") is None else f"{r['duration_s']:.1f}s",
         )
     return table
 
 
+def interval(low: float | None, high: float | None) -> str:
+    return "—" if low is None or high is None else f"[{low:+.1f}, {high:+.1f}]"
+
+
 def runs_table(runs: list[dict[str, Any]]) -> Table:
     table = _table("runs")
-    for name in ("run", "status", "rounds", "sparsity", "accuracy", "baseline", "disk", "updated"):
+    test = any(r.get("test_accuracy") is not None for r in runs)
+    names = ["run", "status", "rounds", "sparsity", "val %", "baseline"]
+    names += ["test %", "baseline test"] if test else []
+    for name in [*names, "disk", "updated"]:
         table.add_column(name, justify="left" if name in ("run", "status", "updated") else "right")
     for r in runs:
+        cells = [pct(r.get("test_accuracy")), pct(r.get("baseline_test_accuracy"))] if test else []
         table.add_row(
             r["run"],
             Text(r["status"], style={"finished": "green", "failed": "red"}.get(r["status"], "")),
@@ -90,6 +93,7 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
             frac(r["sparsity"]),
             pct(r["val_accuracy"]),
             pct(r["baseline_accuracy"]),
+            *cells,
             _size(r.get("disk_bytes") or 0),
             (r["updated_at"] or "")[5:16].replace("T", " "),
         )
@@ -105,6 +109,7 @@ def history_view(doc: dict[str, Any]) -> Group:
         doc["status"],
         ("  baseline ", "dim"),
         f"{pct(base)}%",
+        *_test_and_rule(doc),
         ("  dense prunable weights ", "dim"),
         f"{doc['baseline_params'] or 0:,}",
     )
@@ -128,6 +133,20 @@ def history_view(doc: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
+def _test_and_rule(doc: dict[str, Any]) -> list[Any]:
+    """The test split's baseline, and how rounds are judged (the rule, budget, confidence)."""
+    parts: list[Any] = []
+    if doc.get("baseline_test_accuracy") is not None:
+        parts += [("  test ", "dim"), f"{pct(doc['baseline_test_accuracy'])}%"]
+    if doc.get("max_drop") is not None:
+        rule = doc.get("rule") or "estimate"
+        parts += [("  rule ", "dim"), f"{rule}, drop ≤ {doc['max_drop']:g} points"]
+        if doc.get("val_samples"):
+            confidence = doc.get("confidence") or 0.95
+            parts += [f", {confidence:.0%} intervals on {doc['val_samples']} samples"]
+    return parts
+
+
 def sparkline(values: list[float]) -> str:
     """One block character per value, scaled between the smallest and the largest."""
     blocks = "▁▂▃▄▅▆▇█"
@@ -147,11 +166,14 @@ def compare_table(docs: list[dict[str, Any]]) -> Table:
         ("baseline accuracy", lambda d: pct(d["baseline_accuracy"])),
         ("final sparsity", lambda d: frac(d["sparsity"])),
         ("final accuracy", lambda d: pct(d["val_accuracy"])),
+        ("baseline test accuracy", lambda d: pct(d.get("baseline_test_accuracy"))),
+        ("final test accuracy", lambda d: pct(d.get("test_accuracy"))),
         ("control accuracy", lambda d: pct(d["control_accuracy"])),
         ("non-zero weights", lambda d: f"{d['params'] or 0:,}"),
         ("latency p50 ms", lambda d: pct(d["latency_ms_p50"])),
         ("accepted rounds", lambda d: str(d["accepted_rounds"])),
         ("attempts (rolled back)", lambda d: f"{d['attempts']} ({d['rolled_back']})"),
+        ("fine-tuning epochs", lambda d: str(d.get("epochs") or 0)),
         ("time in rounds", lambda d: f"{d['duration_s']:.0f}s"),
         ("ended", lambda d: d["reason"] or "—"),
     ]
