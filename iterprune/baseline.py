@@ -18,7 +18,6 @@ from iterprune.errors import RunConflict, UserError
 from iterprune.reporter import Narrator
 from iterprune.snapshots import Snapshots
 from iterprune.specs import Schedule
-from iterprune.store import Store
 from iterprune.workbench import Workbench
 
 State = dict[str, torch.Tensor]
@@ -46,7 +45,7 @@ def start(
     if found is None:
         return None
     total = sum(p.numel() for p in bench.params.values())
-    mask = record(snapshots.store, snapshots.run_id, snapshots, bench, found, total)
+    mask = record(snapshots, bench, found, total)
     speed = found.latency.get("latency_ms_p50")
     test = f", {found.test_accuracy:.2f}% on the test split" if found.test_accuracy else ""
     narrator.event(
@@ -94,16 +93,10 @@ def establish(
     return Baseline(evaluation.Reference.of(found), found.accuracy, test, latency, catcher.state)
 
 
-def record(
-    store: Store,
-    run_id: str,
-    snapshots: Snapshots,
-    bench: Workbench,
-    found: Baseline,
-    total: int,
-) -> pruning.Mask:
+def record(snapshots: Snapshots, bench: Workbench, found: Baseline, total: int) -> pruning.Mask:
     """Commit the dense model as round 0: its checkpoint (and the rewind point's) first, then the
     run's baseline row that points to them. Returns the dense mask."""
+    store, run_id = snapshots.store, snapshots.run_id
     mask = pruning.dense_mask(bench.params)
     state = {"model": bench.model.state_dict(), "mask": mask, "optimizer": None}
     dense = snapshots.write(paths.checkpoint_file(store.state_dir, run_id, 0, 0), state)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from iterprune import pruning
 from iterprune.evidence import Paired
 from iterprune.training import Collective
 
@@ -129,16 +130,11 @@ def _answer(
 
 def pack(correct: torch.Tensor) -> bytes:
     """Per-sample answers as bits (to keep the dense model's with the run: 6 KB per 50,000)."""
-    flat = correct.to(torch.uint8).reshape(-1)
-    padded = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)]).view(-1, 8)
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-    return bytes((padded * weights).sum(dim=1, dtype=torch.uint8).tolist())
+    return pruning.pack_bits(correct).numpy().tobytes()
 
 
 def unpack(data: bytes, n: int) -> torch.Tensor:
-    bits = torch.tensor(list(data), dtype=torch.uint8).unsqueeze(1)
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-    return ((bits & weights) > 0).reshape(-1)[:n]
+    return pruning.unpack_bits(torch.frombuffer(bytearray(data), dtype=torch.uint8), n)
 
 
 def _cat(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

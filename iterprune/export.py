@@ -9,13 +9,12 @@ from typing import Any
 
 import torch
 
-from iterprune import checkpoints
+from iterprune import checkpoints, pruning
 from iterprune.errors import UserError
 from iterprune.store import Store
 
 SPARSE_FORMAT = "iterprune-sparse/1"
 FORMATS = ("pt", "pt2", "safetensors", "sparse", "onnx")
-_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
 def choose_round(store: Store, run: str, which: str) -> dict[str, Any]:
@@ -121,9 +120,8 @@ def to_sparse(tensors: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -
             dense[name] = t
             continue
         flat = keep.reshape(-1)
-        padded = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)]).view(-1, 8)
-        bits = (padded.to(torch.uint8) * _BITS).sum(dim=1, dtype=torch.uint8)
-        sparse[name] = {"shape": list(t.shape), "bits": bits, "values": t.reshape(-1)[flat].clone()}
+        values = t.reshape(-1)[flat].clone()
+        sparse[name] = {"shape": list(t.shape), "bits": pruning.pack_bits(flat), "values": values}
     return {"format": SPARSE_FORMAT, "dense": dense, "sparse": sparse}
 
 
@@ -138,7 +136,7 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
         n = 1
         for d in shape:
             n *= d
-        keep = ((entry["bits"].unsqueeze(1) & _BITS) > 0).reshape(-1)[:n]
+        keep = pruning.unpack_bits(entry["bits"], n)
         values = entry["values"]
         t = torch.zeros(n, dtype=values.dtype)
         t[keep] = values

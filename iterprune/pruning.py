@@ -20,6 +20,7 @@ from iterprune.errors import PruneError
 Mask = dict[str, torch.Tensor]
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _SAMPLE = 262_144  # sample size used to bracket the k-th value in large tensors
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
 def prunable_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Parameter]:
@@ -37,6 +38,18 @@ def prunable_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> dict[s
 
 def dense_mask(params: dict[str, nn.Parameter]) -> Mask:
     return {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}
+
+
+def pack_bits(flags: torch.Tensor) -> torch.Tensor:
+    """Booleans as bits, eight to a byte, first flag in the highest bit (padded with zeros)."""
+    flat = flags.to(torch.uint8).reshape(-1)
+    padded = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)]).view(-1, 8)
+    return (padded * _BITS).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(bits: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` booleans packed by :func:`pack_bits`."""
+    return ((bits.unsqueeze(1) & _BITS) > 0).reshape(-1)[:n]
 
 
 def sparsity(mask: Mask) -> float:

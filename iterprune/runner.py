@@ -175,7 +175,7 @@ class Runner:
             first = {k: fields[k] for k in ("drop", "drop_low", "drop_high", "val_accuracy")}
             done = self.attempts.recover(plan, done, verdict.epochs, first)
             verdict, fields = self._judge(position, plan, done)
-        if verdict is None or isinstance(verdict, decisions.Recover):
+        if verdict is None or isinstance(verdict, decisions.Recover):  # a recovery never recovers
             return self._interrupted(plan)
         fields.update(control_accuracy=self.attempts.control(plan, done.mask), finished_at=now())
         self.attempts.verify(plan, done.mask)
