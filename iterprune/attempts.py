@@ -155,7 +155,14 @@ class Attempts:
         else:
             seed = rng.derive_seed(s.seed, plan.round, plan.attempt)
             generator = torch.Generator().manual_seed(seed)
-            mask = pruning.prune(bench.params, accepted, plan.n_prune, s.prune.method, generator)
+            mask = pruning.prune(
+                bench.params,
+                accepted,
+                plan.n_prune,
+                s.prune.method,
+                generator,
+                s.prune.max_layer_sparsity,
+            )
             expected = pruning.count_alive(accepted) - plan.n_prune
             pruning.check_sparsity(mask, expected, s.prune.method)
         if rewind is not None:  # lottery: surviving weights back to the rewind point

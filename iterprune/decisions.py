@@ -12,7 +12,9 @@ carries the answer out. The controller:
   judged again; only a second failure rolls it back, and the step shrinks;
 - after ``rollback.grow_after`` accepted rounds in a row the step grows by ``rollback.grow``,
   never beyond the schedule's ``prune.step``;
-- a round that would leave less than half a step to the target goes to the target instead.
+- a round that would leave less than half a step to the target goes to the target instead;
+- a round never removes more than the layer caps (``prune.max_layer_sparsity``) leave, and a run
+  whose every layer is at its cap is finished.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Position:
     total: int  # prunable weights of the dense model
     rolled_back: int = 0  # attempts of the next round that were rolled back already
     streak: int = 0  # rounds accepted in a row since the step last changed
+    room: int | None = None  # weights the layer caps still let the method remove (None: no caps)
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,14 @@ def next_attempt(rules: Rules, pos: Position) -> Attempt | Finish:
         return Finish(
             f"frontier reached: the next step ({pos.step:.4f}) would be under rollback.min_step"
         )
+    if pos.room == 0:
+        return Finish(
+            "every layer is at prune.max_layer_sparsity: the highest sparsity the layer caps "
+            f"allow ({1 - pos.alive / pos.total:.2%}) is reached"
+        )
     n_prune = amount_to_prune(pos.alive, pos.total, pos.step, rules.target_sparsity)
+    if pos.room is not None:
+        n_prune = min(n_prune, pos.room)
     if n_prune == 0:
         return Finish(f"frontier reached: a step of {pos.step:.4f} removes no weight")
     return Attempt(

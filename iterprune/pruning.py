@@ -15,7 +15,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from iterprune import selection
 from iterprune.errors import PruneError
+from iterprune.specs import GLOBAL_METHODS
 
 Mask = dict[str, torch.Tensor]
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -173,18 +175,27 @@ def prune(
     n_prune: int,
     method: str = "global_magnitude",
     generator: torch.Generator | None = None,
+    max_layer_sparsity: float = 1.0,
 ) -> Mask:
     """The next mask after removing ``n_prune`` more weights; the mask only ever shrinks.
 
     ``global_magnitude`` removes the smallest |w| over all layers under one exact threshold (what
-    ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` does); ``layer_magnitude``
-    removes the same fraction of the remaining weights in every layer; ``random`` is the control.
+    ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` does); ``lamp`` the
+    lowest LAMP scores over all layers; both leave every layer at most ``max_layer_sparsity``
+    sparse, taking what a capped layer cannot give from the others (never more than
+    :func:`iterprune.selection.capacity`). ``layer_magnitude`` removes the same fraction of the
+    remaining weights in every layer; ``random`` is the control.
     """
     names = list(params)
     if n_prune <= 0:
         return {n: mask[n].clone() for n in names}
-    if method == "global_magnitude":
-        return _global_magnitude(params, mask, n_prune)
+    if method in GLOBAL_METHODS:
+        floor = selection.floors({n: p.numel() for n, p in params.items()}, max_layer_sparsity)
+        if method == "global_magnitude":
+            fast = _global_magnitude(params, mask, n_prune)
+            if all(int(torch.count_nonzero(fast[n])) >= floor[n] for n in names):
+                return fast  # no layer reaches its cap: the plain threshold is the answer
+        return selection.select(params, mask, n_prune, method == "lamp", floor)
     if method == "layer_magnitude":
         fraction = n_prune / count_alive(mask)
         out = {}

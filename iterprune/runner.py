@@ -215,6 +215,7 @@ class Runner:
             total=self.total,
             rolled_back=rolled_back,
             streak=row["streak"] or 0,
+            room=self.bench.room(self.accepted.mask),
         )
 
     def _accept(

@@ -19,6 +19,7 @@ from iterprune.operations import (
     when_section,
 )
 from iterprune.specs import (
+    GLOBAL_METHODS,
     GROW,
     GROW_AFTER,
     RECOVER_EPOCHS,
@@ -32,7 +33,7 @@ from iterprune.specs import (
 )
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-METHODS = ("global_magnitude", "layer_magnitude", "random", "channel")
+METHODS = ("global_magnitude", "lamp", "layer_magnitude", "random", "channel")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -66,7 +67,11 @@ def _pretrain(c: Checker, raw: dict) -> PretrainSpec:
 
 
 def _prune(c: Checker, raw: dict) -> PruneSpec:
-    p = c.section(raw, "prune", ("method", "step", "target_sparsity", "exclude", "scope"))
+    p = c.section(
+        raw,
+        "prune",
+        ("method", "step", "target_sparsity", "exclude", "scope", "max_layer_sparsity"),
+    )
     exclude = p.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
         c.fail("prune.exclude", f"must be a list of module-name patterns, got {describe(exclude)}")
@@ -77,9 +82,19 @@ def _prune(c: Checker, raw: dict) -> PruneSpec:
         target_sparsity=_fraction(c, p, "target_sparsity", "prune", 0.90),
         exclude=tuple(exclude),
         scope=c.text(p, "scope", "prune", "global", ("global", "layer")) or "global",
+        max_layer_sparsity=float(
+            c.number(
+                p, "max_layer_sparsity", "prune", 0.99, check=lambda v: 0 < v <= 1, rule="in (0, 1]"
+            )
+        ),
     )
     if "scope" in p and spec.method != "channel":
         c.fail("prune.scope", f"applies to method channel only, not {spec.method}")
+    if "max_layer_sparsity" in p and spec.method not in GLOBAL_METHODS:
+        c.fail(
+            "prune.max_layer_sparsity",
+            f"caps the global methods ({', '.join(GLOBAL_METHODS)}), not {spec.method}",
+        )
     return spec
 
 

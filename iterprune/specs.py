@@ -52,6 +52,9 @@ class PretrainSpec:
     lr: float = 1e-3
 
 
+GLOBAL_METHODS = ("global_magnitude", "lamp")  # one ranking over all layers: these are capped
+
+
 @dataclass(frozen=True)
 class PruneSpec:
     method: str = "global_magnitude"
@@ -59,6 +62,12 @@ class PruneSpec:
     target_sparsity: float = 0.90
     exclude: tuple[str, ...] = ()
     scope: str = "global"  # channel: rank channels over the whole model, or per layer
+    max_layer_sparsity: float = 0.99  # global methods: no layer pruned past this (1: no cap)
+
+    @property
+    def layer_cap(self) -> float:
+        """The sparsity no layer goes past under this method (1: none)."""
+        return self.max_layer_sparsity if self.method in GLOBAL_METHODS else 1.0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import socket
 import time
 from typing import Any
 
+from iterprune import selection
 from iterprune.errors import UnknownRun, UserError
 from iterprune.runs import load_schedule
 from iterprune.store import Store
@@ -99,11 +100,20 @@ def show(store: Store, run: str, round_: int | None = None) -> dict[str, Any]:
         chosen = next((r for r in attempts if r["status"] == "accepted"), attempts[-1])
         attempt = chosen["attempt"]
     layers = store.layers(run, round_, attempt)
+    cap = load_schedule(store, run).prune.layer_cap
+    floor = selection.floors({r["layer"]: r["params"] for r in layers}, cap)
     return {
         "run": run,
         "round": round_,
         "attempt": attempt,
-        "layers": [{k: r[k] for k in ("layer", "params", "nonzero", "sparsity")} for r in layers],
+        "max_layer_sparsity": cap,
+        "layers": [
+            {
+                **{k: r[k] for k in ("layer", "params", "nonzero", "sparsity")},
+                "capped": 0 < floor[r["layer"]] and r["nonzero"] <= floor[r["layer"]],
+            }
+            for r in layers
+        ],
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune import channels, evaluation, latency, pruning, recipe, sources, training
+from iterprune import channels, evaluation, latency, pruning, recipe, selection, sources, training
 from iterprune.distributed import Group, shard
 from iterprune.errors import UserError
 from iterprune.specs import BenchmarkSpec, Schedule
@@ -121,6 +121,17 @@ class Workbench:
         if self.channel:
             return sum(p.numel() for p in self.params.values())
         return pruning.count_alive(mask)
+
+    def floors(self) -> dict[str, int]:
+        """The fewest weights each layer keeps (prune.max_layer_sparsity, global methods)."""
+        sizes = {n: p.numel() for n, p in self.params.items()}
+        return selection.floors(sizes, self.schedule.prune.layer_cap)
+
+    def room(self, mask: pruning.Mask) -> int | None:
+        """Weights the layer caps still let a global method remove; None without caps."""
+        if self.schedule.prune.layer_cap >= 1:
+            return None
+        return selection.capacity(mask, self.floors())
 
     @cached_property
     def example(self) -> torch.Tensor:

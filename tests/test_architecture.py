@@ -21,6 +21,7 @@ LAYERS = {
     "core": {
         *("pruning", "channels", "training", "evaluation", "sources", "examples", "latency"),
         "analysis",
+        "selection",
     },
     "decisions": {"decisions"},
     "infrastructure": {"store", "migrations", "checkpoints", "snapshots", "runs", "distributed"},

@@ -188,6 +188,8 @@ def layers_table(doc: dict[str, Any]) -> Table:
         table.add_column(name, justify="left" if name in ("layer", "") else "right")
     for r in doc["layers"]:
         bar = "█" * round(r["sparsity"] * 20)
+        if r.get("capped"):
+            bar += f"  [yellow]capped at {doc['max_layer_sparsity']:.0%}[/]"
         table.add_row(r["layer"], f"{r['params']:,}", f"{r['nonzero']:,}", frac(r["sparsity"]), bar)
     return table
 
