@@ -24,6 +24,7 @@ import torch
 
 Mask = dict[str, torch.Tensor]
 BUCKETS = 256
+_CHUNK = 1 << 20  # weights summarised at a time
 _SLACK = 1e-9  # relative widening of LAMP's bounds against rounding in the sums
 
 
@@ -75,17 +76,24 @@ def _ratio(num: float, den: float) -> float:
 
 
 def _summarise(p: torch.Tensor, alive: torch.Tensor, lamp: bool, floor: int) -> _Layer:
-    mags = _magnitudes(p)[alive.reshape(-1).to(p.device)].cpu()
-    n = mags.numel()
-    sample = mags[:: max(1, n // (8 * BUCKETS))].sort().values
+    flat, keep = p.detach().reshape(-1), alive.reshape(-1).to(p.device)
+    n = int(torch.count_nonzero(keep))
+    stride = max(1, flat.numel() // (8 * BUCKETS))
+    sample = flat[::stride][keep[::stride]].abs().float().cpu().sort().values
     picks = torch.linspace(0, max(0, sample.numel() - 1), BUCKETS + 1).long()[1:-1]
-    edges = sample[picks].unique() if n else sample.new_zeros(0)
-    idx = torch.bucketize(mags, edges)
-    counts = torch.bincount(idx, minlength=edges.numel() + 1)
+    edges = sample[picks].unique() if sample.numel() else sample.new_zeros(0)
+    counts = torch.zeros(edges.numel() + 1, dtype=torch.int64)
     sums = torch.zeros(edges.numel() + 1, dtype=torch.float64)
-    if lamp:
-        sums.index_add_(0, idx, mags.double().square())
-    top = float(mags.max()) if n else 0.0
+    top = 0.0
+    for part, live in zip(flat.split(_CHUNK), keep.split(_CHUNK), strict=True):  # bounded scratch
+        mags = part[live].abs().float().cpu()
+        if not mags.numel():
+            continue
+        idx = torch.bucketize(mags, edges, out_int32=True)
+        counts += torch.bincount(idx, minlength=counts.numel())
+        if lamp:
+            sums.index_add_(0, idx, mags.double().square())
+        top = max(top, float(mags.max()))
     counts_l, sums_l = counts.tolist(), sums.tolist()
     before, above, run_c, run_s = [], [0.0] * len(counts_l), 0, 0.0
     for c in counts_l:
