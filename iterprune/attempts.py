@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -282,25 +283,40 @@ class Attempts:
             "recovered": 1 if done.first else None,
         }
 
-    def control(self, plan: decisions.Attempt, mask: pruning.Mask) -> float | None:
-        """Lottery mode's control: the same mask trained from a fresh random initialisation."""
+    def control(self, plan: decisions.Attempt, mask: pruning.Mask) -> dict[str, Any]:
+        """Lottery mode's control: the same mask trained from ``control_seeds`` fresh random
+        initialisations; their mean accuracy, its standard deviation (two or more) and count."""
         s, bench = self.schedule, self.bench
         if s.lottery is None or s.lottery.control != "random_reinit":
-            return None
-        label = f"round {plan.round}.{plan.attempt}: control (random reinit)"
-        self.narrator.phase("control", s.finetune.epochs, label)
-        seed = rng.derive_seed(s.seed + 1, plan.round, plan.attempt)
-        with self.ranks.order(orders.Control(mask, seed)):
-            return recipe.control_accuracy(
-                s,
-                mask,
-                bench.train_loader,
-                bench.val_loader,
-                bench.device,
-                seed,
-                self.narrator.batch,
-                bench.group,
+            return {"control_accuracy": None, "control_std": None, "control_n": None}
+        n, found = s.lottery.control_seeds, []
+        for i in range(n):
+            label = f"round {plan.round}.{plan.attempt}: control (random reinit)"
+            self.narrator.phase(
+                "control", s.finetune.epochs, label + (f" {i + 1}/{n}" if n > 1 else "")
             )
+            # the first control keeps the seed of the single control of earlier releases
+            seed = rng.derive_seed(
+                s.seed + 1, plan.round, plan.attempt, f"control {i}" if i else ""
+            )
+            with self.ranks.order(orders.Control(mask, seed)):
+                found.append(
+                    recipe.control_accuracy(
+                        s,
+                        mask,
+                        bench.train_loader,
+                        bench.val_loader,
+                        bench.device,
+                        seed,
+                        self.narrator.batch,
+                        bench.group,
+                    )
+                )
+        return {
+            "control_accuracy": statistics.fmean(found),
+            "control_std": statistics.stdev(found) if n > 1 else None,
+            "control_n": n,
+        }
 
     def verify(self, plan: decisions.Attempt, mask: pruning.Mask) -> None:
         """Under torchrun: every rank holds the same weights and mask (else the run fails)."""

@@ -18,6 +18,7 @@ SCALARS = (
     "latency_ms_p50",
     "latency_ms_p99",
     "control_accuracy",
+    "control_std",
 )
 
 

@@ -107,3 +107,10 @@ def _evidence(db: Database) -> None:
         rounds.add_column(column, kind)
     for column, kind in (("test_accuracy", float), ("recovered", int), ("epochs", int)):
         rounds.add_column(column, kind)
+
+
+@migrations(name="0008_control_spread")
+def _control_spread(db: Database) -> None:
+    """A lottery control trained from several initialisations: their spread and count."""
+    db["rounds"].add_column("control_std", float)
+    db["rounds"].add_column("control_n", int)

@@ -58,7 +58,10 @@ def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
     controls = [r for r in accepted if r.get("control_accuracy") is not None]
     if controls:
         xs, ys = [100 * r["sparsity"] for r in controls], [r["control_accuracy"] for r in controls]
-        ax.plot(xs, ys, "^--", color="tab:gray", label="control (random reinit)")
+        spread = [r.get("control_std") or 0.0 for r in controls]
+        n = max(r.get("control_n") or 1 for r in controls)
+        label = "control (random reinit)" + (f", mean ± sd of {n} seeds" if n > 1 else "")
+        ax.errorbar(xs, ys, yerr=spread, fmt="^--", color="tab:gray", capsize=2, label=label)
     ax.axhline(base, color="tab:green", lw=1, label=f"dense baseline {base:.2f}%")
     budget = f"budget: baseline − {max_drop:g} points"
     ax.axhline(base - max_drop, color="tab:orange", ls="--", lw=1, label=budget)

@@ -177,7 +177,7 @@ class Runner:
             verdict, fields = self._judge(position, plan, done)
         if verdict is None or isinstance(verdict, decisions.Recover):  # a recovery never recovers
             return self._interrupted(plan)
-        fields.update(control_accuracy=self.attempts.control(plan, done.mask), finished_at=now())
+        fields.update(self.attempts.control(plan, done.mask), finished_at=now())
         self.attempts.verify(plan, done.mask)
         layers = pruning.layer_stats(self.bench.model, self.schedule.prune.exclude)
         fields["duration_s"] = time.perf_counter() - started

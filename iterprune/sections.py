@@ -194,8 +194,20 @@ def _lottery(c: Checker, raw: dict, pretrain: PretrainSpec, weights: bool) -> Lo
             "lottery.rewind", f"must be init, {{epoch: K}} or {{step: K}}, got {describe(rewind)}"
         )
         rewind = "init"
-    control = c.text(section, "control", "lottery", None, ("random_reinit",))
-    return LotterySpec(rewind=rewind, at=at, control=control)
+    control, seeds = _control(c, section.get("control"))
+    return LotterySpec(rewind=rewind, at=at, control=control, control_seeds=seeds)
+
+
+def _control(c: Checker, raw: object) -> tuple[str | None, int]:
+    """``random_reinit`` or ``{kind: random_reinit, seeds: N}``: (kind, N)."""
+    if raw is None:
+        return None, 1
+    if isinstance(raw, dict):
+        section = c.section({"control": raw}, "control", ("kind", "seeds"), "lottery")
+        kind = c.text(section, "kind", "lottery.control", "random_reinit", ("random_reinit",))
+        seeds = c.count(section, "seeds", "lottery.control", 1, minimum=1)
+        return kind, seeds
+    return c.text({"control": raw}, "control", "lottery", None, ("random_reinit",)), 1
 
 
 def _identity(c: Checker, raw: dict, default_name: str) -> tuple[str, str]:

@@ -135,6 +135,7 @@ class LotterySpec:
     rewind: str = "init"  # init | epoch | step
     at: int = 0  # the epoch or step of dense training the rewind point is taken after
     control: str | None = None  # random_reinit: also train the same mask from a fresh init
+    control_seeds: int = 1  # how many fresh initialisations the control trains, each round
 
 
 @dataclass(frozen=True)

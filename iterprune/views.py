@@ -37,6 +37,8 @@ ROUND_KEYS = (
     "test_accuracy",
     "recovered",
     "epochs",
+    "control_std",
+    "control_n",
 )
 
 

@@ -4,6 +4,8 @@ the mask only shrinks, the rewind point survives resume, and the random-reinit c
 from __future__ import annotations
 
 import json
+import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,14 @@ from helpers import (
     Recorder,
     assert_resume_matches_uninterrupted,
     make_runner,
+    parse,
     run_to_end,
     tiny,
     write,
 )
 
-from iterprune import cli, pruning
+from iterprune import cli, pruning, recipe, rng
+from iterprune.errors import ScheduleError
 from iterprune.runner import Runner
 from iterprune.store import Store
 
@@ -38,7 +42,7 @@ class AtTrainingStart(Recorder):
             self.starts.append((weights, self.runner.mask, self.runner.accepted.mask))
 
 
-def lottery(rewind: str | dict, control: str | None = None) -> dict:
+def lottery(rewind: str | dict, control: object = None) -> dict:
     section = {"rewind": rewind} if control is None else {"rewind": rewind, "control": control}
     return tiny(pretrain={"epochs": 3}, lottery=section)
 
@@ -100,3 +104,52 @@ def test_a_corrupt_rewind_point_stops_the_run_with_exit_code_5(tmp_path: Path, c
     capsys.readouterr()
     assert cli.main(["resume", "tiny", "--state-dir", str(state)]) == 5
     assert "rewind point" in capsys.readouterr().err
+
+
+def test_a_control_over_several_seeds_records_mean_spread_and_count(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    trained: list[int] = []
+
+    def fake_control(schedule, mask, train, val, device, seed, batch, group) -> float:
+        trained.append(seed)
+        return float(seed % 97)
+
+    monkeypatch.setattr(recipe, "control_accuracy", fake_control)
+    doc = lottery("init", {"kind": "random_reinit", "seeds": 3})
+    path = write(tmp_path / "tiny.yaml", doc)
+    state = str(tmp_path / "s")
+    assert cli.main(["start", str(path), "--state-dir", state]) == 0
+    assert "over 3 seeds" in capsys.readouterr().out
+    cli.main(["history", "tiny", "--json", "--state-dir", state])
+    rounds = json.loads(capsys.readouterr().out)["rounds"]
+    assert len(trained) == 3 * len(rounds) and len(set(trained)) == len(trained)
+    for i, r in enumerate(rounds):
+        values = [float(s % 97) for s in trained[3 * i : 3 * i + 3]]
+        assert r["control_n"] == 3
+        assert r["control_accuracy"] == pytest.approx(statistics.fmean(values))
+        assert r["control_std"] == pytest.approx(statistics.stdev(values))
+        # the first of them is the seed a single control uses
+        assert trained[3 * i] == rng.derive_seed(doc["seed"] + 1, r["round"], r["attempt"])
+    cli.main(["history", "tiny", "--state-dir", state])
+    assert "±" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("control", "message"),
+    [
+        ({"kind": "random_reinit", "seeds": 0}, "lottery.control.seeds"),
+        ({"kind": "shuffle"}, "lottery.control.kind"),
+        ({"kind": "random_reinit", "n": 2}, "lottery.control.n"),
+        ("random", "lottery.control"),
+    ],
+)
+def test_bad_controls_are_schedule_errors(control: object, message: str) -> None:
+    with pytest.raises(ScheduleError, match=re.escape(message)):
+        parse(lottery("init", control))
+
+
+def test_the_plain_control_and_one_seed_are_the_same_run() -> None:
+    plain = parse(lottery("init", "random_reinit"))
+    one = parse(lottery("init", {"kind": "random_reinit", "seeds": 1}))
+    assert plain.lottery == one.lottery and plain.fingerprint() == one.fingerprint()

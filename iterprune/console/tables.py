@@ -37,6 +37,13 @@ def _table(title: str | None = None) -> Table:
     )
 
 
+def control(row: dict[str, Any]) -> str:
+    """A lottery control's accuracy, with its spread when it trained from several seeds."""
+    std = row.get("control_std")
+    spread = f" ± {std:.2f}" if std is not None else ""
+    return pct(row.get("control_accuracy")) + spread
+
+
 def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
     """The rounds so far: each drop with its interval, the test split's accuracy where there is
     one (never used to decide), a lottery run's control, a benchmark's latency."""
@@ -62,7 +69,7 @@ def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
         cells += [pct(r.get("val_accuracy")), "—" if drop is None else f"{drop:+.2f}"]
         cells += [interval(r.get("drop_low"), r.get("drop_high"))] if has["drop_low"] else []
         cells += [pct(r.get("test_accuracy"))] if has["test_accuracy"] else []
-        cells += [pct(r.get("control_accuracy"))] if has["control_accuracy"] else []
+        cells += [control(r)] if has["control_accuracy"] else []
         cells += [pct(r.get("latency_ms_p50"))] if has["latency_ms_p50"] else []
         decision = status.replace("_", " ") + (" ↻" if r.get("recovered") else "")
         table.add_row(
