@@ -10,7 +10,9 @@ first; its dense model is every method's starting point, and the fine-tuning epo
   stopping (patience 3, the best epoch on validation kept) for at most the budget;
 - fixed step: 10% of the remaining weights per round, no validation, the budget spread evenly
   over the rounds it takes to reach the target;
-- iterprune: the schedule below (20% steps, rule estimate); iterprune confident: rule confident.
+- iterprune: the schedule below (20% steps, rule estimate); iterprune confident: rule confident;
+  iterprune lamp: rule estimate with ``prune.method: lamp``. iterprune's runs keep the default
+  ``prune.max_layer_sparsity`` (0.99); the baselines prune with one uncapped threshold.
 
 Every method picks its final model on validation only — the sparsest model within the budget on
 validation (for iterprune: its last accepted round) — and is scored on test: the chosen model's
@@ -50,18 +52,25 @@ SCHEDULE: dict[str, Any] = {
     "finetune": {"epochs": 2, "optimizer": "adam", "lr": 1.0e-3},
     "validate": {"max_drop": BUDGET},
 }
-METHODS = ("by hand", "fixed step", "iterprune", "iterprune confident")
+METHODS = ("by hand", "fixed step", "iterprune", "iterprune confident", "iterprune lamp")
+RUNS = {  # iterprune's rows: (validate.rule, prune.method)
+    "iterprune": ("estimate", "global_magnitude"),
+    "iterprune confident": ("confident", "global_magnitude"),
+    "iterprune lamp": ("estimate", "lamp"),
+}
 
 
-def run_iterprune(seed: int, rule: str, work: Path, changes: dict) -> dict[str, Any]:
+def run_iterprune(seed: int, name: str, work: Path, changes: dict) -> dict[str, Any]:
     """One iterprune run; its choice, its budget in epochs, and its dense model."""
-    doc = {**SCHEDULE, "name": f"frontier-{rule}", "seed": seed}
+    rule, method = RUNS[name]
+    doc = {**SCHEDULE, "name": f"frontier-{rule}-{method}".replace("_", "-"), "seed": seed}
     doc["data"] = {**SCHEDULE["data"], **SPLIT}
     doc["validate"] = {**SCHEDULE["validate"], "rule": rule}
+    doc["prune"] = {**SCHEDULE["prune"], "method": method}
     for key, value in changes.items():
         section, field = key.split(".")
         doc[section] = {**doc.get(section, {}), field: value}
-    store = Store(work / f"{rule}-{seed}")
+    store = Store(work / f"{doc['name']}-{seed}")
     s = schedule.parse(yaml.safe_dump(doc), "frontier.yaml")
     runner = Runner(store, open_run(store, s, "frontier.yaml"))
     runner.prepare()
@@ -154,8 +163,8 @@ def chosen(scored: list[tuple[float, float, float]]) -> tuple[float, float, floa
 
 def one_seed(seed: int, work: Path, changes: dict) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for name, rule in (("iterprune", "estimate"), ("iterprune confident", "confident")):
-        out[name] = run_iterprune(seed, rule, work, changes)
+    for name in RUNS:
+        out[name] = run_iterprune(seed, name, work, changes)
     budget = out["iterprune"]["epochs"]
     start = Start(seed, out["iterprune"]["dense"])
     curve, used = fixed_step(start, budget)

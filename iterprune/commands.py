@@ -81,17 +81,64 @@ def _resolution_warning(s: Any) -> str | None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from iterprune import analysis, console, schedule, sources
+    from iterprune import analysis, console, targets
 
-    s = schedule.load(args.schedule)
-    model = sources.build_model(s.model, s.seed, s.base_dir)
-    doc = {
-        "schedule": args.schedule,
-        "model": s.model.builtin or s.model.torchvision or s.model.factory,
-        "weights": s.model.weights,
-        **analysis.weight_report(model, s.prune.exclude),
+    target = targets.resolve(args.target, args.state_dir, args.round)
+    if not args.sensitivity:
+        doc = {
+            "schedule": target.label,
+            "model": target.model_name,
+            "weights": target.weights,
+            **analysis.weight_report(target.model, target.schedule.prune.exclude),
+        }
+        return _emit(args, doc, console.analysis_view)
+    if target.weights is None:
+        console.say(
+            "warning: the schedule names no model.weights, so this is a randomly initialised "
+            "model; analyse a run's dense model instead: iterprune analyze RUN --sensitivity",
+            stderr=True,
+        )
+    doc = _sensitivity(args, target)
+    if args.plot:
+        from iterprune import plots
+
+        plots.sensitivity_heatmap(doc, Path(args.plot))
+        console.say(f"wrote {args.plot}", stderr=True)
+    return _emit(args, doc, console.sensitivity_table)
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        levels = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        levels = []
+    if not levels or not all(0 < x < 1 for x in levels):
+        raise UserError(f"--levels must be fractions in (0, 1) like 0.5,0.9, got {text!r}")
+    return levels
+
+
+def _sensitivity(args: argparse.Namespace, target: Any) -> dict[str, Any]:
+    from iterprune import console, pruning, sensitivity
+
+    levels = _levels(args.levels)
+    if args.batches is not None and args.batches < 1:
+        raise UserError(f"--batches must be at least 1, got {args.batches}")
+    params = pruning.prunable_parameters(target.model)
+    evaluate, samples = target.evaluator(args.batches)
+    total = 1 + len(params) * len(levels)
+    with console.progress_bar(total, f"sensitivity of {len(params)} layers") as tick:
+        found = sensitivity.analyse(params, evaluate, levels, args.method, tick)
+    max_drop = target.schedule.validate.max_drop
+    return {
+        "model": target.model_name,
+        "source": target.label,
+        "weights": target.weights,
+        "method": args.method,
+        "val_samples": samples,
+        "max_drop": max_drop,
+        **found,
+        "suggested_exclude": sensitivity.suggested_exclude(found["layers"], max_drop),
     }
-    return _emit(args, doc, console.analysis_view)
 
 
 def cmd_start(args: argparse.Namespace) -> int:

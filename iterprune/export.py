@@ -56,19 +56,35 @@ def baked_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return model
 
 
+def _fill(model: Any, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Put a checkpoint's weights into a fresh model of the run's architecture (rebuilt smaller
+    first for a channel run)."""
+    arch = state.get("architecture")
+    if arch:
+        from iterprune import channels
+
+        channels.rebuild(model, arch, tensors)
+    else:
+        model.load_state_dict(tensors)
+    model.eval()
+
+
+def round_model(store: Store, run: str, which: str) -> tuple[Any, int]:
+    """The model of one kept round of a run (``which``: a number, last or best; 0 is dense)."""
+    chosen = choose_round(store, run, which)
+    ckpt = chosen["checkpoint"]
+    state = checkpoints.load(store.state_dir / ckpt["path"], ckpt["sha256"])
+    model, _ = _architecture(store, run, None, False)
+    _fill(model, state, baked_state(state))
+    return model, chosen["round"]
+
+
 def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_shape=None) -> int:
     """Write the export; returns its size in bytes (``onnx`` needs the model and an input shape)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = baked_state(state)
     if model is not None:  # the run's architecture, channel-pruned if it was, with these weights
-        arch = state.get("architecture")
-        if arch:
-            from iterprune import channels
-
-            channels.rebuild(model, arch, tensors)
-        else:
-            model.load_state_dict(tensors)
-        model.eval()
+        _fill(model, state, tensors)
     if fmt == "onnx":
         _onnx(model, input_shape, out)
     elif fmt == "pt2":

@@ -11,14 +11,19 @@ from typing import Any
 from iterprune.errors import UserError
 
 
-def plot(history: dict[str, Any], layers: dict[str, Any], max_drop: float, out: Path) -> None:
+def _pyplot() -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("iterprune plot needs matplotlib: pip install 'iterprune[plot]'") from None
+        raise UserError("plots need matplotlib: pip install 'iterprune[plot]'") from None
+    return plt
+
+
+def plot(history: dict[str, Any], layers: dict[str, Any], max_drop: float, out: Path) -> None:
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
     _accuracy(left, history, max_drop)
     _layers(right, layers)
@@ -104,3 +109,32 @@ def _layers(ax: Any, layers: dict[str, Any]) -> None:
     ax.set_xlabel("sparsity (%)")
     ax.set_title(f"per-layer sparsity, round {layers['round']}")
     ax.grid(axis="x", alpha=0.3)
+
+
+def sensitivity_heatmap(doc: dict[str, Any], out: Path) -> None:
+    """The sensitivity table as a heatmap: accuracy drop per layer and level, the colour scale
+    centred on the budget."""
+    plt = _pyplot()
+    from matplotlib.colors import TwoSlopeNorm
+
+    names = [f"{r['layer']} ({r['params']:,})" for r in doc["layers"]]
+    drops = [r["drop"] for r in doc["layers"]]
+    budget = doc["max_drop"]
+    top = max([budget * 2, *(d for row in drops for d in row)])
+    low = min([0.0, *(d for row in drops for d in row)]) - 1e-6
+    fig, ax = plt.subplots(figsize=(2 + 1.1 * len(doc["levels"]), 1.5 + 0.28 * len(names)))
+    norm = TwoSlopeNorm(vmin=min(low, budget - 1e-6), vcenter=budget, vmax=top)
+    image = ax.imshow(drops, cmap="RdYlGn_r", norm=norm, aspect="auto")
+    ax.set_xticks(range(len(doc["levels"])), [f"{x:.0%}" for x in doc["levels"]])
+    ax.set_yticks(range(len(names)), names, fontsize=8 if len(names) < 40 else 5)
+    if len(names) <= 40:
+        for i, row in enumerate(drops):
+            for j, d in enumerate(row):
+                ax.text(j, i, f"{d:.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("sparsity of the layer alone")
+    ax.set_title(f"{doc['model']}: accuracy drop (points), budget {budget:g}")
+    fig.colorbar(image, ax=ax, label="drop (points)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -95,7 +95,7 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(values, k).values  # the sample missed: rare, still exact
 
 
-def _select(scores: torch.Tensor, alive: torch.Tensor, n_prune: int) -> torch.Tensor:
+def drop_lowest(scores: torch.Tensor, alive: torch.Tensor, n_prune: int) -> torch.Tensor:
     """New flat keep-mask: the ``n_prune`` lowest-scoring alive entries removed, ties by position."""
     if n_prune <= 0:
         return alive.clone()
@@ -202,13 +202,13 @@ def prune(
         for name in names:
             p, m = params[name], mask[name].to(params[name].device)
             k = round(int(torch.count_nonzero(m)) * fraction)
-            keep = _select(p.detach().abs().reshape(-1).float(), m.reshape(-1), k)
+            keep = drop_lowest(p.detach().abs().reshape(-1).float(), m.reshape(-1), k)
             out[name] = keep.view_as(m).cpu()
         return out
     if method != "random":
         raise ValueError(f"unknown pruning method {method!r}")
     flat_alive = torch.cat([mask[n].reshape(-1) for n in names])
-    keep = _select(_random_scores(params, generator), flat_alive, n_prune)
+    keep = drop_lowest(_random_scores(params, generator), flat_alive, n_prune)
     out, offset = {}, 0
     for name in names:
         n = params[name].numel()

@@ -22,6 +22,7 @@ LAYERS = {
         *("pruning", "channels", "training", "evaluation", "sources", "examples", "latency"),
         "analysis",
         "selection",
+        "sensitivity",
     },
     "decisions": {"decisions"},
     "infrastructure": {"store", "migrations", "checkpoints", "snapshots", "runs", "distributed"},
@@ -32,6 +33,7 @@ LAYERS = {
     "service": {"daemon"},
     "edges": {
         *("views", "console", "plots", "board", "export", "launch", "commands", "cli"),
+        "targets",
         *("__init__", "__main__"),
     },
 }

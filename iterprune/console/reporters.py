@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from iterprune.console.tables import frac, pct, rounds_table
@@ -23,6 +31,20 @@ def make_console(**kwargs: Any) -> Console:
     if not console.is_terminal and "width" not in kwargs:
         console = Console(width=120, **kwargs)
     return console
+
+
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
+    """A bar on stderr (so ``--json`` output stays clean) that a long computation advances by
+    calling what this yields; nothing without a terminal."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        yield lambda: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
 
 
 def say(*lines: str, stderr: bool = False) -> None:

@@ -271,3 +271,45 @@ def _size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def _drop_style(drop: float, budget: float) -> str:
+    """Green within the budget, then yellow, orange and red as the drop passes 1x, 2x, 5x it."""
+    if drop <= budget:
+        return "green"
+    if drop <= 2 * budget:
+        return "yellow"
+    return "dark_orange" if drop <= 5 * budget else "bold red"
+
+
+def sensitivity_table(doc: dict[str, Any]) -> Group:
+    """Accuracy drop per layer (rows) and level (columns), coloured against the budget."""
+    budget = doc["max_drop"]
+    head = Text.assemble(
+        ("model ", "dim"),
+        str(doc["model"]),
+        ("   from ", "dim"),
+        str(doc["source"]),
+        ("   baseline ", "dim"),
+        f"{doc['baseline_accuracy']:.2f}% on {doc['val_samples']:,} validation samples",
+        ("\neach layer pruned alone by ", "dim"),
+        "its weakest output channels" if doc["method"] == "channel" else "magnitude",
+        ("; drop in points, budget ", "dim"),
+        f"{budget:g}",
+    )
+    table = _table()
+    table.add_column("layer", justify="left")
+    table.add_column("params", justify="right")
+    for level in doc["levels"]:
+        table.add_column(f"{level:.0%}", justify="right")
+    for r in doc["layers"]:
+        cells = [Text(f"{d:+.2f}", style=_drop_style(d, budget)) for d in r["drop"]]
+        table.add_row(r["layer"], f"{r['params']:,}", *cells)
+    excluded = doc["suggested_exclude"]
+    tail = Text.assemble(
+        ("suggested prune.exclude ", "dim"),
+        f"{excluded}"
+        if excluded
+        else f"none: every layer keeps within the budget at {doc['levels'][0]:.0%}",
+    )
+    return Group(head, table, tail)
