@@ -342,7 +342,7 @@ def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
 
 MODES = {
     "lottery": {
-        "lottery": {"rewind": {"epoch": 1}, "control": "random_reinit"},
+        "lottery": {"rewind": {"epoch": 1}, "control": {"kind": "random_reinit", "seeds": 2}},
         "prune": {"method": "global_magnitude", "step": 0.4, "target_sparsity": 0.7},
     },
     "channel": {"prune": {"method": "channel", "step": 0.3, "target_sparsity": 0.5}},
@@ -373,7 +373,7 @@ def test_lottery_and_channel_modes_under_torchrun(mode: str, tmp_path: Path) -> 
     agreed = [e["message"] for e in store.events(mode) if e["kind"] == "ranks"]
     assert len(agreed) == len(rounds)
     if mode == "lottery":
-        assert all(r["control_accuracy"] is not None for r in rounds)
+        assert all(r["control_accuracy"] is not None and r["control_n"] == 2 for r in rounds)
     else:
         assert rounds[-1]["params"] < rounds[0]["params"] and rounds[-1]["macs"] is not None
     store.close()
