@@ -138,7 +138,7 @@ def amount_to_prune(alive: int, total: int, step: float, target_sparsity: float)
 def next_attempt(rules: Rules, pos: Position) -> Attempt | Finish:
     """The next attempt, or why the run is finished."""
     if pos.alive <= target_alive(pos.total, rules.target_sparsity):
-        return Finish(f"target sparsity {rules.target_sparsity:.0%} reached")
+        return Finish(f"target sparsity {100 * rules.target_sparsity:g}% reached")
     if pos.step < rules.min_step - EPS:
         return Finish(
             f"frontier reached: the next step ({pos.step:.4f}) would be under rollback.min_step"

@@ -30,9 +30,14 @@ TOTAL = 1000  # at 90% sparsity, 100 weights are left
 
 
 def pos(
-    alive: int = 1000, step: float = 0.2, accepted: int = 0, rolled_back: int = 0, streak: int = 0
+    alive: int = 1000,
+    step: float = 0.2,
+    accepted: int = 0,
+    rolled_back: int = 0,
+    streak: int = 0,
+    room: int | None = None,
 ) -> Position:
-    return Position(accepted, step, alive, TOTAL, rolled_back, streak)
+    return Position(accepted, step, alive, TOTAL, rolled_back, streak, room)
 
 
 def rules(**changes: object) -> Rules:
@@ -56,6 +61,11 @@ BEFORE_AN_ATTEMPT = [
     ("past the target counts as reached", pos(alive=90), Finish("target sparsity 90% reached")),
     ("a step under min_step is the frontier", pos(step=0.04),
      Finish("frontier reached: the next step (0.0400) would be under rollback.min_step")),
+    ("the layer caps leave less than a step: that much", pos(room=50), Attempt(1, 1, 0.2, 50, 0.05)),
+    ("the layer caps leave more: an ordinary round", pos(room=500), Attempt(1, 1, 0.2, 200, 0.2)),
+    ("every layer at its cap: finished there", pos(alive=400, room=0),
+     Finish("every layer is at prune.max_layer_sparsity: the highest sparsity the layer caps "
+            "allow (60.00%) is reached")),
 ]  # fmt: skip # a table: one case per line
 
 # (what it shows, rules, position, attempt, outcome, decision)
@@ -187,3 +197,8 @@ def test_the_decision_module_does_not_import_torch() -> None:
         if isinstance(node, ast.ImportFrom)
     }
     assert "torch" not in imported and "numpy" not in imported
+
+
+def test_a_fractional_target_is_named_exactly() -> None:
+    done = next_attempt(rules(target_sparsity=0.985), pos(alive=15))
+    assert done == Finish("target sparsity 98.5% reached")
