@@ -88,7 +88,7 @@ def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_s
     if fmt == "onnx":
         _onnx(model, input_shape, out)
     elif fmt == "pt2":
-        program = torch.export.export(model, (torch.randn(1, *input_shape),))
+        program = torch.export.export(model, _example(input_shape), dynamic_shapes=_ANY_BATCH)
         torch.export.save(program, str(out))
     elif fmt == "pt" and state.get("architecture"):
         torch.save(model, out)  # a channel run's smaller nn.Module itself (a pickle)
@@ -105,6 +105,15 @@ def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_s
     return out.stat().st_size
 
 
+# The first dimension of the input is free: a served model takes any batch. The example is traced
+# with two samples, since torch.export specialises a dimension it sees at size 1.
+_ANY_BATCH = ({0: torch.export.Dim("batch")},)
+
+
+def _example(input_shape: tuple[int, ...]) -> tuple[torch.Tensor]:
+    return (torch.randn(2, *input_shape),)
+
+
 def _onnx(model: Any, input_shape, out: Path) -> None:
     """An ONNX graph of the pruned model, for Netron or ONNX Runtime (the onnx extra)."""
     try:
@@ -115,12 +124,19 @@ def _onnx(model: Any, input_shape, out: Path) -> None:
             "--format onnx needs the onnx extra: pip install 'iterprune[onnx]'"
         ) from None
     tensors = model.state_dict()
-    example = torch.randn(1, *input_shape)
     try:
         # one self-contained file, unless the weights pass protobuf's 2 GB limit
         big = sum(t.numel() * t.element_size() for t in tensors.values()) > 1_500_000_000
         torch.onnx.export(
-            model, (example,), str(out), dynamo=True, external_data=big, verbose=False
+            model,
+            _example(input_shape),
+            str(out),
+            dynamo=True,
+            dynamic_shapes=_ANY_BATCH,
+            input_names=["input"],
+            output_names=["output"],
+            external_data=big,
+            verbose=False,
         )
     except Exception as exc:
         raise UserError(

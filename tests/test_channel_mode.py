@@ -110,3 +110,34 @@ def test_channel_rounds_record_latency_with_a_benchmark_section(tmp_path: Path) 
     rounds = [r for r in runner.store.rounds("tiny") if r["status"] == "accepted"]
     assert rounds and all(r["latency_ms_p50"] > 0 and r["latency_ms_p99"] > 0 for r in rounds)
     assert runner.store.run("tiny")["baseline_latency_ms_p50"] > 0
+
+
+@pytest.mark.parametrize("method", ["channel", "global_magnitude"])
+def test_pt2_and_onnx_exports_serve_any_batch(tmp_path: Path, method: str) -> None:
+    import onnxruntime
+
+    from iterprune import cli, export
+    from iterprune.store import Store
+
+    path = write(tmp_path / "tiny.yaml", merged(CHANNEL, prune={"method": method}))
+    state = tmp_path / "s"
+    assert cli.main(["start", str(path), "--state-dir", str(state)]) == 0
+    store = Store(state)
+    pruned, _ = export.round_model(store, "tiny", "last")
+    store.close()
+    files = {fmt: tmp_path / f"model.{fmt}" for fmt in ("pt2", "onnx")}
+    for fmt, out in files.items():
+        args = ["export", "tiny", "--format", fmt, "--out", str(out), "--state-dir", str(state)]
+        assert cli.main(args) == 0
+    program = torch.export.load(str(files["pt2"])).module()
+    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    (graph_input,) = session.get_inputs()
+    assert isinstance(graph_input.shape[0], str)  # a named, free batch dimension
+    for batch in (1, 7):
+        x = torch.randn(batch, 1, 8, 8)
+        with torch.no_grad():
+            want = pruned(x)
+        assert torch.allclose(program(x), want, atol=1e-5)
+        (got,) = session.run(None, {graph_input.name: x.numpy()})
+        assert got.shape == (batch, 10)
+        assert torch.allclose(torch.from_numpy(got), want, atol=1e-4)
