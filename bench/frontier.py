@@ -36,10 +36,8 @@ from typing import Any
 import torch
 import yaml
 
-from iterprune import decisions, evaluation, examples, pruning, rng, schedule, training
-from iterprune.runner import Runner
-from iterprune.runs import open_run
-from iterprune.store import Store
+import iterprune
+from iterprune import decisions, evaluation, examples, pruning, rng, training
 
 TARGET, BUDGET, LEVELS = 0.995, 1.0, (0.80, 0.90, 0.95, 0.97, 0.98, 0.99)
 SPLIT = {"val_fraction": 0.2, "test_fraction": 0.2}  # --split changes it
@@ -70,26 +68,21 @@ def run_iterprune(seed: int, name: str, work: Path, changes: dict) -> dict[str, 
     for key, value in changes.items():
         section, field = key.split(".")
         doc[section] = {**doc.get(section, {}), field: value}
-    store = Store(work / f"{doc['name']}-{seed}")
-    s = schedule.parse(yaml.safe_dump(doc), "frontier.yaml")
-    runner = Runner(store, open_run(store, s, "frontier.yaml"))
-    runner.prepare()
-    dense = {k: v.clone() for k, v in runner.model.state_dict().items()}
-    while runner.step():
-        pass
-    row, rounds = store.run(runner.run_id), store.rounds(runner.run_id)
+    run = iterprune.start(doc, state_dir=work / f"{doc['name']}-{seed}", quiet=True)
+    history = run.history()
+    rounds = history["rounds"]
+    dense = run.model(round=0).state_dict()
     last = ([r for r in rounds if r["status"] == "accepted"] or [None])[-1]
-    chosen = last or {"sparsity": 0.0, "val_accuracy": row["baseline_accuracy"]}
-    test = last["test_accuracy"] if last else row["baseline_test_accuracy"]
-    store.close()
+    chosen = last or {"sparsity": 0.0, "val_accuracy": history["baseline_accuracy"]}
+    test = last["test_accuracy"] if last else history["baseline_test_accuracy"]
     return {
         "sparsity": chosen["sparsity"],
-        "val_drop": row["baseline_accuracy"] - chosen["val_accuracy"],
-        "test_drop": row["baseline_test_accuracy"] - test,
+        "val_drop": history["baseline_accuracy"] - chosen["val_accuracy"],
+        "test_drop": history["baseline_test_accuracy"] - test,
         "epochs": sum(r["epochs"] or 0 for r in rounds),
         "attempts": len(rounds),
         "dense": dense,
-        "reason": row["reason"],
+        "reason": history["reason"],
     }
 
 

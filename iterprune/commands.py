@@ -142,13 +142,10 @@ def _sensitivity(args: argparse.Namespace, target: Any) -> dict[str, Any]:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from iterprune import schedule
-    from iterprune.runs import open_run
+    from iterprune import api
 
     def opening() -> tuple[Store, str | None]:
-        s = schedule.load(args.schedule)  # every schedule problem surfaces before any write
-        store = _store(args, create=True)
-        run_id = open_run(store, s, str(Path(args.schedule).resolve()), fresh=args.fresh)
+        store, run_id = api.open_for_start(args.schedule, args.state_dir, args.fresh)
         row = store.run(run_id) or {}
         if row.get("status") == "finished":
             print(f"run '{run_id}' already finished: {row['reason']}")
@@ -223,16 +220,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from iterprune import daemon
+    from iterprune import api
 
-    store = _store(args)
-    row = views.status(store, args.run)[0]
+    store = _store(args)  # no state: the usual message
+    run = api.Run(args.run, args.state_dir)
+    row = run.status()
     if row["status"] not in ("running", "paused"):
         print(f"run '{args.run}' is not being served (status: {row['status']})")
         return EXIT_OK
-    store.request_stop(args.run)  # the owner's heartbeat sees it, on whatever host it runs
+    run.stop()
     owner = store.run(args.run) or {}
-    daemon.stop_owner(owner)  # on this machine: at once
     print(
         f"asked pid {owner.get('pid')} on {owner.get('host')} to stop run '{args.run}': it "
         "finishes the current batch, writes a mid-round checkpoint and exits"

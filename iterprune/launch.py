@@ -17,7 +17,7 @@ from typing import Any
 
 from iterprune import console, daemon, distributed, orders, paths
 from iterprune.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, IterpruneError
-from iterprune.reporter import Reporter, Tee
+from iterprune.reporter import NullReporter, Reporter, Tee
 from iterprune.runner import Runner
 from iterprune.runs import load_schedule
 from iterprune.store import Store
@@ -25,18 +25,24 @@ from iterprune.store import Store
 Opening = Callable[[], "tuple[Store, str | None]"]
 
 
-def serve(opening: Opening, lease_timeout: float, detach: bool = False) -> int:
+def serve(opening: Opening, lease_timeout: float, detach: bool = False, quiet: bool = False) -> int:
     """Serve the run that ``opening`` names, here or (``detach``) in the background."""
     store, run_id = opening()
     if run_id is None:
         return EXIT_OK
     if detach:
-        return _detach(store, run_id, lease_timeout)
-    return foreground(store, run_id, lease_timeout)
+        return _detach(store, run_id, lease_timeout, quiet)
+    return foreground(store, run_id, lease_timeout, quiet=quiet)
 
 
-def foreground(store: Store, run_id: str, lease_timeout: float, ranks: Any = None) -> int:
-    """Serve the run in this process, drawing the console; exit code 0 (finished) or 3."""
+def foreground(
+    store: Store, run_id: str, lease_timeout: float, ranks: Any = None, quiet: bool = False
+) -> int:
+    """Serve the run in this process, drawing the console (``quiet``: saying nothing); exit code
+    0 (finished) or 3."""
+    if quiet:
+        runner = Runner(store, run_id, _reporters(store, run_id, NullReporter()), ranks)
+        return EXIT_OK if daemon.serve(runner, lease_timeout) == "finished" else EXIT_STOPPED
     con = console.make_console()
     with console.reporter_for(con) as shown:
         runner = Runner(store, run_id, _reporters(store, run_id, shown), ranks)
@@ -58,7 +64,7 @@ def _reporters(store: Store, run_id: str, shown: Reporter) -> Reporter:
     return Tee(shown, TensorBoardReporter(logdir))
 
 
-def _detach(store: Store, run_id: str, lease_timeout: float) -> int:
+def _detach(store: Store, run_id: str, lease_timeout: float, quiet: bool = False) -> int:
     """Serve the run from a background process (new session, no terminal), logging to a file."""
     with daemon.run_lock(store.state_dir, run_id, store):
         pass  # nobody serves it now: errors until here reach the caller
@@ -77,6 +83,8 @@ def _detach(store: Store, run_id: str, lease_timeout: float) -> int:
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+    if quiet:
+        return EXIT_OK
     console.say(
         f"run {run_id} started in the background: pid {proc.pid}",
         f"log: {log}",

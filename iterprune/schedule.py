@@ -47,6 +47,11 @@ def parse(text: str, source: str = "<schedule>", base_dir: Path | str = ".") -> 
     return schedule
 
 
+def from_mapping(doc: dict[str, Any], base_dir: Path | str = ".") -> Schedule:
+    """Validate a schedule given as a dict (the Python API), as if it were a file's content."""
+    return parse(yaml.safe_dump(doc, sort_keys=False), "<dict>", base_dir)
+
+
 def load(path: str | Path) -> Schedule:
     """Read and validate a schedule file."""
     path = Path(path)

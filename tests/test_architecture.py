@@ -34,6 +34,7 @@ LAYERS = {
     "edges": {
         *("views", "console", "plots", "board", "export", "launch", "commands", "cli"),
         "targets",
+        "api",
         *("__init__", "__main__"),
     },
 }

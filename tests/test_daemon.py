@@ -231,7 +231,7 @@ def test_detach_stop_status_logs_and_resume(tmp_path: Path) -> None:
     s = status()
     assert s["status"] == "running" and s["pid"] == pid and s["heartbeat_age_s"] < 10
     assert iterprune("stop", "tiny", state=state).returncode == 0
-    wait_for(lambda: status()["status"] == "stopped", timeout=20)
+    wait_for(lambda: status()["status"] == "stopped", timeout=60)  # each status call is a process
     wait_for(lambda: exited(pid), timeout=10)  # "exits within a few seconds"
     store = Store(state)
     assert [c for c in store.checkpoints("tiny") if c["kind"] == "mid"]  # written when stopped
