@@ -54,14 +54,21 @@ def foreground(
 
 
 def _reporters(store: Store, run_id: str, shown: Reporter) -> Reporter:
-    """The console, plus TensorBoard when the schedule asks for it."""
+    """The console, plus TensorBoard and MLflow when the schedule asks for them (their extras
+    are imported only then)."""
     schedule = load_schedule(store, run_id)
-    if not schedule.report.tensorboard:
-        return shown
-    from iterprune.board import TensorBoardReporter  # the tensorboard extra, only when asked
+    reporters = [shown]
+    if schedule.report.tensorboard:
+        from iterprune.board import TensorBoardReporter
 
-    logdir = Path(schedule.base_dir) / schedule.report.tensorboard / run_id
-    return Tee(shown, TensorBoardReporter(logdir))
+        logdir = Path(schedule.base_dir) / schedule.report.tensorboard / run_id
+        reporters.append(TensorBoardReporter(logdir))
+    if schedule.report.mlflow is not None:
+        from iterprune.tracking import MlflowTracker
+
+        spec = schedule.report.mlflow
+        reporters.append(MlflowTracker(store.state_dir, run_id, schedule, spec, shown))
+    return reporters[0] if len(reporters) == 1 else Tee(*reporters)
 
 
 def _detach(store: Store, run_id: str, lease_timeout: float, quiet: bool = False) -> int:

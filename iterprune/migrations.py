@@ -114,3 +114,9 @@ def _control_spread(db: Database) -> None:
     """A lottery control trained from several initialisations: their spread and count."""
     db["rounds"].add_column("control_std", float)
     db["rounds"].add_column("control_n", int)
+
+
+@migrations(name="0009_mlflow_run")
+def _mlflow_run(db: Database) -> None:
+    """The MLflow run a run reports to, so that a resumed run continues it."""
+    db["runs"].add_column("mlflow_run_id", str)

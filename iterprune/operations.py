@@ -8,7 +8,7 @@ import importlib.util
 import re
 
 from iterprune.checker import Checker, describe
-from iterprune.specs import BenchmarkSpec, CheckpointSpec, ReportSpec, WhenSpec
+from iterprune.specs import BenchmarkSpec, CheckpointSpec, MlflowSpec, ReportSpec, WhenSpec
 from iterprune.window import window_problem
 
 KEEP = ("last", "all")
@@ -90,11 +90,27 @@ def benchmark_section(c: Checker, raw: dict) -> BenchmarkSpec | None:
 
 
 def report_section(c: Checker, raw: dict) -> ReportSpec:
-    r = c.section(raw, "report", ("tensorboard",))
+    r = c.section(raw, "report", ("tensorboard", "mlflow"))
     logdir = c.text(r, "tensorboard", "report", None)
     if logdir is not None and importlib.util.find_spec("tensorboard") is None:
         c.fail(
             "report.tensorboard",
             "needs the tensorboard package: pip install 'iterprune[tensorboard]'",
         )
-    return ReportSpec(tensorboard=logdir)
+    return ReportSpec(tensorboard=logdir, mlflow=_mlflow(c, r))
+
+
+def _mlflow(c: Checker, r: dict) -> MlflowSpec | None:
+    """``report.mlflow: {tracking_uri, experiment}`` (``{}`` or ``true``: all defaults)."""
+    if "mlflow" not in r or r["mlflow"] is False or r["mlflow"] is None:
+        return None
+    if r["mlflow"] is True:
+        r = {**r, "mlflow": {}}
+    m = c.section(r, "mlflow", ("tracking_uri", "experiment"), "report")
+    spec = MlflowSpec(
+        tracking_uri=c.text(m, "tracking_uri", "report.mlflow", None),
+        experiment=c.text(m, "experiment", "report.mlflow", "iterprune") or "iterprune",
+    )
+    if importlib.util.find_spec("mlflow") is None:
+        c.fail("report.mlflow", "needs MLflow: pip install 'iterprune[mlflow]'")
+    return spec

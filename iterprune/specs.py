@@ -139,8 +139,15 @@ class LotterySpec:
 
 
 @dataclass(frozen=True)
+class MlflowSpec:
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, as MLflow users expect
+    experiment: str = "iterprune"
+
+
+@dataclass(frozen=True)
 class ReportSpec:
     tensorboard: str | None = None  # a log directory, relative to the schedule
+    mlflow: MlflowSpec | None = None
 
 
 @dataclass(frozen=True)
