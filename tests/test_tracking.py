@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 from helpers import StopAfter, parse, run_to_end, tiny, write
 from mlflow import MlflowClient
 
 from iterprune import cli, launch, tracking
+from iterprune.errors import ScheduleError
 from iterprune.reporter import Tee
 from iterprune.runner import Runner
 from iterprune.runs import load_schedule, open_run
@@ -114,3 +117,12 @@ def test_an_unreachable_server_does_not_fail_the_run(tmp_path: Path, capsys) -> 
     assert store.run("tiny")["status"] == "finished"
     warnings = [e for e in store.events("tiny") if e["kind"] == "tracking"]
     assert len(warnings) == 1 and warnings[0]["level"] == "warning"
+
+
+def test_the_mlflow_section_is_validated_like_any_other() -> None:
+    with pytest.raises(ScheduleError, match=re.escape("report.mlflow.uri")):
+        parse(tiny(report={"mlflow": {"uri": "sqlite:///x.db"}}))
+    with pytest.raises(ScheduleError, match="report.mlflow"):
+        parse(tiny(report={"mlflow": "yes please"}))
+    assert parse(tiny(report={"mlflow": True})).report.mlflow.experiment == "iterprune"
+    assert parse(tiny(report={"mlflow": None})).report.mlflow is None
