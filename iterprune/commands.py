@@ -9,7 +9,6 @@ Modules that import torch are imported inside the commands that need them, so ``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -35,14 +34,11 @@ def _has_state(args: argparse.Namespace) -> bool:
     return (paths.state_dir(args.state_dir) / DB_NAME).exists()
 
 
-def _emit(args: argparse.Namespace, doc: Any, render: Callable[[Any], Any]) -> int:
+def emit(args: argparse.Namespace, doc: Any, render: Callable[[Any], Any]) -> int:
     """``--json``: the document on stdout and nothing else; otherwise ``render(doc)``."""
-    if getattr(args, "json", False):
-        print(json.dumps(doc, indent=2, default=str))
-        return EXIT_OK
     from iterprune import console
 
-    console.make_console().print(render(doc))
+    console.emit(doc, render, getattr(args, "json", False))
     return EXIT_OK
 
 
@@ -91,7 +87,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             "weights": target.weights,
             **analysis.weight_report(target.model, target.schedule.prune.exclude),
         }
-        return _emit(args, doc, console.analysis_view)
+        return emit(args, doc, console.analysis_view)
     if target.weights is None:
         console.say(
             "warning: the schedule names no model.weights, so this is a randomly initialised "
@@ -104,7 +100,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         plots.sensitivity_heatmap(doc, Path(args.plot))
         console.say(f"wrote {args.plot}", stderr=True)
-    return _emit(args, doc, console.sensitivity_table)
+    return emit(args, doc, console.sensitivity_table)
 
 
 def _levels(text: str) -> list[float]:
@@ -189,19 +185,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not docs and not args.json:
         print(f"no runs in {paths.state_dir(args.state_dir)}")
         return EXIT_OK
-    return _emit(args, docs, console.runs_table)
+    return emit(args, docs, console.runs_table)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     from iterprune import console
 
-    return _emit(args, views.history(_store(args), args.run), console.history_view)
+    return emit(args, views.history(_store(args), args.run), console.history_view)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from iterprune import console
 
-    return _emit(args, views.show(_store(args), args.run, args.round), console.layers_table)
+    return emit(args, views.show(_store(args), args.run, args.round), console.layers_table)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -212,17 +208,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         rows = views.status(_store(args), args.run)
     if args.json:
-        return _emit(args, rows[0] if args.run else rows, console.status_view)
+        return emit(args, rows[0] if args.run else rows, console.status_view)
     if not rows:
         print(f"no runs in {paths.state_dir(args.state_dir)}")
         return EXIT_OK
-    return _emit(args, rows, console.status_view)
+    if args.run is None:
+        from iterprune import serving
+
+        serving.serve_line(_store(args))
+    return emit(args, rows, console.status_view)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from iterprune import api
 
     store = _store(args)  # no state: the usual message
+    if args.serve or args.run is None:
+        from iterprune import serving
+
+        return serving.stop_serve(store, args)
     run = api.Run(args.run, args.state_dir)
     row = run.status()
     if row["status"] not in ("running", "paused"):
@@ -279,10 +283,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from iterprune import console
+    from iterprune.backlog import Backlog
 
     store = _store(args)
-    docs = [views.summary(store, args.run), views.summary(store, args.other)]
-    return _emit(args, docs, console.compare_table)
+    names = list(args.runs)
+    if args.sweep:
+        names += Backlog(store).sweep(args.sweep)
+        if not names:
+            raise UserError(f"no runs of sweep {args.sweep!r} in the queue")
+    if len(names) < 2:
+        raise UserError("compare needs two runs or more (or --sweep NAME)")
+    docs = views.ranked([views.summary(store, run) for run in names])
+    return emit(args, docs, console.compare_table if len(docs) == 2 else console.ranking_table)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

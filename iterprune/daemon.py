@@ -110,7 +110,7 @@ def stop_owner(row: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _signals(stop: threading.Event, second_ctrl_c_exits: bool = True) -> Iterator[None]:
+def signals(stop: threading.Event, second_ctrl_c_exits: bool = True) -> Iterator[None]:
     """SIGTERM and Ctrl-C ask for a stop; a second Ctrl-C exits at once, except under torchrun,
     whose agent passes the terminal's Ctrl-C on as a second SIGINT of its own."""
     if threading.current_thread() is not threading.main_thread():
@@ -136,8 +136,11 @@ def _signals(stop: threading.Event, second_ctrl_c_exits: bool = True) -> Iterato
 class _Service:
     """The jobs of one served run, sharing a scheduler and the run."""
 
-    def __init__(self, run: Served, host: str, clock: Clock, heartbeat_s: float) -> None:
+    def __init__(
+        self, run: Served, host: str, clock: Clock, heartbeat_s: float, yields: bool = False
+    ) -> None:
         self.run = run
+        self.yields = yields  # outside the window: stop and give the device back (serve)
         self.host = host
         self.pid = os.getpid()
         self.clock = clock
@@ -189,7 +192,9 @@ class _Service:
             run.pin_threads()
             while not run.stop.is_set():
                 if self._outside_window():
-                    return
+                    if not self.yields:
+                        return  # the round job comes back when the window opens
+                    break
                 run.window_open()
                 if not run.step():
                     break
@@ -208,6 +213,11 @@ class _Service:
         opens = self.window.next_open(now)
         if opens is None:
             raise IterpruneError(f"the time window '{self.window.expression}' never opens again")
+        if self.yields:
+            message = f"outside the time window: giving the device to the next run until {opens}"
+            self.beat_store.add_event(self.run.run_id, "info", "yield", message)
+            self.run.stop.set()  # recorded as stopped; serve takes it up again when it opens
+            return True
         self.run.waiting(opens, self.window.expression)
         self.waiting = True
         # the clock may be a test's: wait as long as it says, in real time
@@ -238,15 +248,19 @@ def serve(
     lease_timeout: float = LEASE_TIMEOUT_S,
     clock: Clock | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    queue: bool = False,
 ) -> str:
-    """Own the run (lock file, then lease row) and serve it until it ends; its final status."""
+    """Own the run (lock file, then lease row) and serve it until it ends; its final status.
+    ``queue`` (for ``iterprune serve``): the caller handles signals, and outside the run's time
+    window the run stops instead of waiting."""
     host = socket.gethostname()
     store = Store(run.state_dir)  # the lease's (and the main thread's) own connection
+    handled = contextlib.nullcontext() if queue else signals(run.stop, not run.leads_ranks)
     try:
-        with run_lock(run.state_dir, run.run_id, store), _signals(run.stop, not run.leads_ranks):
+        with run_lock(run.state_dir, run.run_id, store), handled:
             _take_lease(store, run.run_id, host, lease_timeout)
             try:
-                _serve(run, store, host, clock or _utc_now, heartbeat_s)
+                _serve(run, store, host, clock or _utc_now, heartbeat_s, queue)
             except IterpruneError as exc:
                 run.close(str(exc))
                 raise
@@ -272,8 +286,10 @@ def _take_lease(store: Store, run_id: str, host: str, lease_timeout: float) -> N
         )
 
 
-def _serve(run: Served, store: Store, host: str, clock: Clock, heartbeat_s: float) -> None:
-    service = _Service(run, host, clock, heartbeat_s)
+def _serve(
+    run: Served, store: Store, host: str, clock: Clock, heartbeat_s: float, yields: bool
+) -> None:
+    service = _Service(run, host, clock, heartbeat_s, yields)
     try:
         service.start()
         _watch(service, store)

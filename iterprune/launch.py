@@ -53,6 +53,26 @@ def foreground(
     return EXIT_STOPPED
 
 
+def serve_queue(state_dir: Path, lease_timeout: float, until_empty: bool = False) -> int:
+    """``iterprune serve`` in this process: the queue's runs one after another, each with the
+    console (and the schedule's TensorBoard / MLflow); how many runs it served."""
+    from iterprune import server
+
+    con = console.make_console()
+
+    def serve_one(run_id: str, started: Callable[[Runner], None], clock: Any) -> str:
+        store = Store(state_dir)
+        try:
+            with console.reporter_for(con) as shown:
+                runner = Runner(store, run_id, _reporters(store, run_id, shown))
+                started(runner)
+                return daemon.serve(runner, lease_timeout, clock, queue=True)
+        finally:
+            store.close()
+
+    return server.serve_queue(state_dir, serve_one, until_empty=until_empty)
+
+
 def _reporters(store: Store, run_id: str, shown: Reporter) -> Reporter:
     """The console, plus TensorBoard and MLflow when the schedule asks for them (their extras
     are imported only then)."""

@@ -120,3 +120,14 @@ def _control_spread(db: Database) -> None:
 def _mlflow_run(db: Database) -> None:
     """The MLflow run a run reports to, so that a resumed run continues it."""
     db["runs"].add_column("mlflow_run_id", str)
+
+
+@migrations(name="0010_queue")
+def _queue(db: Database) -> None:
+    """The queue that ``iterprune serve`` works through, and the serve process itself."""
+    db["queue"].create(
+        {"run": str, "priority": int, "seq": int, "sweep": str, "held": str, "added_at": str},
+        pk="run",
+    )
+    serve = {"id": int, "pid": int, "host": str, "started_at": str, "heartbeat_at": float}
+    db["serve"].create({**serve, "current": str, "stop_requested": int}, pk="id")  # one row

@@ -34,5 +34,14 @@ def lock_file(state: Path, run: str) -> Path:
     return state / "locks" / f"{run}.lock"
 
 
+def serve_lock(state: Path) -> Path:
+    """Held by the one ``iterprune serve`` of a state directory (a run id cannot contain '/')."""
+    return state / "locks" / "serve" / "serve.lock"
+
+
+def serve_log(state: Path) -> Path:
+    return state / "logs" / "serve" / "serve.log"
+
+
 def log_file(state: Path, run: str) -> Path:
     return state / "logs" / f"{run}.log"

@@ -12,11 +12,13 @@ from iterprune.specs import Schedule
 from iterprune.store import Store, dumps
 
 
-def open_run(store: Store, schedule: Schedule, schedule_path: str, fresh: bool = False) -> str:
+def open_run(
+    store: Store, schedule: Schedule, schedule_path: str, fresh: bool = False, queued: bool = False
+) -> str:
     """The run id for ``schedule``: a new run, or the existing one when the schedule is unchanged.
 
     A changed schedule for an existing run is refused with what changed; ``fresh`` starts a new
-    run id (``NAME-2``, ``NAME-3``, ...) instead.
+    run id (``NAME-2``, ``NAME-3``, ...) instead. ``queued``: a new run waits for ``serve``.
     """
     run_id = schedule.name
     existing = store.run(run_id)
@@ -30,7 +32,7 @@ def open_run(store: Store, schedule: Schedule, schedule_path: str, fresh: bool =
         store.create_run(
             {
                 "run": run_id,
-                "status": "running",
+                "status": "queued" if queued else "running",
                 "phase": "pretrain",
                 "round": 0,
                 "attempt": 0,

@@ -86,11 +86,11 @@ class Store:
 
     # --- runs ---------------------------------------------------------------------------------
 
-    def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    def select(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         return list(self.db.query(sql, params))
 
     def run(self, run: str) -> dict[str, Any] | None:
-        rows = self._rows("select * from runs where run = ?", [run])
+        rows = self.select("select * from runs where run = ?", [run])
         return rows[0] if rows else None
 
     def runs(self) -> list[dict[str, Any]]:
@@ -174,7 +174,7 @@ class Store:
             where = "where run = ? and round > ?"
             paths = [
                 r["path"]
-                for r in self._rows(f"select path from checkpoints {where}", [run, round_])
+                for r in self.select(f"select path from checkpoints {where}", [run, round_])
             ]
             for table in ("layers", "rounds", "checkpoints"):
                 self.db.execute(f"delete from {table} {where}", [run, round_])
@@ -247,7 +247,7 @@ class Store:
 
     def mid_checkpoint(self, run: str, round_: int, attempt: int) -> dict[str, Any] | None:
         where = "run = ? and round = ? and attempt = ? and kind = 'mid'"
-        rows = self._rows(
+        rows = self.select(
             f"select * from checkpoints where {where} order by id desc", [run, round_, attempt]
         )
         return rows[0] if rows else None
@@ -265,7 +265,7 @@ class Store:
 
     def _drop_mids(self, run: str, round_: int, attempt: int) -> list[str]:
         where = "run = ? and round = ? and attempt = ? and kind = 'mid'"
-        rows = self._rows(f"select path from checkpoints where {where}", [run, round_, attempt])
+        rows = self.select(f"select path from checkpoints where {where}", [run, round_, attempt])
         self.db.execute(f"delete from checkpoints where {where}", [run, round_, attempt])
         return [r["path"] for r in rows]
 
@@ -293,11 +293,11 @@ class Store:
         )
 
     def rounds(self, run: str) -> list[dict[str, Any]]:
-        return self._rows("select * from rounds where run = ? order by round, attempt", [run])
+        return self.select("select * from rounds where run = ? order by round, attempt", [run])
 
     def layers(self, run: str, round_: int, attempt: int) -> list[dict[str, Any]]:
         where = "run = ? and round = ? and attempt = ?"
-        return self._rows(
+        return self.select(
             f"select * from layers where {where} order by position", [run, round_, attempt]
         )
 
@@ -312,7 +312,7 @@ class Store:
         """Forget every accepted checkpoint but the newest (the dense one stays); their paths."""
         with self.transaction():
             accepted = "from checkpoints where run = ? and kind = 'accepted'"
-            rows = self._rows(
+            rows = self.select(
                 f"select id, path {accepted} and id < (select max(id) {accepted})", [run, run]
             )
             for r in rows:
@@ -323,7 +323,7 @@ class Store:
         return [r["path"] for r in rows]
 
     def checkpoints(self, run: str) -> list[dict[str, Any]]:
-        return self._rows("select * from checkpoints where run = ? order by id", [run])
+        return self.select("select * from checkpoints where run = ? order by id", [run])
 
     # --- events -------------------------------------------------------------------------------
 
@@ -337,7 +337,7 @@ class Store:
         )
 
     def events(self, run: str, after_id: int = 0) -> list[dict[str, Any]]:
-        return self._rows(
+        return self.select(
             "select * from events where run = ? and id > ? order by id", [run, after_id]
         )
 

@@ -167,6 +167,18 @@ def _owner_gone(row: dict[str, Any], age: float | None, lease_timeout: float) ->
     return age is None or age > lease_timeout
 
 
+def ranked(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best first: the sparsity reached (every accepted round is within the budget), then test
+    accuracy where there is a test split (else validation accuracy), fewer epochs, less time."""
+
+    def key(d: dict[str, Any]) -> tuple:
+        accuracy = d["test_accuracy"] if d["test_accuracy"] is not None else d["val_accuracy"]
+        return (-(d["sparsity"] or 0), -(accuracy or 0), d["epochs"] or 0, d["duration_s"] or 0)
+
+    out = sorted(docs, key=key)
+    return [{"rank": i + 1, **d} for i, d in enumerate(out)]
+
+
 def summary(store: Store, run: str) -> dict[str, Any]:
     """One run in numbers, for ``compare``."""
     row = _run(store, run)

@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 60
 # Each module imports only from its own layer and the layers before it.
 LAYERS = {
     "leaves": {"errors", "paths", "faults", "rng", "specs", "window", "evidence"},
-    "config": {"checker", "factories", "inputs", "operations", "sections", "schedule"},
+    "config": {"checker", "factories", "inputs", "operations", "sections", "schedule", "sweeps"},
     "core": {
         *("pruning", "channels", "training", "evaluation", "sources", "examples", "latency"),
         "analysis",
@@ -25,17 +25,20 @@ LAYERS = {
         "sensitivity",
     },
     "decisions": {"decisions"},
-    "infrastructure": {"store", "migrations", "checkpoints", "snapshots", "runs", "distributed"},
+    "infrastructure": {
+        *("store", "migrations", "checkpoints", "snapshots", "runs", "distributed", "backlog"),
+    },
     "engine": {
         *("recipe", "workbench", "baseline", "reporter", "attempts", "resumption", "runner"),
         "orders",
     },
-    "service": {"daemon"},
+    "service": {"daemon", "server"},
     "edges": {
         *("views", "console", "plots", "board", "export", "launch", "commands", "cli"),
         "targets",
         "api",
         "tracking",
+        "serving",
         *("__init__", "__main__"),
     },
 }
@@ -53,7 +56,7 @@ OWNERS = {
     "torch.utils.tensorboard": {"board"},
     "onnx": {"export"},
     "onnxscript": {"export"},
-    "yaml": {"checker", "schedule"},
+    "yaml": {"checker", "schedule", "sweeps"},
     "sklearn": {"examples"},
     "safetensors": {"sources", "export"},
     "torchvision": {"sources", "factories"},

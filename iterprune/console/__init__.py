@@ -4,9 +4,11 @@ This package is the only place that imports Rich: ``reporters`` (what a served r
 ``tables`` (the inspection commands' views).
 """
 
+from iterprune.console.overview import compare_table, queue_table, ranking_table
 from iterprune.console.reporters import (
     LiveReporter,
     PlainReporter,
+    emit,
     make_console,
     progress_bar,
     reporter_for,
@@ -14,7 +16,6 @@ from iterprune.console.reporters import (
 )
 from iterprune.console.tables import (
     analysis_view,
-    compare_table,
     history_view,
     layers_table,
     rounds_table,
@@ -29,9 +30,12 @@ __all__ = [
     "LiveReporter",
     "PlainReporter",
     "analysis_view",
+    "emit",
     "compare_table",
     "history_view",
     "layers_table",
+    "queue_table",
+    "ranking_table",
     "make_console",
     "progress_bar",
     "reporter_for",

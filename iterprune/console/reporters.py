@@ -5,6 +5,7 @@ of days is useless, so CI and ``> run.log`` get plain lines)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,14 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
     with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as progress:
         task = progress.add_task(label, total=total)
         yield lambda: progress.advance(task)
+
+
+def emit(doc: Any, render: Callable[[Any], Any], as_json: bool) -> None:
+    """A command's document: as JSON on stdout and nothing else, or rendered for a person."""
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        make_console().print(render(doc))
 
 
 def say(*lines: str, stderr: bool = False) -> None:

@@ -27,7 +27,7 @@ def frac(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}%}"
 
 
-def _table(title: str | None = None) -> Table:
+def plain_table(title: str | None = None) -> Table:
     return Table(
         title=title,
         title_justify="left",
@@ -51,7 +51,7 @@ def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
         key: any(r.get(key) is not None for r in rows)
         for key in ("drop_low", "test_accuracy", "control_accuracy", "latency_ms_p50")
     }
-    table = _table(title)
+    table = plain_table(title)
     # with intervals (every run since they exist) the non-zero count makes way for them
     columns = ["round", "step", "sparsity"] + ([] if has["drop_low"] else ["nonzero"])
     columns += ["acc %", "drop"] + (["interval"] if has["drop_low"] else [])
@@ -85,7 +85,7 @@ def interval(low: float | None, high: float | None) -> str:
 
 
 def runs_table(runs: list[dict[str, Any]]) -> Table:
-    table = _table("runs")
+    table = plain_table("runs")
     test = any(r.get("test_accuracy") is not None for r in runs)
     names = ["run", "status", "rounds", "sparsity", "val %", "baseline"]
     names += ["test %", "baseline test"] if test else []
@@ -162,35 +162,8 @@ def sparkline(values: list[float]) -> str:
     return "".join(blocks[min(7, int((v - lo) / span * 7 + 0.5))] for v in values)
 
 
-def compare_table(docs: list[dict[str, Any]]) -> Table:
-    table = _table("compare")
-    table.add_column("")
-    for d in docs:
-        table.add_column(d["run"], justify="right")
-    rows = [
-        ("status", lambda d: d["status"]),
-        ("model", lambda d: str(d["model"])),
-        ("baseline accuracy", lambda d: pct(d["baseline_accuracy"])),
-        ("final sparsity", lambda d: frac(d["sparsity"])),
-        ("final accuracy", lambda d: pct(d["val_accuracy"])),
-        ("baseline test accuracy", lambda d: pct(d.get("baseline_test_accuracy"))),
-        ("final test accuracy", lambda d: pct(d.get("test_accuracy"))),
-        ("control accuracy", lambda d: pct(d["control_accuracy"])),
-        ("non-zero weights", lambda d: f"{d['params'] or 0:,}"),
-        ("latency p50 ms", lambda d: pct(d["latency_ms_p50"])),
-        ("accepted rounds", lambda d: str(d["accepted_rounds"])),
-        ("attempts (rolled back)", lambda d: f"{d['attempts']} ({d['rolled_back']})"),
-        ("fine-tuning epochs", lambda d: str(d.get("epochs") or 0)),
-        ("time in rounds", lambda d: f"{d['duration_s']:.0f}s"),
-        ("ended", lambda d: d["reason"] or "—"),
-    ]
-    for label, cell in rows:
-        table.add_row(label, *[cell(d) for d in docs])
-    return table
-
-
 def layers_table(doc: dict[str, Any]) -> Table:
-    table = _table(f"{doc['run']} round {doc['round']}")
+    table = plain_table(f"{doc['run']} round {doc['round']}")
     for name in ("layer", "params", "nonzero", "sparsity", ""):
         table.add_column(name, justify="left" if name in ("layer", "") else "right")
     for r in doc["layers"]:
@@ -214,7 +187,7 @@ def analysis_view(doc: dict[str, Any]) -> Group:
         ("\nbelow 1e-3 ", "dim"),
         f"{doc['near_zero']:.2%} of {doc['params']:,} prunable weights",
     )
-    table = _table("per layer")
+    table = plain_table("per layer")
     for name in ("layer", "params", "mean |w|", "std |w|", "< 1e-3"):
         table.add_column(name, justify="left" if name == "layer" else "right")
     for r in doc["layers"]:
@@ -246,7 +219,7 @@ def status_view(rows: list[dict[str, Any]]) -> Group:
 
 
 def status_table(rows: list[dict[str, Any]]) -> Table:
-    table = _table("status")
+    table = plain_table("status")
     for name in ("run", "status", "phase", "round", "progress", "pid", "heartbeat"):
         table.add_column(name)
     for r in rows:
@@ -297,7 +270,7 @@ def sensitivity_table(doc: dict[str, Any]) -> Group:
         ("; drop in points, budget ", "dim"),
         f"{budget:g}",
     )
-    table = _table()
+    table = plain_table()
     table.add_column("layer", justify="left")
     table.add_column("params", justify="right")
     for level in doc["levels"]:

@@ -1,0 +1,243 @@
+"""The queue and ``iterprune serve``: order, windows, a second serve, SIGKILL, sweeps, ranking."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import Recorder, checkpoint_state, tiny, write
+
+from iterprune import cli, daemon, server
+from iterprune.backlog import Backlog
+from iterprune.runner import Runner
+from iterprune.store import Store
+
+UTC = dt.timezone.utc
+
+
+def queue(tmp_path: Path, state: Path, docs: dict[str, dict], priority: dict | None = None) -> None:
+    for name, doc in docs.items():
+        path = write(tmp_path / f"{name}.yaml", {**doc, "name": name})
+        args = ["queue", "add", str(path), "--state-dir", str(state)]
+        assert cli.main([*args, "--priority", str((priority or {}).get(name, 0))]) == 0
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def recording(state: Path, order: list[str], after=None):
+    """A serve_one that serves quietly and records the order (``after`` runs after each)."""
+
+    def serve_one(run_id, started, clock) -> str:
+        order.append(run_id)
+        store = Store(state)
+        try:
+            runner = Runner(store, run_id, Recorder())
+            started(runner)
+            return daemon.serve(runner, clock=clock, heartbeat_s=0.05, queue=True)
+        finally:
+            store.close()
+            if after:
+                after(run_id)
+
+    return serve_one
+
+
+def test_serve_takes_priority_then_first_come_and_ends_when_empty(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    docs = {name: tiny(prune={"target_sparsity": 0.3}) for name in ("low", "high", "mid", "mid2")}
+    queue(tmp_path, state, docs, {"low": -1, "high": 9, "mid": 3, "mid2": 3})
+    order: list[str] = []
+    assert server.serve_queue(state, recording(state, order), poll_s=0.05, until_empty=True) == 4
+    assert order == ["high", "mid", "mid2", "low"]
+    entries = Backlog(Store(state)).entries()
+    assert {e["status"] for e in entries} == {"finished"} and all(
+        e["position"] is None for e in entries
+    )
+
+
+def test_a_closed_window_yields_to_an_open_run_and_comes_back(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    night = tiny(prune={"target_sparsity": 0.3}, when={"window": "* 22-23 * * *"})
+    queue(
+        tmp_path, state, {"night": night, "day": tiny(prune={"target_sparsity": 0.3})}, {"night": 5}
+    )
+    clock = Clock(dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+    order: list[str] = []
+
+    def after(run_id: str) -> None:
+        clock.now = dt.datetime(2026, 11, 25, 22, 30, tzinfo=UTC)  # night falls
+
+    served = server.serve_queue(
+        state, recording(state, order, after), clock=clock, poll_s=0.05, until_empty=True
+    )
+    assert order == ["day", "night"] and served == 2  # the higher priority waited for its window
+
+
+def test_a_run_whose_window_closes_gives_the_device_to_the_next(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    evening = tiny(prune={"step": 0.1, "target_sparsity": 0.6}, when={"window": "* 18-21 * * *"})
+    other = tiny(prune={"target_sparsity": 0.3})
+    queue(tmp_path, state, {"evening": evening, "other": other}, {"evening": 5})
+    clock = Clock(dt.datetime(2026, 11, 25, 21, 59, tzinfo=UTC))
+    order: list[str] = []
+    store = Store(state)
+
+    def serve_one(run_id, started, clock_):
+        order.append(run_id)
+        s = Store(state)
+
+        class Closes(Recorder):  # the window closes after the evening's first round
+            def round_done(self, row):
+                super().round_done(row)
+                if clock.now.day == 25:
+                    clock.now = dt.datetime(2026, 11, 25, 22, 1, tzinfo=UTC)
+
+        try:
+            runner = Runner(s, run_id, Closes() if run_id == "evening" else Recorder())
+            started(runner)
+            return daemon.serve(runner, clock=clock_, heartbeat_s=0.05, queue=True)
+        finally:
+            s.close()
+            if run_id == "other":
+                clock.now = dt.datetime(2026, 11, 26, 18, 0, tzinfo=UTC)  # the next evening
+
+    assert server.serve_queue(state, serve_one, clock=clock, poll_s=0.05, until_empty=True) == 3
+    assert order == ["evening", "other", "evening"]
+    assert store.run("evening")["status"] == "finished"
+    kinds = [e["kind"] for e in store.events("evening")]
+    assert "yield" in kinds
+
+
+def test_a_second_serve_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    queue(tmp_path, state, {"a": tiny()})
+    backlog = Backlog(Store(state))
+    with server.serve_lock(state, backlog):
+        backlog.serving(4242, "elsewhere", time.time(), None)
+        with pytest.raises(daemon.RunBusy, match="already served by pid 4242"):
+            with server.serve_lock(state, backlog):
+                pass
+        assert cli.main(["serve", "--until-empty", "--state-dir", str(state)]) == 4
+
+
+def test_stop_serve_and_queue_remove(tmp_path: Path, capsys) -> None:
+    state = tmp_path / "s"
+    queue(tmp_path, state, {"a": tiny(), "b": tiny()})
+    assert cli.main(["queue", "remove", "b", "--state-dir", str(state)]) == 0
+    capsys.readouterr()
+    assert cli.main(["queue", "--json", "--state-dir", str(state)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in doc["runs"]] == ["a"] and doc["serve"] is None
+    assert cli.main(["stop", "--serve", "--state-dir", str(state)]) == 0
+    assert "not running" in capsys.readouterr().out
+
+
+def iterprune(*args: str, state: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "iterprune", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_serve_continues_every_run_exactly_once(tmp_path: Path) -> None:
+    docs = {
+        "first": tiny(prune={"step": 0.1, "target_sparsity": 0.6}, finetune={"epochs": 4}),
+        "second": tiny(prune={"target_sparsity": 0.5}, seed=5),
+    }
+    state, alone = tmp_path / "s", tmp_path / "alone"
+    queue(tmp_path, state, docs)
+    for name in docs:  # what uninterrupted runs of the same schedules end with
+        assert iterprune("start", str(tmp_path / f"{name}.yaml"), state=alone).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iterprune", "serve", "--until-empty", "--state-dir", str(state)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    watcher = Store(state)
+    deadline = time.monotonic() + 120
+    while (watcher.run("first")["accepted_round"] or 0) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert watcher.run("first")["status"] == "running"  # killed mid-run
+    again = iterprune("serve", "--until-empty", state=state)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for name in docs:
+        row = watcher.run(name)
+        assert row["status"] == "finished"
+        accepted = [
+            (r["round"], r["attempt"]) for r in watcher.rounds(name) if r["status"] == "accepted"
+        ]
+        assert len(accepted) == len({r for r, _ in accepted})  # no round accepted twice
+        ours = checkpoint_state(state, name, row["accepted_round"])["model"]
+        theirs = checkpoint_state(alone, name, Store(alone).run(name)["accepted_round"])["model"]
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
+def test_sweeps_expand_validate_and_rank(tmp_path: Path, capsys) -> None:
+    state = tmp_path / "s"
+    base = write(tmp_path / "base.yaml", {**tiny(prune={"target_sparsity": 0.3}), "name": "base"})
+    args = ["sweep", str(base), "--set", "prune.step=0.1,0.3", "--set", "validate.max_drop=5,50"]
+    assert cli.main([*args, "--seeds", "1,2", "--dry-run", "--state-dir", str(state)]) == 0
+    names = capsys.readouterr().out.split("\n")[:8]
+    assert names[0] == "base-step0.1-max_drop5-seed1" and len(set(names)) == 8
+    assert not (state / "iterprune.db").exists()  # a dry run writes nothing
+    bad = ["sweep", str(base), "--set", "prune.step=0.1,7", "--state-dir", str(state)]
+    assert cli.main(bad) == 2 and "prune.step" in capsys.readouterr().err
+    assert not (state / "iterprune.db").exists() or Backlog(Store(state)).entries() == []
+    assert cli.main([*args, "--state-dir", str(state)]) == 0
+    assert len(Backlog(Store(state)).sweep("base")) == 4
+    assert server.serve_queue(state, recording(state, []), poll_s=0.05, until_empty=True) == 4
+    capsys.readouterr()
+    assert cli.main(["compare", "--sweep", "base", "--json", "--state-dir", str(state)]) == 0
+    ranked = json.loads(capsys.readouterr().out)
+    assert [d["rank"] for d in ranked] == [1, 2, 3, 4]
+    keys = [(-d["sparsity"], -d["val_accuracy"], d["epochs"]) for d in ranked]
+    assert keys == sorted(keys)
+    assert cli.main(["compare", *[d["run"] for d in ranked[:3]], "--state-dir", str(state)]) == 0
+    assert "ranked" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_stop_serve_checkpoints_the_current_run_and_serve_continues_it(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    long = tiny(finetune={"epochs": 3000}, prune={"step": 0.2, "target_sparsity": 0.2})
+    queue(tmp_path, state, {"long": long})  # one round of 3000 epochs: caught fine-tuning
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iterprune", "serve", "--state-dir", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watcher = Store(state)
+    deadline = time.monotonic() + 120
+    while watcher.run("long")["phase"] != "finetune":
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    assert iterprune("stop", "--serve", state=state).returncode == 0
+    assert proc.wait(timeout=120) == 0, proc.stdout.read()
+    assert watcher.run("long")["status"] == "stopped"
+    assert watcher.mid_checkpoint("long", 1, 1) is not None  # the round's progress is kept
+    assert Backlog(watcher).entry("long")["held"] is None  # not held: serve takes it up again
+    again = iterprune("serve", "--until-empty", state=state)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert watcher.run("long")["status"] == "finished"
+    assert any("continuing round" in e["message"] for e in watcher.events("long"))
