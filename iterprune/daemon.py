@@ -101,6 +101,21 @@ def run_lock(state_dir: Path, run_id: str, store: Store) -> Iterator[None]:
         os.close(fd)
 
 
+def held_elsewhere(state_dir: Path, run_id: str) -> bool:
+    """Whether another process on this machine serves the run now (holds its lock file)."""
+    path = paths.lock_file(state_dir, run_id)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
+
+
 def stop_owner(row: dict[str, Any]) -> None:
     """SIGTERM to the process serving a run, when it runs on this machine (it also sees the
     stop request in the database at its next heartbeat, on whatever host it runs)."""

@@ -61,9 +61,13 @@ def window_open(store: Store, run: str, clock: daemon.Clock) -> bool:
 
 def next_run(backlog: Backlog, clock: daemon.Clock) -> str | None:
     """The first run in the queue's order that may run now."""
+    state_dir = backlog.store.state_dir
     for entry in backlog.entries():
-        if entry["position"] is not None and window_open(backlog.store, entry["run"], clock):
-            return entry["run"]
+        run = entry["run"]
+        if entry["position"] is None or daemon.held_elsewhere(state_dir, run):
+            continue  # done, held, or served by another process (a resume by hand)
+        if window_open(backlog.store, run, clock):
+            return run
     return None
 
 

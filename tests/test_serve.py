@@ -241,3 +241,14 @@ def test_stop_serve_checkpoints_the_current_run_and_serve_continues_it(tmp_path:
     assert again.returncode == 0, again.stdout + again.stderr
     assert watcher.run("long")["status"] == "finished"
     assert any("continuing round" in e["message"] for e in watcher.events("long"))
+
+
+def test_a_run_served_by_hand_is_left_to_its_owner(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    queue(tmp_path, state, {"a": tiny(), "b": tiny()}, {"a": 1})
+    store = Store(state)
+    backlog, clock = Backlog(store), Clock(dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+    assert server.next_run(backlog, clock) == "a"
+    with daemon.run_lock(state, "a", store):  # as `iterprune resume a` in another terminal
+        assert server.next_run(backlog, clock) == "b"
+    assert server.next_run(backlog, clock) == "a"
