@@ -154,7 +154,9 @@ class MlflowTracker:
         eid = (
             experiment.experiment_id
             if experiment
-            else client.create_experiment(self.spec.experiment)
+            else client.create_experiment(
+                self.spec.experiment, artifact_location=_artifacts(client.tracking_uri)
+            )
         )
         tags = {"iterprune.run": self.run_id, "iterprune.state_dir": str(self.state_dir.resolve())}
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -171,6 +173,14 @@ class MlflowTracker:
             for path in _files(store, self.run_id, history, Path(tmp)):
                 client.log_artifact(mid, str(path))
         client.set_terminated(mid, FINAL.get(status, "KILLED"))
+
+
+def _artifacts(uri: str) -> str | None:
+    """A SQLite store keeps its artifacts beside its database file (``mlartifacts/``), not in
+    whatever directory the run was started from (MLflow's default); other stores: their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
 def _baseline(row: dict[str, Any], when: int) -> list[Any]:

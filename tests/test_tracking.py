@@ -66,6 +66,7 @@ def test_metrics_params_tags_and_artifacts_equal_the_history(tmp_path: Path, cap
     assert {"history.json", "accuracy_vs_sparsity.png", f"tiny-round{last}.safetensors"} <= names
     stored = Store(tmp_path / "s").run("tiny")
     assert stored["mlflow_run_id"] == run.info.run_id
+    assert (tmp_path / "mlartifacts").is_dir()  # beside the database, not in the current directory
 
 
 def test_a_resumed_run_continues_its_mlflow_run_without_duplicates(
