@@ -82,23 +82,32 @@ class Served(Protocol):
 
 
 @contextlib.contextmanager
-def run_lock(state_dir: Path, run_id: str, store: Store) -> Iterator[None]:
-    """Hold the run's lock file. The kernel drops the lock when its holder dies, even by SIGKILL."""
-    path = paths.lock_file(state_dir, run_id)
+def exclusive(path: Path, busy: Callable[[], str]) -> Iterator[None]:
+    """Hold a lock file, or raise RunBusy with ``busy()``. The kernel drops the lock when its
+    holder dies, even by SIGKILL."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            row = store.run(run_id) or {}
-            raise RunBusy(
-                f"run '{run_id}' is already being served by pid {row.get('pid')} on "
-                f"{row.get('host')}; stop it first (iterprune stop {run_id})"
-            ) from None
+            raise RunBusy(busy()) from None
         yield
     finally:
         os.close(fd)
+
+
+def run_lock(state_dir: Path, run_id: str, store: Store) -> contextlib.AbstractContextManager:
+    """Hold the run's lock file: one process serves a run."""
+
+    def busy() -> str:
+        row = store.run(run_id) or {}
+        return (
+            f"run '{run_id}' is already being served by pid {row.get('pid')} on "
+            f"{row.get('host')}; stop it first (iterprune stop {run_id})"
+        )
+
+    return exclusive(paths.lock_file(state_dir, run_id), busy)
 
 
 def held_elsewhere(state_dir: Path, run_id: str) -> bool:

@@ -96,29 +96,36 @@ def _detach(store: Store, run_id: str, lease_timeout: float, quiet: bool = False
     with daemon.run_lock(store.state_dir, run_id, store):
         pass  # nobody serves it now: errors until here reach the caller
     log = paths.log_file(store.state_dir, run_id)
+    pid = spawn(
+        ["resume", run_id, "--state-dir", str(store.state_dir.resolve())]
+        + ["--lease-timeout", str(lease_timeout)],
+        log,
+    )
+    if quiet:
+        return EXIT_OK
+    console.say(
+        f"run {run_id} started in the background: pid {pid}",
+        f"log: {log}",
+        f"follow it: iterprune logs {run_id} -f    status: iterprune status {run_id}    "
+        f"stop it: iterprune stop {run_id}",
+    )
+    return EXIT_OK
+
+
+def spawn(arguments: list[str], log: Path) -> int:
+    """``iterprune ARGUMENTS`` in a background process (its own session, no terminal), its output
+    appended to ``log``; its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        *(sys.executable, "-m", "iterprune", "resume", run_id),
-        *("--state-dir", str(store.state_dir.resolve()), "--lease-timeout", str(lease_timeout)),
-    ]
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            command,
+            [sys.executable, "-m", "iterprune", *arguments],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    if quiet:
-        return EXIT_OK
-    console.say(
-        f"run {run_id} started in the background: pid {proc.pid}",
-        f"log: {log}",
-        f"follow it: iterprune logs {run_id} -f    status: iterprune status {run_id}    "
-        f"stop it: iterprune stop {run_id}",
-    )
-    return EXIT_OK
+    return proc.pid
 
 
 def under_torchrun(opening: Opening, lease_timeout: float) -> int:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from iterprune import daemon, paths
@@ -34,24 +33,17 @@ ServeOne = Callable[[str, Callable[[daemon.Served], None], daemon.Clock], str]
 HELD = "stopped by hand; queue it again (iterprune queue add) or resume it"
 
 
-@contextlib.contextmanager
-def serve_lock(state_dir: Path, backlog: Backlog) -> Iterator[None]:
-    """One serve per state directory (the kernel drops the lock when its holder dies)."""
-    path = paths.serve_lock(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            row = backlog.serve() or {}
-            raise RunBusy(
-                f"{state_dir} is already served by pid {row.get('pid')} on {row.get('host')} "
-                "(one serve per state directory; stop it with: iterprune stop --serve)"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
+def serve_lock(state_dir: Path, backlog: Backlog) -> contextlib.AbstractContextManager:
+    """One serve per state directory."""
+
+    def busy() -> str:
+        row = backlog.serve() or {}
+        return (
+            f"{state_dir} is already served by pid {row.get('pid')} on {row.get('host')} "
+            "(one serve per state directory; stop it with: iterprune stop --serve)"
+        )
+
+    return daemon.exclusive(paths.serve_lock(state_dir), busy)
 
 
 def window_open(store: Store, run: str, clock: daemon.Clock) -> bool:

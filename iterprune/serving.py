@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,24 +110,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace, state: Path) -> int:
-    from iterprune import console
+    from iterprune import launch
 
     log = paths.serve_log(state)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "iterprune", "serve", "--state-dir", str(state.resolve())]
-    command += ["--lease-timeout", str(args.lease_timeout), "--devices", args.devices]
-    command += ["--until-empty"] if args.until_empty else []
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    console.say(
-        f"serve started in the background: pid {proc.pid}",
+    command = ["serve", "--state-dir", str(state.resolve()), "--devices", args.devices]
+    command += ["--lease-timeout", str(args.lease_timeout)]
+    pid = launch.spawn(command + (["--until-empty"] if args.until_empty else []), log)
+    say(
+        f"serve started in the background: pid {pid}",
         f"log: {log} (each run's own: iterprune logs RUN)",
         "see it with: iterprune status    stop it with: iterprune stop --serve",
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from iterprune import views
-from iterprune.reporter import Reporter
+from iterprune.reporter import NullReporter, Reporter
 from iterprune.specs import MlflowSpec, Schedule
 from iterprune.store import Store
 
@@ -57,8 +57,9 @@ def attempt_metrics(row: dict[str, Any], when: int) -> list[Any]:
     ]
 
 
-class MlflowTracker:
-    """A reporter that keeps an MLflow run in step with the state database."""
+class MlflowTracker(NullReporter):
+    """A reporter that keeps an MLflow run in step with the state database (it hears the run's
+    start, each attempt and the end; the rest it ignores)."""
 
     def __init__(
         self, state_dir: Path, run_id: str, schedule: Schedule, spec: MlflowSpec, shown: Reporter
@@ -80,15 +81,6 @@ class MlflowTracker:
 
     def run_done(self, status: str, reason: str) -> None:
         self.sync(ended=(status, reason))
-
-    def phase(self, name: str, total: int, description: str) -> None:
-        pass
-
-    def advance(self, done: float) -> None:
-        pass
-
-    def event(self, level: str, kind: str, message: str) -> None:
-        pass
 
     # --- syncing -----------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +229,13 @@ def write_images(root: Path, classes: dict[str, int], size: int = 20) -> None:
         for i in range(n):
             pixels = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
             Image.fromarray(pixels).save(root / cls / f"{i}.png")
+
+
+def iterprune(*args: str, state: Path) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process, on the state directory ``state``."""
+    return subprocess.run(
+        [sys.executable, "-m", "iterprune", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

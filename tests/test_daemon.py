@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Recorder, open_runner, tiny, write
+from helpers import Recorder, iterprune, open_runner, tiny, write
 
 from iterprune import cli, daemon, schedule, window
 from iterprune.errors import ScheduleError
@@ -192,15 +192,6 @@ def test_pause_between_rounds(tmp_path: Path) -> None:
 # --- a real background process -------------------------------------------------------------------
 
 
-def iterprune(*args: str, state: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "iterprune", *args, "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def exited(pid: int) -> bool:
     """Gone, or a zombie nobody reaps (a detached process's parent is init, or nothing here)."""
     try:
@@ -211,9 +202,10 @@ def exited(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_detach_stop_status_logs_and_resume(tmp_path: Path) -> None:
-    # one round of 1000 epochs (about 10 s here): long enough to be caught fine-tuning
+    # one round of 3000 epochs (about 25 s here): long enough to be caught fine-tuning even when
+    # each status call (a fresh process) takes seconds; 1000 epochs sometimes finished first
     slow = tiny(
-        finetune={"epochs": 1000}, prune={"target_sparsity": 0.3}, when={"checkpoint_every": 200}
+        finetune={"epochs": 3000}, prune={"target_sparsity": 0.3}, when={"checkpoint_every": 200}
     )
     path = write(tmp_path / "tiny.yaml", slow)
     state = tmp_path / "state"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import Recorder, checkpoint_state, tiny, write
+from helpers import Recorder, checkpoint_state, iterprune, tiny, write
 
 from iterprune import cli, daemon, server
 from iterprune.backlog import Backlog
@@ -144,15 +144,6 @@ def test_stop_serve_and_queue_remove(tmp_path: Path, capsys) -> None:
     assert [r["run"] for r in doc["runs"]] == ["a"] and doc["serve"] is None
     assert cli.main(["stop", "--serve", "--state-dir", str(state)]) == 0
     assert "not running" in capsys.readouterr().out
-
-
-def iterprune(*args: str, state: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "iterprune", *args, "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.slow
