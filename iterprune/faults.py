@@ -4,7 +4,8 @@
 reaches ``POINT``; with ``@RANK``, only in that torchrun rank (``RANK``; a single process is rank 0).
 Workers that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) ignore it: the kill happens once. Points: ``pretrain_batch``, ``finetune_batch``, ``prune``, ``validate``, ``recover`` and
 ``recover_batch`` (an attempt's recovery),
-``checkpoint_write`` (temp file written, not yet renamed), ``checkpoint_renamed`` (file in place, row
+``tracking_sync`` (MLflow: an attempt committed, not yet logged), ``checkpoint_write`` (temp file
+written, not yet renamed), ``checkpoint_renamed`` (file in place, row
 not yet committed), ``db_commit`` (inside a transaction, before COMMIT). Unset, a point costs one
 dictionary lookup.
 """

@@ -20,7 +20,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from iterprune import views
+from iterprune import faults, views
 from iterprune.reporter import NullReporter, Reporter
 from iterprune.specs import MlflowSpec, Schedule
 from iterprune.store import Store
@@ -107,6 +107,7 @@ class MlflowTracker(NullReporter):
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
 
+        faults.point("tracking_sync")  # a round committed, not yet logged
         client = MlflowClient(tracking_uri=self.spec.tracking_uri)
         row = store.run(self.run_id) or {}
         mlflow_run = self._mlflow_run(client, store, row)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import StopAfter, parse, run_to_end, tiny, write
+from helpers import StopAfter, iterprune, parse, run_to_end, tiny, write
 from mlflow import MlflowClient
 
 from iterprune import cli, launch, tracking
@@ -127,3 +131,28 @@ def test_the_mlflow_section_is_validated_like_any_other() -> None:
         parse(tiny(report={"mlflow": "yes please"}))
     assert parse(tiny(report={"mlflow": True})).report.mlflow.experiment == "iterprune"
     assert parse(tiny(report={"mlflow": None})).report.mlflow is None
+
+
+def test_a_kill_between_a_rounds_commit_and_its_logging_loses_and_repeats_nothing(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write(tmp_path / "tiny.yaml", tracked(uri, prune={"step": 0.3, "target_sparsity": 0.8}))
+    state = tmp_path / "s"
+    # the third sync: the baseline and round 1 are logged, round 2 is committed and not
+    env = {**os.environ, "ITERPRUNE_KILL_AT": "tracking_sync:3"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "iterprune", "start", str(path), "--state-dir", str(state)],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    done = [r for r in Store(state).rounds("tiny") if r["status"] == "accepted"]
+    client, run = mlflow_run(uri, "tiny")
+    assert len(done) == 2 and run.data.tags[tracking.LOGGED] == "1"
+    assert iterprune("resume", "tiny", state=state).returncode == 0
+    client, run = mlflow_run(uri, "tiny")
+    rounds = [r["round"] for r in Store(state).rounds("tiny") if r["status"] == "accepted"]
+    assert [s for s, _ in series(client, run.info.run_id, "sparsity")] == [0, *rounds]
+    assert run.info.status == "FINISHED"
