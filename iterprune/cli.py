@@ -157,8 +157,9 @@ COMMANDS = [
     Command("serve", "work through the queue, one run at a time, until stopped",
             ("iterprune serve", "iterprune serve --detach", "iterprune serve --until-empty"),
             cmd_serve,
-            (STATE, LEASE, _option("--devices", "LIST", "the device to serve runs on (default "
-                                   "cpu; one device per serve for now)", default="cpu"),
+            (STATE, LEASE, _option("--devices", "DEVICE", "cpu (default), cuda or cuda:N: with "
+                                   "cuda:N that GPU is the only one its runs see; one device "
+                                   "per serve for now", default="cpu"),
              _flag("--detach", "serve from a background process; log in <state>/logs/serve/"),
              _flag("--until-empty", "end when no queued run is left to run"))),
     Command("sweep", "queue a grid of runs from one schedule",

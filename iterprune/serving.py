@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serving several devices at once is not implemented yet: start one serve per state "
             "directory per device, or serve one device (--devices cpu, cuda:0)"
         )
+    device = devices[0]
+    if device.startswith("cuda:"):  # the only GPU this serve's runs see (before torch starts)
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
+    elif device != "cpu" and device != "cuda":
+        raise UserError(f"--devices takes cpu, cuda or cuda:N, got {device!r}")
     state = paths.state_dir(args.state_dir)
     if args.detach:
         return _detach(args, state)
