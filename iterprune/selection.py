@@ -39,9 +39,9 @@ def capacity(mask: Mask, floor: Mapping[str, int]) -> int:
     return sum(max(0, int(torch.count_nonzero(m)) - floor[n]) for n, m in mask.items())
 
 
-def at_floor(mask: Mask, floor: Mapping[str, int]) -> set[str]:
-    """Layers that cannot give up another weight (with a floor above zero)."""
-    return {n for n, m in mask.items() if floor[n] > 0 and int(torch.count_nonzero(m)) <= floor[n]}
+def capped(alive: int, floor: int) -> bool:
+    """Whether a layer with ``alive`` weights is held at its (non-zero) floor by its cap."""
+    return 0 < floor and alive <= floor
 
 
 @dataclass

@@ -112,7 +112,7 @@ def show(store: Store, run: str, round_: int | None = None) -> dict[str, Any]:
         "layers": [
             {
                 **{k: r[k] for k in ("layer", "params", "nonzero", "sparsity")},
-                "capped": 0 < floor[r["layer"]] and r["nonzero"] <= floor[r["layer"]],
+                "capped": selection.capped(r["nonzero"], floor[r["layer"]]),
             }
             for r in layers
         ],
