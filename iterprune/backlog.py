@@ -28,15 +28,14 @@ class Backlog:
             seq = db.execute("select coalesce(max(seq), 0) + 1 from queue").fetchone()[0]
             old = db.execute("select seq from queue where run = ?", [run]).fetchone()
             row = {"run": run, "priority": priority, "seq": old[0] if old else seq, "held": None}
-            row.update(sweep=sweep, added_at=dt.datetime.now().isoformat(timespec="seconds"))
+            row.update(sweep=sweep, added_at=_now())
             db["queue"].upsert(row, pk="run")
 
     def remove(self, run: str) -> None:
         entry = self.entry(run)
         if entry is None:
             raise UserError(f"run '{run}' is not in the queue (see: iterprune queue)")
-        serve = self.serve()
-        if entry["status"] in ("running", "paused") and serve and serve["current"] == run:
+        if entry["status"] in ("running", "paused") and run in self.busy():
             raise UserError(
                 f"run '{run}' is running now; stop it first (iterprune stop {run}: it is held in "
                 "the queue), then remove it"
@@ -76,16 +75,49 @@ class Backlog:
         rows = self.store.select("select * from serve where id = 1", [])
         return rows[0] if rows else None
 
-    def serving(self, pid: int, host: str, now_s: float, current: str | None) -> bool:
+    def serving(
+        self, pid: int, host: str, now_s: float, current: str | None, devices: str = "cpu"
+    ) -> bool:
         """Claim or refresh the serve row; False when a stop was requested."""
         with self.store.transaction() as db:
             row = self.serve()
             if row is None or row["pid"] != pid or row["host"] != host:
-                started = dt.datetime.now().isoformat(timespec="seconds")
-                fields = {"pid": pid, "host": host, "started_at": started, "stop_requested": None}
-                db["serve"].upsert({"id": 1, **fields}, pk="id")
+                fields = {"pid": pid, "host": host, "started_at": _now(), "stop_requested": None}
+                db["serve"].upsert({"id": 1, **fields, "devices": devices}, pk="id")
             db["serve"].update(1, {"heartbeat_at": now_s, "current": current})
         return not (self.serve() or {}).get("stop_requested")
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The worker of each device, when serve serves several."""
+        return self.store.select("select * from serve_slots order by slot", [])
+
+    def working(self, slot: int, device: str, pid: int, host: str, now_s: float) -> bool:
+        """Claim or refresh a device worker's row; False when the serve was asked to stop."""
+        with self.store.transaction() as db:
+            row = next((w for w in self.workers() if w["slot"] == slot), None)
+            fields = {"slot": slot, "heartbeat_at": now_s}
+            if row is None or row["pid"] != pid or row["host"] != host:
+                fields.update(device=device, pid=pid, host=host, started_at=_now(), current=None)
+            db["serve_slots"].upsert(fields, pk="slot")
+        return not (self.serve() or {}).get("stop_requested")
+
+    def claim(self, slot: int, run: str | None) -> None:
+        """The run a device's worker serves, or is about to (None: none)."""
+        with self.store.transaction() as db:
+            db["serve_slots"].upsert({"slot": slot, "current": run}, pk="slot")
+
+    def claimed(self, slot: int) -> set[str]:
+        """The runs that the other devices' workers serve, or are about to."""
+        return {w["current"] for w in self.workers() if w["slot"] != slot and w["current"]}
+
+    def busy(self) -> set[str]:
+        """The runs that serve serves now, on any device."""
+        rows = [self.serve() or {}, *self.workers()]
+        return {r["current"] for r in rows if r.get("current")}
+
+    def forget_workers(self) -> None:
+        with self.store.transaction() as db:
+            db.execute("delete from serve_slots")
 
     def request_stop(self) -> dict[str, Any] | None:
         row = self.serve()
@@ -98,6 +130,11 @@ class Backlog:
         """The serve process ended."""
         with self.store.transaction() as db:
             db["serve"].update(1, {"pid": None, "current": None, "heartbeat_at": None})
+            db.execute("delete from serve_slots")
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
 
 
 def _order(row: dict[str, Any]) -> tuple:

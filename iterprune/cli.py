@@ -154,12 +154,14 @@ COMMANDS = [
              (("items",), {"nargs": "*", "metavar": "SCHEDULE.yaml|RUN"}),
              _option("--priority", "N", "higher runs first (default 0)", type=int, default=0),
              STATE, JSON)),
-    Command("serve", "work through the queue, one run at a time, until stopped",
-            ("iterprune serve", "iterprune serve --detach", "iterprune serve --until-empty"),
+    Command("serve", "work through the queue, one run at a time per device, until stopped",
+            ("iterprune serve", "iterprune serve --detach --devices cuda:0,cuda:1",
+             "iterprune serve --until-empty"),
             cmd_serve,
-            (STATE, LEASE, _option("--devices", "DEVICE", "cpu (default), cuda or cuda:N: with "
-                                   "cuda:N that GPU is the only one its runs see; one device "
-                                   "per serve for now", default="cpu"),
+            (STATE, LEASE, _option("--devices", "D1,D2", "cpu (default), cuda or cuda:N; "
+                                   "several (cuda:0,cuda:1): one run at a time on each, each "
+                                   "GPU the only one its run sees", default="cpu"),
+             _option("--worker", "SLOT:PID", argparse.SUPPRESS),  # a serve's own workers
              _flag("--detach", "serve from a background process; log in <state>/logs/serve/"),
              _flag("--until-empty", "end when no queued run is left to run"))),
     Command("sweep", "queue a grid of runs from one schedule",

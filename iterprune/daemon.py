@@ -82,16 +82,21 @@ class Served(Protocol):
 
 
 @contextlib.contextmanager
-def exclusive(path: Path, busy: Callable[[], str]) -> Iterator[None]:
-    """Hold a lock file, or raise RunBusy with ``busy()``. The kernel drops the lock when its
-    holder dies, even by SIGKILL."""
+def exclusive(path: Path, busy: Callable[[], str], wait_s: float = 0.0) -> Iterator[None]:
+    """Hold a lock file (waiting up to ``wait_s`` for it), or raise RunBusy with ``busy()``. The
+    kernel drops the lock when its holder dies, even by SIGKILL."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusy(busy()) from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunBusy(busy()) from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)
@@ -112,7 +117,11 @@ def run_lock(state_dir: Path, run_id: str, store: Store) -> contextlib.AbstractC
 
 def held_elsewhere(state_dir: Path, run_id: str) -> bool:
     """Whether another process on this machine serves the run now (holds its lock file)."""
-    path = paths.lock_file(state_dir, run_id)
+    return locked(paths.lock_file(state_dir, run_id))
+
+
+def locked(path: Path) -> bool:
+    """Whether another process on this machine holds the lock file."""
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDWR)

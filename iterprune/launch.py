@@ -53,9 +53,16 @@ def foreground(
     return EXIT_STOPPED
 
 
-def serve_queue(state_dir: Path, lease_timeout: float, until_empty: bool = False) -> int:
-    """``iterprune serve`` in this process: the queue's runs one after another, each with the
-    console (and the schedule's TensorBoard / MLflow); how many runs it served."""
+def serve_queue(
+    state_dir: Path,
+    lease_timeout: float,
+    until_empty: bool = False,
+    device: str = "cpu",
+    slot: Any = None,
+) -> int:
+    """``iterprune serve`` in this process (of one device, or as the worker of one device of a
+    serve of several: ``slot``): the queue's runs one after another, each with the console (and
+    the schedule's TensorBoard / MLflow); how many runs it served."""
     from iterprune import server
 
     con = console.make_console()
@@ -70,7 +77,9 @@ def serve_queue(state_dir: Path, lease_timeout: float, until_empty: bool = False
         finally:
             store.close()
 
-    return server.serve_queue(state_dir, serve_one, until_empty=until_empty)
+    return server.serve_queue(
+        state_dir, serve_one, until_empty=until_empty, slot=slot, device=device
+    )
 
 
 def _reporters(store: Store, run_id: str, shown: Reporter) -> Reporter:
@@ -113,11 +122,16 @@ def _detach(store: Store, run_id: str, lease_timeout: float, quiet: bool = False
 
 
 def spawn(arguments: list[str], log: Path) -> int:
-    """``iterprune ARGUMENTS`` in a background process (its own session, no terminal), its output
-    appended to ``log``; its pid."""
+    """``iterprune ARGUMENTS`` in a background process; its pid."""
+    return popen(arguments, log).pid
+
+
+def popen(arguments: list[str], log: Path) -> subprocess.Popen:
+    """``iterprune ARGUMENTS`` in a process of its own session (no terminal: a Ctrl-C there does
+    not reach it), its output appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "iterprune", *arguments],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -125,7 +139,6 @@ def spawn(arguments: list[str], log: Path) -> int:
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    return proc.pid
 
 
 def under_torchrun(opening: Opening, lease_timeout: float) -> int:

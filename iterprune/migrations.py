@@ -131,3 +131,15 @@ def _queue(db: Database) -> None:
     )
     serve = {"id": int, "pid": int, "host": str, "started_at": str, "heartbeat_at": float}
     db["serve"].create({**serve, "current": str, "stop_requested": int}, pk="id")  # one row
+
+
+@migrations(name="0011_serve_devices")
+def _serve_devices(db: Database) -> None:
+    """A serve of several devices: its device list, and one row per device's worker process."""
+    db["serve"].add_column("devices", str)
+    _create(
+        db,
+        "serve_slots",
+        "slot:int device:str pid:int host:str started_at:str heartbeat_at:float current:str",
+        pk="slot",
+    )

@@ -43,5 +43,19 @@ def serve_log(state: Path) -> Path:
     return state / "logs" / "serve" / "serve.log"
 
 
+def slot_lock(state: Path, slot: int) -> Path:
+    """Held by the worker that serves the ``slot``-th device of a serve of several devices."""
+    return state / "locks" / "serve" / f"slot-{slot}.lock"
+
+
+def pick_lock(state: Path) -> Path:
+    """Held while a worker picks its next run, so that no two pick the same one."""
+    return state / "locks" / "serve" / "pick.lock"
+
+
+def slot_log(state: Path, slot: int, device: str) -> Path:
+    return state / "logs" / "serve" / f"slot-{slot}-{device.replace(':', '')}.log"
+
+
 def log_file(state: Path, run: str) -> Path:
     return state / "logs" / f"{run}.log"

@@ -7,11 +7,17 @@ again once its window opens. With nothing to run it waits, cheaply, for runs add
 SIGTERM, Ctrl-C or ``iterprune stop --serve`` stop the current run with its mid-round checkpoint
 and end the process. Everything lives in the state database, so a serve killed with SIGKILL and
 started again continues where it was: the interrupted run first, nothing run twice.
+
+A serve of several devices (``supervisor.py``) runs this loop once per device, each in a worker
+process of its own with a :class:`Slot`: the worker holds its device's lock instead of the
+serve's, picks runs under a lock shared by the workers and claims each in its row so that no two
+take the same run, and stops (checkpointing its run) when the serve that started it dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import socket
@@ -33,8 +39,22 @@ ServeOne = Callable[[str, Callable[[daemon.Served], None], daemon.Clock], str]
 HELD = "stopped by hand; queue it again (iterprune queue add) or resume it"
 
 
-def serve_lock(state_dir: Path, backlog: Backlog) -> contextlib.AbstractContextManager:
-    """One serve per state directory."""
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One device of a serve of several, served by this worker process."""
+
+    index: int
+    device: str
+    parent: int  # the serve's pid: the worker stops when that process is gone
+
+
+SLOT_WAIT_S = 300.0  # a worker of a serve killed just now may still be checkpointing its run
+
+
+def serve_lock(
+    state_dir: Path, backlog: Backlog, slot: Slot | None = None
+) -> contextlib.AbstractContextManager:
+    """One serve per state directory; one worker per device of it."""
 
     def busy() -> str:
         row = backlog.serve() or {}
@@ -43,7 +63,10 @@ def serve_lock(state_dir: Path, backlog: Backlog) -> contextlib.AbstractContextM
             "(one serve per state directory; stop it with: iterprune stop --serve)"
         )
 
-    return daemon.exclusive(paths.serve_lock(state_dir), busy)
+    if slot is None:
+        return daemon.exclusive(paths.serve_lock(state_dir), busy)
+    why = f"device {slot.device} of {state_dir} is still served after {SLOT_WAIT_S:g} s"
+    return daemon.exclusive(paths.slot_lock(state_dir, slot.index), lambda: why, SLOT_WAIT_S)
 
 
 def window_open(store: Store, run: str, clock: daemon.Clock) -> bool:
@@ -51,16 +74,28 @@ def window_open(store: Store, run: str, clock: daemon.Clock) -> bool:
     return not when.window or Window(when.window, when.timezone).is_open(clock())
 
 
-def next_run(backlog: Backlog, clock: daemon.Clock) -> str | None:
-    """The first run in the queue's order that may run now."""
+def next_run(backlog: Backlog, clock: daemon.Clock, skip: set[str] | None = None) -> str | None:
+    """The first run in the queue's order that may run now (not one in ``skip``)."""
     state_dir = backlog.store.state_dir
     for entry in backlog.entries():
         run = entry["run"]
-        if entry["position"] is None or daemon.held_elsewhere(state_dir, run):
-            continue  # done, held, or served by another process (a resume by hand)
+        if entry["position"] is None or run in (skip or ()):
+            continue  # done, held, or another device's
+        if daemon.held_elsewhere(state_dir, run):
+            continue  # served by another process (a resume by hand, a worker still stopping)
         if window_open(backlog.store, run, clock):
             return run
     return None
+
+
+def pick(backlog: Backlog, clock: daemon.Clock, slot: Slot | None) -> str | None:
+    """The next run; a device's worker claims it under the workers' lock."""
+    if slot is None:
+        return next_run(backlog, clock)
+    with daemon.exclusive(paths.pick_lock(backlog.store.state_dir), lambda: "", wait_s=3600):
+        run = next_run(backlog, clock, backlog.claimed(slot.index))
+        backlog.claim(slot.index, run)
+    return run
 
 
 def serve_queue(
@@ -70,9 +105,11 @@ def serve_queue(
     poll_s: float = 2.0,
     heartbeat_s: float = daemon.HEARTBEAT_S,
     until_empty: bool = False,
+    slot: Slot | None = None,
+    device: str = "cpu",
 ) -> int:
     """Work through the queue until stopped (``until_empty``: until nothing is left to run, now
-    or at a later window); how many runs it served."""
+    or at a later window); how many runs it served. ``slot``: as one device's worker."""
     clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
     store = Store(state_dir)
     backlog = Backlog(store)
@@ -85,13 +122,15 @@ def serve_queue(
             run.stop.set()
 
     try:
-        with serve_lock(state_dir, backlog), daemon.signals(stop):
-            args = (state_dir, stop, finished, current, heartbeat_s)
+        with serve_lock(state_dir, backlog, slot), daemon.signals(stop):
+            if slot is not None:  # the row exists before the first claim
+                backlog.working(slot.index, slot.device, os.getpid(), socket.gethostname(), 0)
+            args = (state_dir, stop, finished, current, heartbeat_s, slot or device)
             beat = threading.Thread(target=_beat, args=args)
             beat.start()
             try:
                 while not stop.is_set():
-                    run = next_run(backlog, clock)
+                    run = pick(backlog, clock, slot)
                     if run is None:
                         if until_empty and not any(e["position"] for e in backlog.entries()):
                             break
@@ -104,7 +143,7 @@ def serve_queue(
             finally:
                 finished.set()
                 beat.join()
-                backlog.served()
+                backlog.served() if slot is None else backlog.claim(slot.index, None)
     finally:
         store.close()
     return served
@@ -137,18 +176,27 @@ def _beat(
     finished: threading.Event,
     current: list,
     heartbeat_s: float,
+    who: Slot | str,  # a device worker, or the serve (of this device)
 ) -> None:
-    """The serve row's heartbeat; a stop (signal or ``stop --serve``) reaches the current run."""
+    """The serve's (or the device worker's) heartbeat; a stop (signal, ``stop --serve``, or the
+    end of the serve that started this worker) reaches the current run."""
     store = Store(state_dir)
     backlog = Backlog(store)
     pid, host, last = os.getpid(), socket.gethostname(), -heartbeat_s
     try:
         while not finished.is_set():
             if time.monotonic() - last >= heartbeat_s:
-                run = current[0].run_id if current else None
-                if not backlog.serving(pid, host, time.time(), run):
+                now = time.time()
+                if isinstance(who, Slot):
+                    going = backlog.working(who.index, who.device, pid, host, now)
+                else:
+                    run = current[0].run_id if current else None
+                    going = backlog.serving(pid, host, now, run, devices=who)
+                if not going:
                     stop.set()
                 last = time.monotonic()
+            if isinstance(who, Slot) and os.getppid() != who.parent:
+                stop.set()  # the serve is gone (even by SIGKILL): checkpoint and end
             if stop.is_set():
                 for run in list(current):
                     run.stop.set()

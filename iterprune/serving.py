@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
 from iterprune import paths
 from iterprune.backlog import Backlog
-from iterprune.console import say
-from iterprune.errors import EXIT_OK, UserError
+from iterprune.console import say, serve_text
+from iterprune.errors import EXIT_FAILED, EXIT_OK, UserError
 from iterprune.store import DB_NAME, Store
 
 
@@ -20,14 +22,33 @@ def _backlog(args: argparse.Namespace) -> Backlog:
 
 def queue_doc(backlog: Backlog) -> dict[str, Any]:
     """``iterprune queue --json``: the serve process and every queued run in order."""
-    serve = backlog.serve() or {}
     keys = ("position", "run", "status", "priority", "sweep", "held", "round", "added_at")
     return {
-        "serve": {k: serve.get(k) for k in ("pid", "host", "started_at", "current")}
-        if serve.get("pid")
-        else None,
+        "serve": serve_doc(backlog),
         "runs": [{k: e[k] for k in keys} for e in backlog.entries()],
     }
+
+
+def serve_doc(backlog: Backlog) -> dict[str, Any] | None:
+    """The serve process, and what each of its devices serves (None: no serve is running)."""
+    from iterprune import daemon
+
+    serve = backlog.serve() or {}
+    if not serve.get("pid"):
+        return None
+    if serve["host"] == socket.gethostname():  # killed (SIGKILL) before it could say so?
+        if not daemon.locked(paths.serve_lock(backlog.store.state_dir)):
+            return None
+    doc = {k: serve.get(k) for k in ("pid", "host", "started_at", "current")}
+    names = (serve.get("devices") or "cpu").split(",")
+    workers = {w["slot"]: w for w in backlog.workers()}
+    if len(names) == 1:  # a serve of one device serves in its own process
+        workers = {0: doc}
+    doc["devices"] = [
+        {"slot": i, "device": name, **{k: workers.get(i, {}).get(k) for k in ("pid", "current")}}
+        for i, name in enumerate(names)
+    ]
+    return doc
 
 
 def _queue_runs(store: Store, schedules: list[tuple[Any, str]], priority: int, sweep: str | None):
@@ -96,23 +117,64 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from iterprune import launch
 
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
-    if len(devices) != 1:
-        raise UserError(
-            "serving several devices at once is not implemented yet: start one serve per state "
-            "directory per device, or serve one device (--devices cpu, cuda:0)"
-        )
-    device = devices[0]
-    if device.startswith("cuda:"):  # the only GPU this serve's runs see (before torch starts)
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
-    elif device != "cpu" and device != "cuda":
-        raise UserError(f"--devices takes cpu, cuda or cuda:N, got {device!r}")
+    devices = _devices(args.devices)
     state = paths.state_dir(args.state_dir)
     if args.detach:
         return _detach(args, state)
-    served = launch.serve_queue(state, args.lease_timeout, args.until_empty)
+    if len(devices) > 1:
+        from iterprune import supervisor
+
+        until = ["--until-empty"] if args.until_empty else []
+        gave_up = supervisor.supervise(
+            state, devices, ["--lease-timeout", str(args.lease_timeout), *until]
+        )
+        say("serve ended; see the runs with: iterprune queue")
+        return EXIT_FAILED if gave_up else EXIT_OK
+    slot = _worker(args.worker, devices[0])
+    if devices[0].startswith("cuda:"):  # the only GPU its runs see (set before torch starts)
+        os.environ["CUDA_VISIBLE_DEVICES"] = _gpu(devices[0])
+    served = launch.serve_queue(state, args.lease_timeout, args.until_empty, devices[0], slot)
     say(f"serve ended after {served} run(s); see them with: iterprune queue")
     return EXIT_OK
+
+
+def _devices(text: str) -> list[str]:
+    """``--devices``: cpu, cuda or cuda:N, comma-separated; each GPU at most once."""
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    for d in devices:
+        if d not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", d):
+            raise UserError(f"--devices takes cpu, cuda or cuda:N (comma-separated), got {d!r}")
+    if not devices:
+        raise UserError("--devices needs a device: cpu, cuda or cuda:N")
+    gpus = [d for d in devices if d != "cpu"]
+    if len(devices) > 1 and "cuda" in gpus:
+        raise UserError("with several devices, name each GPU: --devices cuda:0,cuda:1")
+    if len(set(gpus)) < len(gpus):
+        raise UserError(f"--devices names a GPU twice: {text} (one run at a time per GPU)")
+    return devices
+
+
+def _gpu(device: str) -> str:
+    """CUDA_VISIBLE_DEVICES for ``cuda:N``: the Nth GPU that this process may see."""
+    index = int(device.removeprefix("cuda:"))
+    seen = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    if not seen:
+        return str(index)
+    if index >= len(seen):
+        raise UserError(f"{device}: CUDA_VISIBLE_DEVICES={','.join(seen)} shows {len(seen)} GPU(s)")
+    return seen[index]
+
+
+def _worker(text: str | None, device: str) -> Any:
+    """``--worker SLOT:PID`` (given by a serve of several devices to each of its workers)."""
+    if text is None:
+        return None
+    from iterprune.server import Slot
+
+    index, parent = (int(x) for x in text.split(":"))
+    if os.getppid() != parent:
+        raise UserError(f"the serve that started this worker (pid {parent}) is gone")
+    return Slot(index, device, parent)
 
 
 def _detach(args: argparse.Namespace, state: Path) -> int:
@@ -135,15 +197,17 @@ def stop_serve(store: Store, args: argparse.Namespace) -> int:
 
     if not args.serve:
         raise UserError("stop needs a RUN, or --serve to stop iterprune serve")
-    row = Backlog(store).request_stop()
-    if not row or not row.get("pid"):
+    backlog = Backlog(store)
+    serve = serve_doc(backlog)
+    row = backlog.request_stop() if serve is not None else None
+    if not row:
         say("iterprune serve is not running")
         return EXIT_OK
     daemon.stop_owner(row)  # on this machine: at once; elsewhere at its next heartbeat
+    runs = ", ".join(d["current"] for d in serve["devices"] if d["current"]) or "none"
     say(
-        f"asked serve (pid {row['pid']} on {row['host']}) to stop: its current run "
-        f"({row.get('current') or 'none'}) checkpoints and serve exits; start it again with: "
-        "iterprune serve"
+        f"asked serve (pid {row['pid']} on {row['host']}) to stop: its current runs ({runs}) "
+        "checkpoint and serve exits; start it again with: iterprune serve"
     )
     return EXIT_OK
 
@@ -155,10 +219,5 @@ def serve_line(store: Store) -> None:
     if not entries:
         return
     waiting = sum(1 for e in entries if e["position"])
-    serve = backlog.serve() or {}
-    who = (
-        f"serve: pid {serve['pid']} on {serve['host']}, serving {serve['current'] or 'nothing'}"
-        if serve.get("pid")
-        else "serve: not running (iterprune serve)"
-    )
-    say(f"{who}; queue: {waiting} of {len(entries)} run(s) waiting (iterprune queue)")
+    serve = serve_doc(backlog)
+    say(f"{serve_text(serve)}; queue: {waiting} of {len(entries)} run(s) waiting (iterprune queue)")

@@ -34,7 +34,17 @@ LAYERS = {
     },
     "service": {"daemon", "server"},
     "edges": {
-        *("views", "console", "plots", "board", "export", "launch", "commands", "cli"),
+        *(
+            "views",
+            "console",
+            "plots",
+            "board",
+            "export",
+            "launch",
+            "supervisor",
+            "commands",
+            "cli",
+        ),
         "targets",
         "api",
         "tracking",

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 from helpers import Recorder, checkpoint_state, iterprune, tiny, write
 
-from iterprune import cli, daemon, server
+from iterprune import cli, daemon, server, serving, supervisor
 from iterprune.backlog import Backlog
 from iterprune.runner import Runner
 from iterprune.store import Store
@@ -38,11 +39,14 @@ class Clock:
         return self.now
 
 
-def recording(state: Path, order: list[str], after=None):
-    """A serve_one that serves quietly and records the order (``after`` runs after each)."""
+def recording(state: Path, order: list[str], after=None, before=None):
+    """A serve_one that serves quietly and records the order (``before`` and ``after`` run
+    before and after each)."""
 
     def serve_one(run_id, started, clock) -> str:
         order.append(run_id)
+        if before:
+            before(run_id)
         store = Store(state)
         try:
             runner = Runner(store, run_id, Recorder())
@@ -243,3 +247,159 @@ def test_a_run_served_by_hand_is_left_to_its_owner(tmp_path: Path) -> None:
     with daemon.run_lock(state, "a", store):  # as `iterprune resume a` in another terminal
         assert server.next_run(backlog, clock) == "b"
     assert server.next_run(backlog, clock) == "a"
+
+
+def test_two_device_workers_never_take_the_same_run(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    docs = {name: tiny(prune={"target_sparsity": 0.3}) for name in ("a", "b", "c", "d")}
+    queue(tmp_path, state, docs)
+    both = threading.Barrier(2, timeout=60)  # each worker's first run waits for the other's
+    orders: dict[int, list[str]] = {0: [], 1: []}
+
+    def worker(index: int) -> None:
+        def first_waits(run_id: str) -> None:
+            if len(orders[index]) == 1:
+                both.wait()
+
+        slot = server.Slot(index, "cpu", os.getppid())
+        serve_one = recording(state, orders[index], before=first_waits)
+        server.serve_queue(state, serve_one, poll_s=0.05, until_empty=True, slot=slot)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert orders[0] and orders[1]  # both served, and the first two at the same time
+    assert sorted(orders[0] + orders[1]) == ["a", "b", "c", "d"]  # each once
+    store = Store(state)
+    assert not [e for r in docs for e in store.events(r) if "skipped by serve" in e["message"]]
+    assert {e["status"] for e in Backlog(store).entries()} == {"finished"}
+    assert all(w["current"] is None for w in Backlog(store).workers())
+
+
+def test_devices_are_checked(tmp_path: Path, capsys, monkeypatch) -> None:
+    state = ["--state-dir", str(tmp_path / "s")]
+    for devices, why in [
+        ("tpu", "cpu, cuda or cuda:N"),
+        ("cuda,cuda:1", "name each GPU"),
+        ("cuda:0,cuda:0", "GPU twice"),
+        (",", "needs a device"),
+    ]:
+        assert cli.main(["serve", "--devices", devices, *state]) == 2
+        assert why in capsys.readouterr().err
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # cuda:N counts the GPUs this one may see
+    assert serving._gpu("cuda:1") == "3"
+    assert cli.main(["serve", "--devices", "cuda:2", *state]) == 2
+    assert "shows 2 GPU(s)" in capsys.readouterr().err
+
+
+def serve_pids(state: Path) -> list[int]:
+    row = Backlog(Store(state)).serve() or {}
+    return [row["pid"], *(w["pid"] for w in Backlog(Store(state)).workers())]
+
+
+@pytest.mark.slow
+def test_a_serve_of_two_devices_is_killed_stopped_and_finishes_every_run_once(
+    tmp_path: Path,
+) -> None:
+    docs = {
+        f"r{i}": tiny(prune={"step": 0.2, "target_sparsity": 0.6}, finetune={"epochs": 300}, seed=i)
+        for i in range(2)
+    }
+    state, alone = tmp_path / "s", tmp_path / "alone"
+    queue(tmp_path, state, docs)
+    for name in docs:  # what uninterrupted runs of the same schedules end with
+        assert iterprune("start", str(tmp_path / f"{name}.yaml"), state=alone).returncode == 0
+    watcher = Store(state)
+    command = [sys.executable, "-m", "iterprune", "serve", "--devices", "cpu,cpu"]
+
+    def fine_tuning(proc: subprocess.Popen, runs: int) -> None:
+        deadline = time.monotonic() + 120
+        while sum(watcher.run(r)["status"] == "running" for r in docs) < runs or any(
+            watcher.run(r)["phase"] != "finetune" for r in docs if watcher.run(r)["pid"]
+        ):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+
+    # 1. SIGKILL the serve: its workers checkpoint their runs and end by themselves
+    proc = subprocess.Popen([*command, "--state-dir", str(state)], stdout=subprocess.DEVNULL)
+    fine_tuning(proc, 2)
+    doc = serving.serve_doc(Backlog(watcher))
+    assert [d["device"] for d in doc["devices"]] == ["cpu", "cpu"]
+    assert len({d["current"] for d in doc["devices"]}) == 2  # two runs at once
+    workers = serve_pids(state)[1:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        assert time.monotonic() < deadline, "the workers outlived their serve"
+        time.sleep(0.1)
+    statuses = [watcher.run(r)["status"] for r in docs]  # a round may have ended a run first
+    assert "stopped" in statuses and set(statuses) <= {"stopped", "finished"}
+    # 2. started again, then `iterprune stop --serve`: runs checkpoint, every process ends
+    proc = subprocess.Popen(
+        [*command, "--state-dir", str(state)], stdout=subprocess.PIPE, text=True
+    )
+    fine_tuning(proc, 1)  # (the other may have finished)
+    dead = next(w for w in Backlog(watcher).workers() if w["current"])  # the OOM killer, say
+    os.kill(dead["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (watcher.run(dead["current"])["pid"] or dead["pid"]) == dead["pid"]:
+        assert time.monotonic() < deadline, "the dead worker's run was not taken up again"
+        time.sleep(0.05)
+    pids = serve_pids(state)
+    assert cli.main(["stop", "--serve", "--state-dir", str(state)]) == 0
+    assert proc.wait(timeout=120) == 0
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert "stopped" in proc.stdout.read()  # "[cpu#0] r0: stopped"
+    # 3. once more to the end: every run finished once, with the weights of uninterrupted runs
+    again = iterprune("serve", "--devices", "cpu,cpu", "--until-empty", state=state)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for name in docs:
+        row = watcher.run(name)
+        assert row["status"] == "finished"
+        accepted = [r["round"] for r in watcher.rounds(name) if r["status"] == "accepted"]
+        assert len(accepted) == len(set(accepted))
+        ours = checkpoint_state(state, name, row["accepted_round"])["model"]
+        theirs = checkpoint_state(alone, name, Store(alone).run(name)["accepted_round"])["model"]
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert Backlog(watcher).workers() == [] and serving.serve_doc(Backlog(watcher)) is None
+
+
+class Exits:
+    """A worker process that has ended with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def poll(self) -> int:
+        return self.code
+
+
+def test_a_dying_worker_is_started_again_later_and_given_up_after_five(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    started = []
+    monkeypatch.setattr(
+        supervisor.launch, "popen", lambda args, log: started.append(args) or Exits(1)
+    )
+    w = supervisor.Worker(1, "cuda:1", "cuda:1", tmp_path / "log")
+    now = [1000.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
+    pauses = []
+    while not w.done:
+        supervisor._tend(w, tmp_path, ["--until-empty"], stopping=False)  # start it
+        supervisor._tend(w, tmp_path, ["--until-empty"], stopping=False)  # it died
+        pauses.append(w.due - now[0])
+        now[0] = w.due
+    assert pauses == [2.0, 5.0, 15.0, 60.0, 0.0] and len(started) == 5 and w.deaths == 5
+    assert started[0][-3:] == ["--worker", f"1:{os.getpid()}", "--until-empty"]
+    out = capsys.readouterr().out
+    assert "[cuda:1] the worker ended with exit code 1; starting it again in 2 s" in out
+    assert "giving up on this device" in out
+    old = supervisor.Worker(0, "cpu", "cpu", tmp_path / "log", proc=Exits(-9), deaths=4)
+    supervisor._tend(old, tmp_path, [], stopping=False)  # it lived long: a new count
+    assert old.deaths == 1 and not old.done
+    supervisor._tend(old, tmp_path, [], stopping=True)  # a stop ends it for good
+    assert old.done

@@ -4,7 +4,13 @@ This package is the only place that imports Rich: ``reporters`` (what a served r
 ``tables`` (the inspection commands' views).
 """
 
-from iterprune.console.overview import compare_table, queue_table, ranking_table
+from iterprune.console.overview import (
+    compare_table,
+    device_label,
+    queue_table,
+    ranking_table,
+    serve_text,
+)
 from iterprune.console.reporters import (
     LiveReporter,
     PlainReporter,
@@ -32,6 +38,7 @@ __all__ = [
     "analysis_view",
     "emit",
     "compare_table",
+    "device_label",
     "history_view",
     "layers_table",
     "queue_table",
@@ -42,6 +49,7 @@ __all__ = [
     "rounds_table",
     "runs_table",
     "sensitivity_table",
+    "serve_text",
     "say",
     "sparkline",
     "status_table",

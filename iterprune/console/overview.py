@@ -38,15 +38,30 @@ def compare_table(docs: list[dict[str, Any]]) -> Table:
     return table
 
 
+def serve_text(serve: dict[str, Any] | None) -> str:
+    """The serve process in a line: what each of its devices serves."""
+    if serve is None:
+        return "serve: not running (start it with: iterprune serve)"
+    devices = serve["devices"]
+    if len(devices) == 1:
+        what = f"serving {devices[0]['current'] or 'nothing (idle)'} on {devices[0]['device']}"
+    else:
+        names = [d["device"] for d in devices]
+        what = ", ".join(
+            f"{device_label(i, names)}: {d['current'] or 'idle'}" for i, d in enumerate(devices)
+        )
+    return f"serve: pid {serve['pid']} on {serve['host']}, {what}"
+
+
+def device_label(slot: int, devices: list[str]) -> str:
+    """A device's name, numbered where a serve has several of it (cpu,cpu: cpu#0, cpu#1)."""
+    device = devices[slot]
+    return device if devices.count(device) == 1 else f"{device}#{slot}"
+
+
 def queue_table(doc: dict[str, Any]) -> Group:
     """The serve process, then the queued runs in the order serve takes them."""
-    serve = doc["serve"]
-    head = Text.assemble(
-        ("serve ", "dim"),
-        f"pid {serve['pid']} on {serve['host']}, serving {serve['current'] or 'nothing (idle)'}"
-        if serve
-        else "not running (start it with: iterprune serve)",
-    )
+    head = Text(serve_text(doc["serve"]))
     table = plain_table("queue")
     for name in ("#", "run", "status", "priority", "sweep", "round", "added"):
         table.add_column(name, justify="right" if name in ("#", "priority", "round") else "left")
