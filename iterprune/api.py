@@ -60,13 +60,16 @@ class Run:
 
     def stop(self) -> dict[str, Any]:
         """Ask the process serving the run to stop after its current batch (it writes a
-        mid-round checkpoint); the status document as it is now."""
+        mid-round checkpoint; under ``iterprune serve``, serve holds it and moves on); the status
+        document as it is now."""
         from iterprune import daemon
+        from iterprune.backlog import Backlog
 
         with closing(self._store()) as store:
             if views.status(store, self.id)[0]["status"] in ("running", "paused"):
                 store.request_stop(self.id)  # the owner's heartbeat sees it, on any host
-                daemon.stop_owner(store.run(self.id) or {})  # on this machine: at once
+                if not Backlog(store).serves(self.id):  # a signal would stop serve itself
+                    daemon.stop_owner(store.run(self.id) or {})  # on this machine: at once
         return self.status()
 
     def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:

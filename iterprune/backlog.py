@@ -35,7 +35,7 @@ class Backlog:
         entry = self.entry(run)
         if entry is None:
             raise UserError(f"run '{run}' is not in the queue (see: iterprune queue)")
-        if entry["status"] in ("running", "paused") and run in self.busy():
+        if self.serves(run):
             raise UserError(
                 f"run '{run}' is running now; stop it first (iterprune stop {run}: it is held in "
                 "the queue), then remove it"
@@ -110,10 +110,13 @@ class Backlog:
         """The runs that the other devices' workers serve, or are about to."""
         return {w["current"] for w in self.workers() if w["slot"] != slot and w["current"]}
 
-    def busy(self) -> set[str]:
-        """The runs that serve serves now, on any device."""
-        rows = [self.serve() or {}, *self.workers()]
-        return {r["current"] for r in rows if r.get("current")}
+    def serves(self, run: str) -> bool:
+        """Whether serve (or one of its device workers) is serving ``run`` now."""
+        row = self.store.run(run) or {}
+        if row.get("status") not in ("running", "paused") or not row.get("pid"):
+            return False
+        owners = [self.serve() or {}, *self.workers()]
+        return any((o.get("pid"), o.get("host")) == (row["pid"], row["host"]) for o in owners)
 
     def forget_workers(self) -> None:
         with self.store.transaction() as db:

@@ -232,13 +232,21 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if row["status"] not in ("running", "paused"):
         print(f"run '{args.run}' is not being served (status: {row['status']})")
         return EXIT_OK
+    from iterprune.backlog import Backlog
+
+    by_serve = Backlog(store).serves(args.run)
     run.stop()
     owner = store.run(args.run) or {}
     print(
         f"asked pid {owner.get('pid')} on {owner.get('host')} to stop run '{args.run}': it "
-        "finishes the current batch, writes a mid-round checkpoint and exits"
+        "finishes the current batch and writes a mid-round checkpoint"
     )
-    print(f"continue it later with: iterprune resume {args.run}")
+    if by_serve:
+        print(
+            "serve holds it and moves on; queue its schedule again (iterprune queue add) or resume it"
+        )
+    else:
+        print(f"continue it later with: iterprune resume {args.run}")
     return EXIT_OK
 
 

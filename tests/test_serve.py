@@ -403,3 +403,28 @@ def test_a_dying_worker_is_started_again_later_and_given_up_after_five(
     assert old.deaths == 1 and not old.done
     supervisor._tend(old, tmp_path, [], stopping=True)  # a stop ends it for good
     assert old.done
+
+
+@pytest.mark.slow
+def test_stop_run_under_serve_holds_that_run_and_serve_moves_on(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    long = tiny(finetune={"epochs": 3000}, prune={"step": 0.2, "target_sparsity": 0.2})
+    queue(tmp_path, state, {"long": long, "next": tiny(prune={"target_sparsity": 0.3})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iterprune", "serve", "--until-empty", "--state-dir", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watcher = Store(state)
+    deadline = time.monotonic() + 120
+    while watcher.run("long")["phase"] != "finetune":
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    stop = iterprune("stop", "long", state=state)
+    assert stop.returncode == 0 and "serve holds it and moves on" in stop.stdout
+    assert proc.wait(timeout=120) == 0, proc.stdout.read()  # it went on to `next`, then ended
+    assert (
+        watcher.run("long")["status"] == "stopped" and watcher.run("next")["status"] == "finished"
+    )
+    assert Backlog(watcher).entry("long")["held"] == server.HELD
