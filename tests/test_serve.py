@@ -60,6 +60,20 @@ def recording(state: Path, order: list[str], after=None, before=None):
     return serve_one
 
 
+def background_serve(state: Path, *flags: str) -> subprocess.Popen:
+    """``iterprune serve FLAGS`` in a process of its own, its output in a pipe."""
+    command = [sys.executable, "-m", "iterprune", "serve", *flags, "--state-dir", str(state)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until(condition, proc: subprocess.Popen) -> None:
+    """Poll ``condition`` while ``proc`` serves (two minutes at most)."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+
+
 def test_serve_takes_priority_then_first_come_and_ends_when_empty(tmp_path: Path) -> None:
     state = tmp_path / "s"
     docs = {name: tiny(prune={"target_sparsity": 0.3}) for name in ("low", "high", "mid", "mid2")}
@@ -160,16 +174,8 @@ def test_a_killed_serve_continues_every_run_exactly_once(tmp_path: Path) -> None
     queue(tmp_path, state, docs)
     for name in docs:  # what uninterrupted runs of the same schedules end with
         assert iterprune("start", str(tmp_path / f"{name}.yaml"), state=alone).returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "iterprune", "serve", "--until-empty", "--state-dir", str(state)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    watcher = Store(state)
-    deadline = time.monotonic() + 120
-    while (watcher.run("first")["accepted_round"] or 0) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    proc, watcher = background_serve(state, "--until-empty"), Store(state)
+    wait_until(lambda: (watcher.run("first")["accepted_round"] or 0) >= 2, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert watcher.run("first")["status"] == "running"  # killed mid-run
@@ -216,17 +222,8 @@ def test_stop_serve_checkpoints_the_current_run_and_serve_continues_it(tmp_path:
     state = tmp_path / "s"
     long = tiny(finetune={"epochs": 3000}, prune={"step": 0.2, "target_sparsity": 0.2})
     queue(tmp_path, state, {"long": long})  # one round of 3000 epochs: caught fine-tuning
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "iterprune", "serve", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    watcher = Store(state)
-    deadline = time.monotonic() + 120
-    while watcher.run("long")["phase"] != "finetune":
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    proc, watcher = background_serve(state), Store(state)
+    wait_until(lambda: watcher.run("long")["phase"] == "finetune", proc)
     assert iterprune("stop", "--serve", state=state).returncode == 0
     assert proc.wait(timeout=120) == 0, proc.stdout.read()
     assert watcher.run("long")["status"] == "stopped"
@@ -312,19 +309,14 @@ def test_a_serve_of_two_devices_is_killed_stopped_and_finishes_every_run_once(
     for name in docs:  # what uninterrupted runs of the same schedules end with
         assert iterprune("start", str(tmp_path / f"{name}.yaml"), state=alone).returncode == 0
     watcher = Store(state)
-    command = [sys.executable, "-m", "iterprune", "serve", "--devices", "cpu,cpu"]
 
-    def fine_tuning(proc: subprocess.Popen, runs: int) -> None:
-        deadline = time.monotonic() + 120
-        while sum(watcher.run(r)["status"] == "running" for r in docs) < runs or any(
-            watcher.run(r)["phase"] != "finetune" for r in docs if watcher.run(r)["pid"]
-        ):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+    def fine_tuning(runs: int):  # at least `runs` runs served, each served one fine-tuning
+        served = [r for r in docs if watcher.run(r)["status"] == "running"]
+        return len(served) >= runs and all(watcher.run(r)["phase"] == "finetune" for r in served)
 
     # 1. SIGKILL the serve: its workers checkpoint their runs and end by themselves
-    proc = subprocess.Popen([*command, "--state-dir", str(state)], stdout=subprocess.DEVNULL)
-    fine_tuning(proc, 2)
+    proc = background_serve(state, "--devices", "cpu,cpu")
+    wait_until(lambda: fine_tuning(2), proc)
     doc = serving.serve_doc(Backlog(watcher))
     assert [d["device"] for d in doc["devices"]] == ["cpu", "cpu"]
     assert len({d["current"] for d in doc["devices"]}) == 2  # two runs at once
@@ -337,22 +329,29 @@ def test_a_serve_of_two_devices_is_killed_stopped_and_finishes_every_run_once(
         time.sleep(0.1)
     statuses = [watcher.run(r)["status"] for r in docs]  # a round may have ended a run first
     assert "stopped" in statuses and set(statuses) <= {"stopped", "finished"}
-    # 2. started again, then `iterprune stop --serve`: runs checkpoint, every process ends
-    proc = subprocess.Popen(
-        [*command, "--state-dir", str(state)], stdout=subprocess.PIPE, text=True
-    )
-    fine_tuning(proc, 1)  # (the other may have finished)
-    dead = next(w for w in Backlog(watcher).workers() if w["current"])  # the OOM killer, say
+    # 2. started again; a worker SIGKILLed (the OOM killer, say): its run is taken up again;
+    # then `iterprune stop --serve`: the runs checkpoint and every process ends
+    proc = background_serve(state, "--devices", "cpu,cpu")
+    wait_until(lambda: fine_tuning(1), proc)
+    dead = next(w for w in Backlog(watcher).workers() if w["current"])
     os.kill(dead["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while (watcher.run(dead["current"])["pid"] or dead["pid"]) == dead["pid"]:
-        assert time.monotonic() < deadline, "the dead worker's run was not taken up again"
-        time.sleep(0.05)
+    run = dead["current"]
+    wait_until(
+        lambda: (
+            watcher.run(run)["pid"] not in (None, dead["pid"])
+            or watcher.run(run)["status"] == "finished"
+        ),
+        proc,
+    )
     pids = serve_pids(state)
     assert cli.main(["stop", "--serve", "--state-dir", str(state)]) == 0
     assert proc.wait(timeout=120) == 0
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
-    assert "stopped" in proc.stdout.read()  # "[cpu#0] r0: stopped"
+    out = proc.stdout.read()
+    assert "the worker ended with exit code -9; starting it again in 2 s" in out
+    for r in docs:
+        assert watcher.run(r)["status"] in ("stopped", "finished")
+        assert watcher.run(r)["status"] != "stopped" or f"{r}: stopped" in out
     # 3. once more to the end: every run finished once, with the weights of uninterrupted runs
     again = iterprune("serve", "--devices", "cpu,cpu", "--until-empty", state=state)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -410,17 +409,8 @@ def test_stop_run_under_serve_holds_that_run_and_serve_moves_on(tmp_path: Path) 
     state = tmp_path / "s"
     long = tiny(finetune={"epochs": 3000}, prune={"step": 0.2, "target_sparsity": 0.2})
     queue(tmp_path, state, {"long": long, "next": tiny(prune={"target_sparsity": 0.3})})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "iterprune", "serve", "--until-empty", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    watcher = Store(state)
-    deadline = time.monotonic() + 120
-    while watcher.run("long")["phase"] != "finetune":
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    proc, watcher = background_serve(state, "--until-empty"), Store(state)
+    wait_until(lambda: watcher.run("long")["phase"] == "finetune", proc)
     stop = iterprune("stop", "long", state=state)
     assert stop.returncode == 0 and "serve holds it and moves on" in stop.stdout
     assert proc.wait(timeout=120) == 0, proc.stdout.read()  # it went on to `next`, then ended
