@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from iterprune import console, daemon, distributed, orders, paths
+from iterprune import console, daemon, distributed, orders, paths, server
 from iterprune.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, IterpruneError
 from iterprune.reporter import NullReporter, Reporter, Tee
 from iterprune.runner import Runner
@@ -58,13 +58,11 @@ def serve_queue(
     lease_timeout: float,
     until_empty: bool = False,
     device: str = "cpu",
-    slot: Any = None,
+    slot: server.Slot | None = None,
 ) -> int:
     """``iterprune serve`` in this process (of one device, or as the worker of one device of a
     serve of several: ``slot``): the queue's runs one after another, each with the console (and
     the schedule's TensorBoard / MLflow); how many runs it served."""
-    from iterprune import server
-
     con = console.make_console()
 
     def serve_one(run_id: str, started: Callable[[Runner], None], clock: Any) -> str:
