@@ -71,6 +71,9 @@ def supervise(
                 "(each run's: iterprune logs RUN)",
                 "stop it with Ctrl-C or: iterprune stop --serve",
             )
+            crowded = _crowded(backlog, devices)
+            if crowded:
+                say(crowded)
             _loop(backlog, workers, worker_args, stop, poll_s, heartbeat_s)
     finally:
         for w in workers:
@@ -79,6 +82,21 @@ def supervise(
                 w.proc.wait()
         store.close()
     return sum(w.deaths >= GIVE_UP for w in workers)
+
+
+def _crowded(backlog: Backlog, devices: list[str]) -> str | None:
+    """A warning when the waiting runs, several at once on the CPU, want more threads than it
+    has cores: torch's threads then wait on each other and everything runs far slower."""
+    slots, cores = devices.count("cpu"), os.cpu_count() or 1
+    runs = [backlog.store.run(e["run"]) or {} for e in backlog.entries() if e["position"]]
+    threads = max((int(r.get("num_threads") or 1) for r in runs), default=1)
+    if slots < 2 or slots * threads <= cores:
+        return None
+    return (
+        f"warning: {slots} runs at once on the CPU, with up to {threads} threads each, on "
+        f"{cores} cores: they will run much slower than one after another; give each schedule "
+        f"threads: {max(cores // slots, 1)}, or serve one cpu"
+    )
 
 
 def _loop(

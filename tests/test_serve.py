@@ -418,3 +418,15 @@ def test_stop_run_under_serve_holds_that_run_and_serve_moves_on(tmp_path: Path) 
         watcher.run("long")["status"] == "stopped" and watcher.run("next")["status"] == "finished"
     )
     assert Backlog(watcher).entry("long")["held"] == server.HELD
+
+
+def test_runs_at_once_on_a_crowded_cpu_are_warned_of(tmp_path: Path, monkeypatch) -> None:
+    state = tmp_path / "s"
+    queue(tmp_path, state, {"one": tiny(), "two": tiny(threads=2)})
+    backlog = Backlog(Store(state))
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 4)
+    assert supervisor._crowded(backlog, ["cpu", "cpu"]) is None  # 2 x 2 threads on 4 cores
+    assert supervisor._crowded(backlog, ["cpu", "cuda:0"]) is None
+    warning = supervisor._crowded(backlog, ["cpu", "cpu", "cpu"])
+    assert "3 runs at once on the CPU, with up to 2 threads each, on 4 cores" in warning
+    assert "threads: 1" in warning
