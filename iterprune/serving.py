@@ -171,6 +171,8 @@ def _worker(text: str | None, device: str) -> Any:
         return None
     from iterprune.server import Slot
 
+    if not re.fullmatch(r"\d+:\d+", text):
+        raise UserError(f"--worker takes SLOT:PID (serve gives it to its workers), got {text!r}")
     index, parent = (int(x) for x in text.split(":"))
     if os.getppid() != parent:
         raise UserError(f"the serve that started this worker (pid {parent}) is gone")

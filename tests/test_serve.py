@@ -285,6 +285,9 @@ def test_devices_are_checked(tmp_path: Path, capsys, monkeypatch) -> None:
     ]:
         assert cli.main(["serve", "--devices", devices, *state]) == 2
         assert why in capsys.readouterr().err
+    for worker, why in [("x", "SLOT:PID"), ("0:1", "is gone")]:  # serve's own option
+        assert cli.main(["serve", "--worker", worker, *state]) == 2
+        assert why in capsys.readouterr().err
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # cuda:N counts the GPUs this one may see
     assert serving._gpu("cuda:1") == "3"
     assert cli.main(["serve", "--devices", "cuda:2", *state]) == 2
