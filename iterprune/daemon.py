@@ -117,11 +117,7 @@ def run_lock(state_dir: Path, run_id: str, store: Store) -> contextlib.AbstractC
 
 def held_elsewhere(state_dir: Path, run_id: str) -> bool:
     """Whether another process on this machine serves the run now (holds its lock file)."""
-    return locked(paths.lock_file(state_dir, run_id))
-
-
-def locked(path: Path) -> bool:
-    """Whether another process on this machine holds the lock file."""
+    path = paths.lock_file(state_dir, run_id)
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDWR)

@@ -5,50 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from iterprune import paths
+from iterprune import paths, views
 from iterprune.backlog import Backlog
 from iterprune.console import say, serve_text
 from iterprune.errors import EXIT_FAILED, EXIT_OK, UserError
 from iterprune.store import DB_NAME, Store
 
+if TYPE_CHECKING:
+    from iterprune import server
+
 
 def _backlog(args: argparse.Namespace) -> Backlog:
     return Backlog(Store(paths.state_dir(args.state_dir)))
-
-
-def queue_doc(backlog: Backlog) -> dict[str, Any]:
-    """``iterprune queue --json``: the serve process and every queued run in order."""
-    keys = ("position", "run", "status", "priority", "sweep", "held", "round", "added_at")
-    return {
-        "serve": serve_doc(backlog),
-        "runs": [{k: e[k] for k in keys} for e in backlog.entries()],
-    }
-
-
-def serve_doc(backlog: Backlog) -> dict[str, Any] | None:
-    """The serve process, and what each of its devices serves (None: no serve is running)."""
-    from iterprune import daemon
-
-    serve = backlog.serve() or {}
-    if not serve.get("pid"):
-        return None
-    if serve["host"] == socket.gethostname():  # killed (SIGKILL) before it could say so?
-        if not daemon.locked(paths.serve_lock(backlog.store.state_dir)):
-            return None
-    doc = {k: serve.get(k) for k in ("pid", "host", "started_at", "current")}
-    names = (serve.get("devices") or "cpu").split(",")
-    workers = {w["slot"]: w for w in backlog.workers()}
-    if len(names) == 1:  # a serve of one device serves in its own process
-        workers = {0: doc}
-    doc["devices"] = [
-        {"slot": i, "device": name, **{k: workers.get(i, {}).get(k) for k in ("pid", "current")}}
-        for i, name in enumerate(names)
-    ]
-    return doc
 
 
 def _queue_runs(store: Store, schedules: list[tuple[Any, str]], priority: int, sweep: str | None):
@@ -87,7 +58,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             backlog.remove(run)
             say(f"removed {run} from the queue (its run and history stay)")
         return EXIT_OK
-    return _show(args, queue_doc(backlog), console)
+    return _show(args, views.queue(backlog.store), console)
 
 
 def _show(args: argparse.Namespace, doc: dict[str, Any], console: Any) -> int:
@@ -165,11 +136,11 @@ def _gpu(device: str) -> str:
     return seen[index]
 
 
-def _worker(text: str | None, device: str) -> Any:
+def _worker(text: str | None, device: str) -> server.Slot | None:
     """``--worker SLOT:PID`` (given by a serve of several devices to each of its workers)."""
     if text is None:
         return None
-    from iterprune.server import Slot
+    from iterprune.server import Slot  # (apscheduler and torch only for serve)
 
     if not re.fullmatch(r"\d+:\d+", text):
         raise UserError(f"--worker takes SLOT:PID (serve gives it to its workers), got {text!r}")
@@ -200,7 +171,7 @@ def stop_serve(store: Store, args: argparse.Namespace) -> int:
     if not args.serve:
         raise UserError("stop needs a RUN, or --serve to stop iterprune serve")
     backlog = Backlog(store)
-    serve = serve_doc(backlog)
+    serve = views.serve(store)
     row = backlog.request_stop() if serve is not None else None
     if not row:
         say("iterprune serve is not running")
@@ -221,5 +192,6 @@ def serve_line(store: Store) -> None:
     if not entries:
         return
     waiting = sum(1 for e in entries if e["position"])
-    serve = serve_doc(backlog)
-    say(f"{serve_text(serve)}; queue: {waiting} of {len(entries)} run(s) waiting (iterprune queue)")
+    say(
+        f"{serve_text(views.serve(store))}; queue: {waiting} of {len(entries)} run(s) waiting (iterprune queue)"
+    )

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from iterprune import selection
+from iterprune.backlog import Backlog
 from iterprune.errors import UnknownRun, UserError
 from iterprune.runs import load_schedule
 from iterprune.store import Store
@@ -151,6 +152,36 @@ def status(
             }
         )
     return out
+
+
+def queue(store: Store) -> dict[str, Any]:
+    """``iterprune queue --json``: the serve process and every queued run in order."""
+    keys = ("position", "run", "status", "priority", "sweep", "held", "round", "added_at")
+    return {
+        "serve": serve(store),
+        "runs": [{k: e[k] for k in keys} for e in Backlog(store).entries()],
+    }
+
+
+def serve(store: Store, lease_timeout: float = 60.0) -> dict[str, Any] | None:
+    """The serve process and what each of its devices serves; None when none runs (also when
+    its process is gone without saying so, as a run's owner is judged in :func:`status`)."""
+    backlog = Backlog(store)
+    row = backlog.serve() or {}
+    beat = row.get("heartbeat_at")
+    age = None if beat is None else max(0.0, time.time() - beat)
+    if not row.get("pid") or _owner_gone(row, age, lease_timeout):
+        return None
+    doc = {k: row.get(k) for k in ("pid", "host", "started_at", "current")}
+    names = (row.get("devices") or "cpu").split(",")
+    workers = {w["slot"]: w for w in backlog.workers()}
+    if len(names) == 1:  # a serve of one device serves in its own process
+        workers = {0: doc}
+    doc["devices"] = [
+        {"slot": i, "device": name, **{k: workers.get(i, {}).get(k) for k in ("pid", "current")}}
+        for i, name in enumerate(names)
+    ]
+    return doc
 
 
 def _owner_gone(row: dict[str, Any], age: float | None, lease_timeout: float) -> bool:

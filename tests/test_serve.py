@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import Recorder, checkpoint_state, iterprune, tiny, write
 
-from iterprune import cli, daemon, server, serving, supervisor
+from iterprune import cli, daemon, server, serving, supervisor, views
 from iterprune.backlog import Backlog
 from iterprune.runner import Runner
 from iterprune.store import Store
@@ -320,7 +320,7 @@ def test_a_serve_of_two_devices_is_killed_stopped_and_finishes_every_run_once(
     # 1. SIGKILL the serve: its workers checkpoint their runs and end by themselves
     proc = background_serve(state, "--devices", "cpu,cpu")
     wait_until(lambda: fine_tuning(2), proc)
-    doc = serving.serve_doc(Backlog(watcher))
+    doc = views.serve(watcher)
     assert [d["device"] for d in doc["devices"]] == ["cpu", "cpu"]
     assert len({d["current"] for d in doc["devices"]}) == 2  # two runs at once
     workers = serve_pids(state)[1:]
@@ -366,7 +366,7 @@ def test_a_serve_of_two_devices_is_killed_stopped_and_finishes_every_run_once(
         ours = checkpoint_state(state, name, row["accepted_round"])["model"]
         theirs = checkpoint_state(alone, name, Store(alone).run(name)["accepted_round"])["model"]
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
-    assert Backlog(watcher).workers() == [] and serving.serve_doc(Backlog(watcher)) is None
+    assert Backlog(watcher).workers() == [] and views.serve(watcher) is None
 
 
 class Exits:
