@@ -36,12 +36,12 @@ def _queue_runs(store: Store, schedules: list[tuple[Any, str]], priority: int, s
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from iterprune import console, schedule
+    from iterprune import api, console
 
     if args.action == "add":
         if not args.items:
             raise UserError("queue add needs one or more schedule files")
-        found = [(schedule.load(p), str(Path(p).resolve())) for p in args.items]  # all first
+        found = [api.load(p) for p in args.items]  # every one validated before any is queued
         store = Store(paths.state_dir(args.state_dir))
         for run in _queue_runs(store, found, args.priority, None):
             say(f"queued {run} (priority {args.priority})")
