@@ -1,5 +1,5 @@
 """Channel removal that really speeds inference up: a random ResNet-50 with 25% of the channels
-of every prunable layer removed (iterprune.channels, through torch-pruning's dependency graph),
+of every prunable layer removed (iterprune.core.channels, through torch-pruning's dependency graph),
 against the dense model, batch 8 at 224x224 on the CPU, interleaved, median of several runs.
 Target: speedup >= 0.95 x the MACs ratio, and >= 1.6x.
 
@@ -17,7 +17,7 @@ import time
 import torch
 import torchvision
 
-from iterprune import channels
+from iterprune.core import channels
 
 
 @torch.inference_mode()

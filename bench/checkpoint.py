@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-from iterprune import checkpoints, pruning
+from iterprune.core import pruning
+from iterprune.state import checkpoints
 
 FACTORIES = """
 import torch, torchvision

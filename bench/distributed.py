@@ -26,8 +26,9 @@ import torch.multiprocessing as mp
 import torchvision
 from torch import nn
 
-from iterprune import distributed, examples, pruning, rng, training
-from iterprune.training import AGREE_EVERY
+from iterprune.core import pruning, rng
+from iterprune.engine import distributed, examples, training
+from iterprune.engine.training import AGREE_EVERY
 
 
 def plain_round(model: nn.Module, loader, optimizer, enforcer, epochs: int) -> None:

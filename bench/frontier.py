@@ -37,7 +37,8 @@ import torch
 import yaml
 
 import iterprune
-from iterprune import decisions, evaluation, examples, pruning, rng, training
+from iterprune.core import decisions, pruning, rng
+from iterprune.engine import evaluation, examples, training
 
 TARGET, BUDGET, LEVELS = 0.995, 1.0, (0.80, 0.90, 0.95, 0.97, 0.98, 0.99)
 SPLIT = {"val_fraction": 0.2, "test_fraction": 0.2}  # --split changes it

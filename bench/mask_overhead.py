@@ -19,7 +19,8 @@ import torch
 import torchvision
 from torch import nn
 
-from iterprune import examples, pruning, training
+from iterprune.core import pruning
+from iterprune.engine import examples, training
 
 
 def one_step(model, optimizer, enforcer, x, y) -> float:

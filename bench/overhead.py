@@ -42,7 +42,8 @@ validate: {max_drop: 100}
 PLAIN = r"""
 import sys, time
 import torch
-from iterprune import decisions, evaluation, examples, pruning, rng, training
+from iterprune.core import decisions, pruning, rng
+from iterprune.engine import evaluation, examples, training
 torch.set_num_threads(2)
 torch.use_deterministic_algorithms(True, warn_only=True)
 seed = 0
@@ -86,7 +87,9 @@ def attribute(work: Path) -> dict[str, float]:
     """One in-process run with timers around checkpoint writes, transactions and the console."""
     import contextlib
 
-    from iterprune import checkpoints, cli, console, store
+    from iterprune.cli import table as cli
+    from iterprune.report import console
+    from iterprune.state import checkpoints, store
 
     spent = {"checkpoint writes": 0.0, "database transactions": 0.0, "console": 0.0}
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 import torchvision
 
-from iterprune import pruning
+from iterprune.core import pruning
 
 
 def run_iterprune(

@@ -22,7 +22,8 @@ import time
 import torch
 import torchvision
 
-from iterprune import evaluation, pruning, sensitivity
+from iterprune.core import pruning, sensitivity
+from iterprune.engine import evaluation
 
 
 def main() -> None:

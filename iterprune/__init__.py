@@ -8,6 +8,11 @@ The Python API (the CLI is a thin layer over it; see ``iterprune.api``)::
     iterprune.resume("digits-cnn", state_dir="state"); iterprune.list_runs("state")
 """
 
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
@@ -30,7 +35,7 @@ def resume(*args: Any, **kwargs: Any) -> Any:
 
 def list_runs(*args: Any, **kwargs: Any) -> Any:
     """Every run in a state directory (``iterprune runs --json``): see :func:`iterprune.api.runs`.
-    (Not ``iterprune.runs``: that is the module that opens runs.)"""
+    (Not ``iterprune.state.runs``: that is the module that opens runs.)"""
     from iterprune import api
 
     return api.runs(*args, **kwargs)
@@ -53,6 +58,47 @@ def __getattr__(name: str) -> Any:
 
 def load_sparse(path):  # noqa: ANN001, ANN201
     """The exact state_dict of a ``iterprune export --format sparse`` file."""
-    from iterprune.export import load_sparse as _load
+    from iterprune.report.export import load_sparse as _load
 
     return _load(path)
+
+
+# Modules of releases before the packages by layer, and where they live now. A pickle written by
+# an older release (``torch.save`` of a channel run's model refers to ``iterprune.examples``) and
+# old scripts that imported them keep working: importing an old name gives the new module.
+MOVED = {
+    **{m: f"schedule.{m}" for m in ("specs", "checker", "factories", "window", "inputs", "sweeps")},
+    **{"operations": "schedule.operating", "sections": "schedule.rounds"},
+    **{m: f"core.{m}" for m in ("evidence", "decisions", "rng", "selection", "pruning")},
+    **{m: f"core.{m}" for m in ("channels", "analysis", "sensitivity", "latency")},
+    **{m: f"state.{m}" for m in ("paths", "faults", "store", "migrations", "checkpoints")},
+    **{m: f"state.{m}" for m in ("snapshots", "runs", "backlog")},
+    **{m: f"engine.{m}" for m in ("examples", "sources", "training", "evaluation", "recipe")},
+    **{m: f"engine.{m}" for m in ("workbench", "distributed", "reporter", "attempts")},
+    **{m: f"engine.{m}" for m in ("baseline", "resumption", "orders", "runner")},
+    **{m: f"report.{m}" for m in ("views", "console", "plots", "export")},
+    **{"board": "report.tensorboard", "tracking": "report.mlflow", "targets": "report.subject"},
+    **{m: f"serve.{m}" for m in ("daemon", "server", "supervisor", "launch")},
+    **{"commands": "cli.commands", "serving": "cli.queue"},
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import iterprune.store`` (an old name) gives ``iterprune.state.store``, with a warning."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        old = fullname.removeprefix(__name__ + ".")
+        if old == fullname or old not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: Any) -> Any:
+        new = f"{__name__}.{MOVED[spec.name.rpartition('.')[2]]}"
+        warnings.warn(f"{spec.name} is now {new}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(new)
+
+    def exec_module(self, module: Any) -> None:
+        pass  # the module under its new name is already complete
+
+
+sys.meta_path.append(_MovedModules())

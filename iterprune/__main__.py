@@ -1,5 +1,5 @@
 import sys
 
-from iterprune.cli import main
+from iterprune.cli.table import main
 
 sys.exit(main())

@@ -17,10 +17,12 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from iterprune import paths, schedule, views
 from iterprune.errors import UserError
-from iterprune.specs import Schedule
-from iterprune.store import DB_NAME, Store
+from iterprune.report import views
+from iterprune.schedule import parsing as schedule
+from iterprune.schedule.specs import Schedule
+from iterprune.state import paths
+from iterprune.state.store import DB_NAME, Store
 
 ENDED = ("finished", "stopped", "failed", "interrupted")
 
@@ -62,8 +64,8 @@ class Run:
         """Ask the process serving the run to stop after its current batch (it writes a
         mid-round checkpoint; under ``iterprune serve``, serve holds it and moves on); the status
         document as it is now."""
-        from iterprune import daemon
-        from iterprune.backlog import Backlog
+        from iterprune.serve import daemon
+        from iterprune.state.backlog import Backlog
 
         with closing(self._store()) as store:
             if views.status(store, self.id)[0]["status"] in ("running", "paused"):
@@ -86,7 +88,7 @@ class Run:
     def model(self, round: int | str = "last") -> Any:  # noqa: A002
         """The pruned ``nn.Module`` of a kept round (``last``, ``best`` or a number; 0 is the
         dense model), masked weights exactly zero, in eval mode."""
-        from iterprune import export
+        from iterprune.report import export
 
         with closing(self._store()) as store:
             return export.round_model(store, self.id, str(round))[0]
@@ -105,7 +107,7 @@ def open_for_start(
 ) -> tuple[Store, str]:
     """Validate the schedule (before anything is written), then open its run: a new one, or the
     existing one when the schedule is unchanged (``fresh``: a new id beside it)."""
-    from iterprune.runs import open_run
+    from iterprune.state.runs import open_run
 
     s, source = load(spec)
     store = Store(paths.state_dir(None if state_dir is None else str(state_dir)))
@@ -113,7 +115,7 @@ def open_for_start(
 
 
 def _serve(store: Store, run_id: str, detach: bool, lease_timeout: float, quiet: bool) -> Run:
-    from iterprune import launch
+    from iterprune.serve import launch
 
     before = store.run(run_id) or {}
     if before.get("status") != "finished":

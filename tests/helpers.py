@@ -14,11 +14,13 @@ import torch
 import yaml
 from PIL import Image
 
-from iterprune import checkpoints, evaluation, schedule
-from iterprune.runner import Runner
-from iterprune.runs import open_run
-from iterprune.specs import Schedule
-from iterprune.store import Store
+from iterprune.engine import evaluation
+from iterprune.engine.runner import Runner
+from iterprune.schedule import parsing as schedule
+from iterprune.schedule.specs import Schedule
+from iterprune.state import checkpoints
+from iterprune.state.runs import open_run
+from iterprune.state.store import Store
 
 # The small schedule most tests run: an MLP on 400 digits, three rounds of 30% to 60%.
 TINY: dict[str, Any] = {

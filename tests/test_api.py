@@ -11,7 +11,7 @@ import torch
 from helpers import tiny, write
 
 import iterprune
-from iterprune import cli
+from iterprune.cli import table as cli
 from iterprune.errors import ScheduleError, UnknownRun
 
 ROOT = Path(__file__).resolve().parent.parent

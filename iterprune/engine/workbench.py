@@ -1,0 +1,193 @@
+"""One rank's working set for a run: its device, model, data, optimizer and mixed-precision rule.
+
+Rank 0's runner and the other ranks under torchrun set up the same way through :class:`Workbench`,
+so they cannot drift apart (device choice, the AMP rule, sharded loaders, the optimizer). The
+workbench holds the model that is being pruned; the runner decides what happens to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import nn
+
+from iterprune.core import channels, decisions, latency, pruning, selection
+from iterprune.engine import evaluation, recipe, sources, training
+from iterprune.engine.distributed import Group, shard
+from iterprune.errors import UserError
+from iterprune.schedule.specs import BenchmarkSpec, Schedule
+
+
+def pick_device(wanted: str, amp: str, group: Group | None) -> torch.device:
+    """The schedule's ``device`` on this machine (under torchrun: this rank's GPU)."""
+    if group is not None:
+        device = group.device = group.device_for(wanted)
+    elif wanted == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(wanted)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {wanted} was asked for, but CUDA is not available here")
+    if amp == "on" and device.type != "cuda":
+        raise UserError(
+            f"finetune.amp: true needs a CUDA device, and this run is on {device}; "
+            "use amp: auto (mixed precision on CUDA only) or false"
+        )
+    return device
+
+
+class Workbench:
+    """The model being pruned, its data and optimizer, on this rank's device.
+
+    ``weights``: build the model with the schedule's weights file (rank 0); the other ranks build
+    it without, since rank 0 sends them its weights.
+    """
+
+    def __init__(
+        self, schedule: Schedule, threads: int, group: Group | None = None, weights: bool = True
+    ) -> None:
+        s = self.schedule = schedule
+        self.group = group
+        self.threads = threads
+        self.pin_threads()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = pick_device(s.device, s.finetune.amp, group)
+        self.amp = self.device.type == "cuda" and s.finetune.amp != "off"
+        build = sources.build_model if weights else sources.fresh_model
+        self.model: nn.Module = build(s.model, s.seed, s.base_dir).to(self.device)
+        train, val, test = sources.build_loaders(
+            s.data, s.seed, s.base_dir, pin_memory=self.device.type == "cuda"
+        )
+        if group is not None:
+            train, val = shard(train, group, train=True), shard(val, group, train=False)
+            test = shard(test, group, train=False) if test is not None else None
+        self.train_loader, self.val_loader, self.test_loader = train, val, test
+        self.channel = s.prune.method == "channel"
+        self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
+        self.optimizer = self.new_optimizer()
+
+    def pin_threads(self) -> None:
+        """The run's thread count (it changes float results); call it in every thread that
+        trains, since OpenMP keeps the setting per thread."""
+        torch.set_num_threads(self.threads)
+
+    def new_optimizer(self) -> torch.optim.Optimizer:
+        self.optimizer = recipe.optimizer(self.schedule.finetune, self.model)
+        return self.optimizer
+
+    def load(self, state: dict[str, torch.Tensor], architecture: dict | None) -> None:
+        """Load weights; a channel-pruned architecture is rebuilt from a fresh model first (and
+        gets a new optimizer, since the old one holds the removed parameters)."""
+        s = self.schedule
+        model = channels.fit(
+            self.model,
+            state,
+            architecture,
+            lambda: sources.fresh_model(s.model, s.seed, s.base_dir),
+        )
+        if model is not self.model:
+            self.model = model.to(self.device)
+            self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
+            self.new_optimizer()
+
+    def restore(
+        self, model: dict[str, torch.Tensor], architecture: dict | None, optimizer: dict | None
+    ) -> None:
+        """Weights, architecture and optimizer state exactly as given (a fresh optimizer for
+        None); the given state is copied, never shared."""
+        self.load(model, architecture)
+        if optimizer is None:
+            self.new_optimizer()
+        else:
+            self.optimizer.load_state_dict(copy.deepcopy(optimizer))
+
+    def state(self, mask: pruning.Mask) -> dict[str, Any]:
+        """What a checkpoint of an accepted round holds (references, not copies)."""
+        return {
+            "model": self.model.state_dict(),
+            "mask": mask,
+            "optimizer": self.optimizer.state_dict(),
+            "architecture": self.architecture(),
+        }
+
+    def architecture(self) -> dict[str, dict[str, int]] | None:
+        """Channel mode: the layer shapes of the (smaller) model; else None."""
+        return channels.architecture(self.model) if self.channel else None
+
+    def alive(self, mask: pruning.Mask) -> int:
+        """Prunable weights left: the mask's survivors, or (channel mode) the model's weights."""
+        if self.channel:
+            return sum(p.numel() for p in self.params.values())
+        return pruning.count_alive(mask)
+
+    def floors(self) -> dict[str, int]:
+        """The fewest weights each layer keeps (prune.max_layer_sparsity, global methods)."""
+        sizes = {n: p.numel() for n, p in self.params.items()}
+        return decisions.floors(sizes, self.schedule.prune.layer_cap)
+
+    def room(self, mask: pruning.Mask) -> int | None:
+        """Weights the layer caps still let a global method remove; None without caps."""
+        if self.schedule.prune.layer_cap >= 1:
+            return None
+        return selection.capacity(mask, self.floors())
+
+    @cached_property
+    def example(self) -> torch.Tensor:
+        """One training input, to trace the model's graph (channel mode)."""
+        return sources.example_input(self.train_loader, self.device)
+
+    def remove_channels(self, fraction: float) -> pruning.Mask:
+        """Physically remove ``fraction`` of the channels; the optimizer is rebuilt."""
+        p = self.schedule.prune
+        channels.remove_channels(self.model, self.example, fraction, p.scope, p.exclude)
+        self.params = pruning.prunable_parameters(self.model, p.exclude)
+        self.new_optimizer()
+        return pruning.dense_mask(self.params)
+
+    def macs(self) -> int | None:
+        return channels.macs_and_params(self.model, self.example)[0] if self.channel else None
+
+    def scaler(self, state: dict | None = None) -> Any:
+        """A GradScaler under mixed precision (with ``state`` loaded), else None."""
+        if not self.amp:
+            return None
+        scaler = torch.amp.GradScaler("cuda")
+        if state:
+            scaler.load_state_dict(state)
+        return scaler
+
+    def answers(self, split: str = "val") -> evaluation.Answers | None:
+        """Which samples of the validation (or test) split the model gets right; under torchrun
+        the whole split at rank 0 (None elsewhere)."""
+        loader = self.val_loader if split == "val" else self.test_loader
+        return evaluation.answers(self.model, loader, self.device, self.group)
+
+    def finetune(
+        self, mask: pruning.Mask, epochs: int | None = None, **extra: Any
+    ) -> training.TrainResult:
+        """Fine-tuning under ``mask``: ``epochs`` (default: the schedule's) of the recipe
+        (``extra``: more ``training.Options``)."""
+        return recipe.finetune(
+            self.schedule.finetune,
+            self.model,
+            self.params,
+            mask,
+            self.optimizer,
+            (self.train_loader, self.val_loader),
+            self.device,
+            epochs,
+            group=self.group,
+            **extra,
+        )
+
+    def latency(self, spec: BenchmarkSpec | None) -> dict[str, float]:
+        """Inference latency of the model, when the schedule has a benchmark section."""
+        if spec is None:
+            return {}
+        ms = latency.measure(
+            self.model, spec.input_shape, spec.batch_size, spec.iterations, spec.warmup, self.device
+        )
+        return {"latency_ms_p50": ms["p50"], "latency_ms_p99": ms["p99"]}

@@ -1,0 +1,98 @@
+"""The tables of many runs: the queue, two runs side by side, runs ranked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from iterprune.report.console.tables import DECISION_STYLE, frac, pct, plain_table
+
+
+def compare_table(docs: list[dict[str, Any]]) -> Table:
+    table = plain_table("compare")
+    table.add_column("")
+    for d in docs:
+        table.add_column(d["run"], justify="right")
+    rows = [
+        ("status", lambda d: d["status"]),
+        ("model", lambda d: str(d["model"])),
+        ("baseline accuracy", lambda d: pct(d["baseline_accuracy"])),
+        ("final sparsity", lambda d: frac(d["sparsity"])),
+        ("final accuracy", lambda d: pct(d["val_accuracy"])),
+        ("baseline test accuracy", lambda d: pct(d.get("baseline_test_accuracy"))),
+        ("final test accuracy", lambda d: pct(d.get("test_accuracy"))),
+        ("control accuracy", lambda d: pct(d["control_accuracy"])),
+        ("non-zero weights", lambda d: f"{d['params'] or 0:,}"),
+        ("latency p50 ms", lambda d: pct(d["latency_ms_p50"])),
+        ("accepted rounds", lambda d: str(d["accepted_rounds"])),
+        ("attempts (rolled back)", lambda d: f"{d['attempts']} ({d['rolled_back']})"),
+        ("fine-tuning epochs", lambda d: str(d.get("epochs") or 0)),
+        ("time in rounds", lambda d: f"{d['duration_s']:.0f}s"),
+        ("ended", lambda d: d["reason"] or "—"),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *[cell(d) for d in docs])
+    return table
+
+
+def serve_text(serve: dict[str, Any] | None) -> str:
+    """The serve process in a line: what each of its devices serves."""
+    if serve is None:
+        return "serve: not running (start it with: iterprune serve)"
+    devices = serve["devices"]
+    if len(devices) == 1:
+        what = f"serving {devices[0]['current'] or 'nothing (idle)'} on {devices[0]['device']}"
+    else:
+        names = [d["device"] for d in devices]
+        what = ", ".join(
+            f"{device_label(i, names)}: {d['current'] or 'idle'}" for i, d in enumerate(devices)
+        )
+    return f"serve: pid {serve['pid']} on {serve['host']}, {what}"
+
+
+def device_label(slot: int, devices: list[str]) -> str:
+    """A device's name, numbered where a serve has several of it (cpu,cpu: cpu#0, cpu#1)."""
+    device = devices[slot]
+    return device if devices.count(device) == 1 else f"{device}#{slot}"
+
+
+def queue_table(doc: dict[str, Any]) -> Group:
+    """The serve process, then the queued runs in the order serve takes them."""
+    head = Text(serve_text(doc["serve"]))
+    table = plain_table("queue")
+    for name in ("#", "run", "status", "priority", "sweep", "round", "added"):
+        table.add_column(name, justify="right" if name in ("#", "priority", "round") else "left")
+    for r in doc["runs"]:
+        status = f"held: {r['held']}" if r["held"] else r["status"]
+        table.add_row(
+            str(r["position"] or "—"),
+            r["run"],
+            Text(status, style=DECISION_STYLE.get(r["status"], "")),
+            str(r["priority"]),
+            r["sweep"] or "—",
+            str(r["round"] or 0),
+            r["added_at"] or "—",
+        )
+    return Group(head, table)
+
+
+def ranking_table(docs: list[dict[str, Any]]) -> Table:
+    """Runs ranked: sparsity reached within the budget, then test accuracy, epochs, time."""
+    table = plain_table("ranked: sparsity within the budget, test accuracy, epochs, time")
+    for name in ("#", "run", "status", "sparsity", "acc %", "test %", "epochs", "time"):
+        table.add_column(name, justify="left" if name in ("run", "status") else "right")
+    for d in docs:
+        table.add_row(
+            str(d["rank"]),
+            d["run"],
+            d["status"],
+            frac(d["sparsity"]),
+            pct(d["val_accuracy"]),
+            pct(d.get("test_accuracy")),
+            str(d.get("epochs") or 0),
+            f"{d['duration_s']:.0f}s",
+        )
+    return table

@@ -1,0 +1,213 @@
+"""What a run shows while it is served: the live dashboard in a terminal, one timestamped line per
+event otherwise (Rich's ``Live`` without a terminal prints nothing until it exits, which for a run
+of days is useless, so CI and ``> run.log`` get plain lines)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from iterprune.report.console.tables import frac, pct, rounds_table
+
+
+def make_console(**kwargs: Any) -> Console:
+    """A console; without a terminal (a pipe, a file) tables get 120 columns instead of Rich's 80."""
+    console = Console(**kwargs)
+    if not console.is_terminal and "width" not in kwargs:
+        console = Console(width=120, **kwargs)
+    return console
+
+
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
+    """A bar on stderr (so ``--json`` output stays clean) that a long computation advances by
+    calling what this yields; nothing without a terminal."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        yield lambda: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
+
+
+def emit(doc: Any, render: Callable[[Any], Any], as_json: bool) -> None:
+    """A command's document: as JSON on stdout and nothing else, or rendered for a person."""
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        make_console().print(render(doc))
+
+
+def say(*lines: str, stderr: bool = False) -> None:
+    """Plain lines of text (no markup, no highlighting, never wrapped)."""
+    out = sys.stderr if stderr else sys.stdout
+    for line in lines:
+        print(line, file=out, flush=True)
+
+
+def _header(info: dict[str, Any]) -> Panel:
+    base = info.get("baseline_accuracy")
+    text = Text.assemble(
+        ("run ", "dim"),
+        (str(info.get("run")), "bold"),
+        ("   model ", "dim"),
+        str(info.get("model")),
+        ("   method ", "dim"),
+        str(info.get("method")),
+        ("   device ", "dim"),
+        str(info.get("device")),
+        ("\nbaseline ", "dim"),
+        f"{pct(base)}%" if base is not None else "measuring…",
+        ("   target ", "dim"),
+        frac(info.get("target_sparsity")),
+        ("   budget ", "dim"),
+        f"{info.get('max_drop')} points",
+        ("   prunable weights ", "dim"),
+        f"{info.get('params', 0):,}",
+    )
+    return Panel(text, title="iterprune", title_align="left")
+
+
+class _Dashboard:
+    """The live view: header, the last rounds, and a bar for the current phase."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.info: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.progress = progress
+        self.footer = Text("")
+
+    def __rich__(self) -> Group:
+        return Group(_header(self.info), rounds_table(self.rows[-15:]), self.progress, self.footer)
+
+
+class LiveReporter:
+    """Reporter for a terminal: redraws in place."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task("starting", total=1)
+        self.view = _Dashboard(self.progress)
+        self.live = Live(self.view, console=console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> LiveReporter:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+    def run_started(self, info: dict[str, Any]) -> None:
+        self.view.info = info
+
+    def phase(self, name: str, total: int, description: str) -> None:
+        self.progress.reset(self.task, total=max(total, 1), description=description)
+
+    def advance(self, done: float) -> None:
+        self.progress.update(self.task, completed=done)
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        self.view.rows.append(row)
+
+    def event(self, level: str, kind: str, message: str) -> None:
+        if level != "info" or kind in ("baseline", "resume", "finished"):
+            self.live.console.print(f"[dim]{_now()}[/] {message}")
+
+    def run_done(self, status: str, reason: str) -> None:
+        self.progress.update(self.task, description=f"{status}: {reason}", completed=1, total=1)
+
+
+class PlainReporter:
+    """Reporter for logs and pipes: one timestamped line per event, nothing redrawn."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def __enter__(self) -> PlainReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _line(self, message: str) -> None:
+        self.console.print(f"{_now()} {message}", markup=False, highlight=False, soft_wrap=True)
+
+    def run_started(self, info: dict[str, Any]) -> None:
+        base = info.get("baseline_accuracy")
+        self._line(
+            f"run {info['run']}: model {info['model']}, {info['params']:,} prunable weights, "
+            f"method {info['method']}, target {frac(info['target_sparsity'])}, budget "
+            f"{info['max_drop']} points, device {info['device']}"
+            + (f", baseline {base:.2f}%" if base is not None else "")
+        )
+
+    def phase(self, name: str, total: int, description: str) -> None:
+        if name == "pretrain":
+            self._line(description)
+
+    def advance(self, done: float) -> None:
+        pass
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        self._line(
+            f"round {row['round']}.{row['attempt']} {row['status'].replace('_', ' ')}: "
+            f"step {frac(row['step'])}, sparsity {frac(row.get('sparsity'))}, accuracy "
+            f"{pct(row.get('val_accuracy'))}% (drop {row.get('drop', 0):+.2f}"
+            + _optional(
+                row, "drop_low", lambda _: f" [{row['drop_low']:+.2f}, {row['drop_high']:+.2f}]"
+            )
+            + ")"
+            + _optional(row, "test_accuracy", lambda v: f", test {v:.2f}%")
+            + _optional(row, "control_accuracy", lambda v: f", control {v:.2f}%")
+            + _optional(row, "control_std", lambda v: f" ± {v:.2f} over {row['control_n']} seeds")
+            + _optional(row, "latency_ms_p50", lambda v: f", {v:.2f} ms")
+            + f", {row.get('duration_s') or 0:.1f}s"
+            + (f" ({row['note']})" if row.get("recovered") and row.get("note") else "")
+        )
+
+    def event(self, level: str, kind: str, message: str) -> None:
+        if kind not in ("accepted", "rolled_back"):
+            self._line(f"{level.upper() + ': ' if level != 'info' else ''}{message}")
+
+    def run_done(self, status: str, reason: str) -> None:
+        self._line(f"{status}: {reason}")
+
+
+def reporter_for(console: Console) -> LiveReporter | PlainReporter:
+    return LiveReporter(console) if console.is_interactive else PlainReporter(console)
+
+
+def _now() -> str:
+    return dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- tables for the inspection commands --------------------------------------------------------
+
+
+def _optional(row: dict[str, Any], key: str, text: Any) -> str:
+    return text(row[key]) if row.get(key) is not None else ""

@@ -1,0 +1,224 @@
+"""Exports of a run's rounds that need no iterprune to use: plain state_dicts (``pt``,
+``safetensors``) with the masks baked in as zeros, and a compact ``sparse`` file (bit-packed mask
+plus the surviving values) that :func:`load_sparse` turns back into the exact state_dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iterprune.core import pruning
+from iterprune.errors import UserError
+from iterprune.state import checkpoints
+from iterprune.state.store import Store
+
+SPARSE_FORMAT = "iterprune-sparse/1"
+FORMATS = ("pt", "pt2", "safetensors", "sparse", "onnx")
+
+
+def choose_round(store: Store, run: str, which: str) -> dict[str, Any]:
+    """The accepted round ``which`` names (a number, ``last`` or ``best``) and its checkpoint row.
+
+    ``best`` is the sparsest accepted round (ties: the more accurate); round 0 is the dense model.
+    """
+    accepted = [r for r in store.rounds(run) if r["status"] == "accepted"]
+    kept = {c["round"]: c for c in store.checkpoints(run) if c["kind"] in ("dense", "accepted")}
+    if which == "last":
+        chosen = accepted[-1]["round"] if accepted else 0
+    elif which == "best":
+        chosen = (
+            max(accepted, key=lambda r: (r["sparsity"], r["val_accuracy"]))["round"]
+            if accepted
+            else 0
+        )
+    elif which.isdigit():
+        chosen = int(which)
+        if chosen and chosen not in {r["round"] for r in accepted}:
+            raise UserError(f"run '{run}' has no accepted round {chosen}")
+    else:
+        raise UserError(f"--round must be a number, last or best, got {which!r}")
+    if chosen not in kept:
+        raise UserError(
+            f"the checkpoint of round {chosen} was not kept (schedule checkpoints.keep: last keeps "
+            f"the dense model and the newest round); rounds with a checkpoint: "
+            f"{', '.join(map(str, sorted(kept)))}"
+        )
+    row = next((r for r in accepted if r["round"] == chosen), None)
+    return {"round": chosen, "row": row, "checkpoint": kept[chosen]}
+
+
+def baked_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The checkpoint's state_dict with every masked weight exactly zero."""
+    model = {k: v.clone() for k, v in state["model"].items()}
+    for name, keep in state["mask"].items():
+        model[name].mul_(keep.to(model[name].dtype))
+    return model
+
+
+def _fill(model: Any, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Put a checkpoint's weights into a fresh model of the run's architecture (rebuilt smaller
+    first for a channel run)."""
+    arch = state.get("architecture")
+    if arch:
+        from iterprune.core import channels
+
+        channels.rebuild(model, arch, tensors)
+    else:
+        model.load_state_dict(tensors)
+    model.eval()
+
+
+def round_model(store: Store, run: str, which: str) -> tuple[Any, int]:
+    """The model of one kept round of a run (``which``: a number, last or best; 0 is dense)."""
+    chosen = choose_round(store, run, which)
+    ckpt = chosen["checkpoint"]
+    state = checkpoints.load(store.state_dir / ckpt["path"], ckpt["sha256"])
+    model, _ = _architecture(store, run, None, False)
+    _fill(model, state, baked_state(state))
+    return model, chosen["round"]
+
+
+def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_shape=None) -> int:
+    """Write the export; returns its size in bytes (``onnx`` needs the model and an input shape)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = baked_state(state)
+    if model is not None:  # the run's architecture, channel-pruned if it was, with these weights
+        _fill(model, state, tensors)
+    if fmt == "onnx":
+        _onnx(model, input_shape, out)
+    elif fmt == "pt2":
+        program = torch.export.export(model, _example(input_shape), dynamic_shapes=_ANY_BATCH)
+        torch.export.save(program, str(out))
+    elif fmt == "pt" and state.get("architecture"):
+        torch.save(model, out)  # a channel run's smaller nn.Module itself (a pickle)
+    elif fmt == "pt":
+        torch.save(tensors, out)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
+    elif fmt == "sparse":
+        torch.save(to_sparse(tensors, state["mask"]), out)
+    else:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return out.stat().st_size
+
+
+# The first dimension of the input is free: a served model takes any batch. The example is traced
+# with two samples, since torch.export specialises a dimension it sees at size 1.
+_ANY_BATCH = ({0: torch.export.Dim("batch")},)
+
+
+def _example(input_shape: tuple[int, ...]) -> tuple[torch.Tensor]:
+    return (torch.randn(2, *input_shape),)
+
+
+def _onnx(model: Any, input_shape, out: Path) -> None:
+    """An ONNX graph of the pruned model, for Netron or ONNX Runtime (the onnx extra)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--format onnx needs the onnx extra: pip install 'iterprune[onnx]'"
+        ) from None
+    tensors = model.state_dict()
+    try:
+        # one self-contained file, unless the weights pass protobuf's 2 GB limit
+        big = sum(t.numel() * t.element_size() for t in tensors.values()) > 1_500_000_000
+        torch.onnx.export(
+            model,
+            _example(input_shape),
+            str(out),
+            dynamo=True,
+            dynamic_shapes=_ANY_BATCH,
+            input_names=["input"],
+            output_names=["output"],
+            external_data=big,
+            verbose=False,
+        )
+    except Exception as exc:
+        raise UserError(
+            f"the model could not be exported to ONNX: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def to_sparse(tensors: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> dict[str, Any]:
+    dense, sparse = {}, {}
+    for name, t in tensors.items():
+        keep = mask.get(name)
+        if keep is None:
+            dense[name] = t
+            continue
+        flat = keep.reshape(-1)
+        values = t.reshape(-1)[flat].clone()
+        sparse[name] = {"shape": list(t.shape), "bits": pruning.pack_bits(flat), "values": values}
+    return {"format": SPARSE_FORMAT, "dense": dense, "sparse": sparse}
+
+
+def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
+    """The exact state_dict stored in a ``--format sparse`` export (no pickled code is run)."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != SPARSE_FORMAT:
+        raise ValueError(f"{path} is not an iterprune sparse export ({SPARSE_FORMAT})")
+    state = dict(data["dense"])
+    for name, entry in data["sparse"].items():
+        shape = entry["shape"]
+        n = 1
+        for d in shape:
+            n *= d
+        keep = pruning.unpack_bits(entry["bits"], n)
+        values = entry["values"]
+        t = torch.zeros(n, dtype=values.dtype)
+        t[keep] = values
+        state[name] = t.view(shape)
+    return state
+
+
+def export(
+    store: Store,
+    run: str,
+    which: str,
+    out: Path,
+    fmt: str,
+    input_shape: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """Export one round of a run; a summary of what was written."""
+    chosen = choose_round(store, run, which)
+    ckpt = chosen["checkpoint"]
+    state = checkpoints.load(store.state_dir / ckpt["path"], ckpt["sha256"])
+    model = None
+    if fmt in ("onnx", "pt2") or state.get("architecture"):
+        model, input_shape = _architecture(store, run, input_shape, fmt in ("onnx", "pt2"))
+    size = write(state, out, fmt, model, input_shape)
+    dense_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
+    row = chosen["row"] or {}
+    return {
+        "run": run,
+        "round": chosen["round"],
+        "format": fmt,
+        "out": str(out),
+        "bytes": size,
+        "dense_state_dict_bytes": dense_bytes,
+        "sparsity": row.get("sparsity", 0.0),
+        "val_accuracy": row.get("val_accuracy", (store.run(run) or {}).get("baseline_accuracy")),
+    }
+
+
+def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, need_shape: bool):
+    """A fresh model of the run's architecture, and the input shape to trace it with."""
+
+    from iterprune.engine import sources
+    from iterprune.state import runs
+
+    s = runs.load_schedule(store, run)
+    if input_shape is None and s.benchmark is not None:
+        input_shape = s.benchmark.input_shape
+    if input_shape is None and s.data.builtin == "digits":
+        input_shape = (1, 8, 8)
+    if input_shape is None and need_shape:
+        raise UserError("this format needs the shape of one example: --input-shape 3,224,224")
+    model = sources.fresh_model(s.model, s.seed, s.base_dir)
+    return model, tuple(input_shape) if input_shape is not None else None

@@ -1,0 +1,72 @@
+"""What ``iterprune analyze`` looks at: a schedule file (its model and weights) or a kept round of a
+run (round 0: the dense model), with the schedule's validation data and device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from iterprune.engine import evaluation, sources
+from iterprune.engine.workbench import pick_device
+from iterprune.errors import UnknownRun, UserError
+from iterprune.report import export
+from iterprune.schedule import parsing as schedule
+from iterprune.schedule.specs import Schedule
+from iterprune.state import paths
+from iterprune.state.runs import load_schedule
+from iterprune.state.store import DB_NAME, Store
+
+
+@dataclass
+class Target:
+    label: str  # the schedule file, or "RUN round N"
+    schedule: Schedule
+    model: nn.Module
+    weights: str | None  # where the weights came from (None: a random initialisation)
+
+    @property
+    def model_name(self) -> str:
+        m = self.schedule.model
+        return str(m.builtin or m.torchvision or m.factory)
+
+    def evaluator(self, batches: int | None) -> tuple[Any, int]:
+        """An accuracy function over the validation split (its first ``batches`` batches), and
+        how many samples it answers."""
+        s = self.schedule
+        device = pick_device(s.device, "off", None)
+        self.model.to(device)
+        _, val, _ = sources.build_loaders(s.data, s.seed, s.base_dir)
+        chosen = list(islice(val, batches)) if batches else None
+
+        def accuracy() -> float:
+            return evaluation.accuracy(self.model, chosen if chosen is not None else val, device)
+
+        n = sum(len(y) for _, y in chosen) if chosen is not None else len(val.dataset)
+        return accuracy, n
+
+
+def resolve(target: str, state_dir: str | None, round_: int | None) -> Target:
+    """A schedule file when ``target`` names one, else a run in the state directory."""
+    path = Path(target)
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        if round_ is not None:
+            raise UserError("--round applies to a run, not to a schedule file")
+        s = schedule.load(path)
+        model = sources.build_model(s.model, s.seed, s.base_dir)
+        return Target(str(path), s, model, s.model.weights)
+    root = paths.state_dir(state_dir)
+    if not (root / DB_NAME).exists():
+        raise UnknownRun(f"{target!r} is neither a schedule file nor a run (no runs in {root})")
+    store = Store(root)
+    try:
+        if store.run(target) is None:
+            raise UnknownRun(f"{target!r} is neither a schedule file nor a run in {root}")
+        model, chosen = export.round_model(store, target, str(round_ or 0))
+        s = load_schedule(store, target)
+    finally:
+        store.close()
+    return Target(f"{target} round {chosen}", s, model, f"run {target}, round {chosen}")

@@ -1,0 +1,237 @@
+"""The documents the inspection commands print: the ``--json`` shapes of DESIGN.md, and more."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from iterprune.core import decisions
+from iterprune.errors import UnknownRun, UserError
+from iterprune.state.backlog import Backlog
+from iterprune.state.runs import load_schedule
+from iterprune.state.store import Store
+
+ROUND_KEYS = (
+    "round",
+    "attempt",
+    "status",
+    "step",
+    "target_sparsity",
+    "sparsity",
+    "params",
+    "val_accuracy",
+    "drop",
+    "duration_s",
+    "loss",
+    "note",
+    "best_epoch",
+    "latency_ms_p50",
+    "latency_ms_p99",
+    "control_accuracy",
+    "macs",
+    "drop_low",
+    "drop_high",
+    "lost",
+    "gained",
+    "test_accuracy",
+    "recovered",
+    "epochs",
+    "control_std",
+    "control_n",
+)
+
+
+def _run(store: Store, run: str) -> dict[str, Any]:
+    row = store.run(run)
+    if row is None:
+        known = ", ".join(r["run"] for r in store.runs()) or "none yet"
+        raise UnknownRun(f"no run named '{run}' (known runs: {known})")
+    return row
+
+
+def runs(store: Store) -> list[dict[str, Any]]:
+    return [
+        {
+            "run": r["run"],
+            "status": r["status"],
+            "rounds": r["accepted_rounds"],
+            "sparsity": r["sparsity"],
+            "val_accuracy": r["val_accuracy"],
+            "baseline_accuracy": r["baseline_accuracy"],
+            "test_accuracy": r["test_accuracy"],
+            "baseline_test_accuracy": r["baseline_test_accuracy"],
+            "updated_at": r["updated_at"],
+            "disk_bytes": r["disk_bytes"],
+        }
+        for r in store.runs()
+    ]
+
+
+def history(store: Store, run: str) -> dict[str, Any]:
+    row = _run(store, run)
+    validate = load_schedule(store, run).validate
+    return {
+        "run": run,
+        "status": row["status"],
+        "reason": row["reason"],
+        "baseline_accuracy": row["baseline_accuracy"],
+        "baseline_test_accuracy": row["baseline_test_accuracy"],
+        "val_samples": row["val_samples"],
+        "max_drop": validate.max_drop,
+        "rule": validate.rule,
+        "confidence": validate.confidence,
+        "baseline_params": row["baseline_params"],
+        "baseline_latency_ms_p50": row["baseline_latency_ms_p50"],
+        "baseline_latency_ms_p99": row["baseline_latency_ms_p99"],
+        "rounds": [{k: r[k] for k in ROUND_KEYS} for r in store.rounds(run)],
+    }
+
+
+def show(store: Store, run: str, round_: int | None = None) -> dict[str, Any]:
+    """Per-layer stats of an attempt: the given round's accepted (or last) attempt, else the latest."""
+    row = _run(store, run)
+    if round_ is None:
+        round_ = row["accepted_round"] or 0
+    if round_ == 0:
+        attempt = 0
+    else:
+        attempts = [r for r in store.rounds(run) if r["round"] == round_]
+        if not attempts:
+            raise UserError(f"run '{run}' has no round {round_} (rounds 0..{row['round'] or 0})")
+        chosen = next((r for r in attempts if r["status"] == "accepted"), attempts[-1])
+        attempt = chosen["attempt"]
+    layers = store.layers(run, round_, attempt)
+    cap = load_schedule(store, run).prune.layer_cap
+    floor = decisions.floors({r["layer"]: r["params"] for r in layers}, cap)
+    return {
+        "run": run,
+        "round": round_,
+        "attempt": attempt,
+        "max_layer_sparsity": cap,
+        "layers": [
+            {
+                **{k: r[k] for k in ("layer", "params", "nonzero", "sparsity")},
+                "capped": decisions.capped(r["nonzero"], floor[r["layer"]]),
+            }
+            for r in layers
+        ],
+    }
+
+
+def status(
+    store: Store, run: str | None = None, lease_timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """What each run is doing, from the database alone.
+
+    A run the database calls running or paused whose process is gone (no such pid on this host,
+    or no heartbeat for longer than the lease timeout) is reported as ``interrupted``.
+    """
+    rows = [_run(store, run)] if run else store.runs()
+    out = []
+    for r in rows:
+        beat = r["heartbeat_at"]
+        age = None if beat is None else max(0.0, time.time() - beat)
+        state = r["status"]
+        if state in ("running", "paused") and _owner_gone(r, age, lease_timeout):
+            state = "interrupted"
+        out.append(
+            {
+                "run": r["run"],
+                "status": state,
+                "phase": r["phase"],
+                "round": r["round"],
+                "attempt": r["attempt"],
+                "progress": r["progress"],
+                "pid": r["pid"],
+                "heartbeat_age_s": age,
+                "next_window_at": r["next_window_at"],
+                "error": r["error"],
+                "reason": r["reason"],
+            }
+        )
+    return out
+
+
+def queue(store: Store) -> dict[str, Any]:
+    """``iterprune queue --json``: the serve process and every queued run in order."""
+    keys = ("position", "run", "status", "priority", "sweep", "held", "round", "added_at")
+    return {
+        "serve": serve(store),
+        "runs": [{k: e[k] for k in keys} for e in Backlog(store).entries()],
+    }
+
+
+def serve(store: Store, lease_timeout: float = 60.0) -> dict[str, Any] | None:
+    """The serve process and what each of its devices serves; None when none runs (also when
+    its process is gone without saying so, as a run's owner is judged in :func:`status`)."""
+    backlog = Backlog(store)
+    row = backlog.serve() or {}
+    beat = row.get("heartbeat_at")
+    age = None if beat is None else max(0.0, time.time() - beat)
+    if not row.get("pid") or _owner_gone(row, age, lease_timeout):
+        return None
+    doc = {k: row.get(k) for k in ("pid", "host", "started_at", "current")}
+    names = (row.get("devices") or "cpu").split(",")
+    workers = {w["slot"]: w for w in backlog.workers()}
+    if len(names) == 1:  # a serve of one device serves in its own process
+        workers = {0: doc}
+    doc["devices"] = [
+        {"slot": i, "device": name, **{k: workers.get(i, {}).get(k) for k in ("pid", "current")}}
+        for i, name in enumerate(names)
+    ]
+    return doc
+
+
+def _owner_gone(row: dict[str, Any], age: float | None, lease_timeout: float) -> bool:
+    if row["pid"] is None:
+        return True
+    if row["host"] == socket.gethostname():
+        try:
+            os.kill(row["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+    return age is None or age > lease_timeout
+
+
+def ranked(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best first: the sparsity reached (every accepted round is within the budget), then test
+    accuracy where there is a test split (else validation accuracy), fewer epochs, less time."""
+
+    def key(d: dict[str, Any]) -> tuple:
+        accuracy = d["test_accuracy"] if d["test_accuracy"] is not None else d["val_accuracy"]
+        return (-(d["sparsity"] or 0), -(accuracy or 0), d["epochs"] or 0, d["duration_s"] or 0)
+
+    out = sorted(docs, key=key)
+    return [{"rank": i + 1, **d} for i, d in enumerate(out)]
+
+
+def summary(store: Store, run: str) -> dict[str, Any]:
+    """One run in numbers, for ``compare``."""
+    row = _run(store, run)
+    rounds = store.rounds(run)
+    accepted = [r for r in rounds if r["status"] == "accepted"]
+    last = accepted[-1] if accepted else None
+    return {
+        "run": run,
+        "status": row["status"],
+        "reason": row["reason"],
+        "model": row["model"],
+        "baseline_accuracy": row["baseline_accuracy"],
+        "baseline_test_accuracy": row["baseline_test_accuracy"],
+        "sparsity": last["sparsity"] if last else 0.0,
+        "val_accuracy": last["val_accuracy"] if last else row["baseline_accuracy"],
+        "test_accuracy": last["test_accuracy"] if last else row["baseline_test_accuracy"],
+        "epochs": sum(r["epochs"] or 0 for r in rounds),
+        "params": last["params"] if last else row["baseline_params"],
+        "accepted_rounds": len(accepted),
+        "attempts": len(rounds),
+        "rolled_back": sum(1 for r in rounds if r["status"] == "rolled_back"),
+        "duration_s": sum(r["duration_s"] or 0.0 for r in rounds),
+        "control_accuracy": last["control_accuracy"] if last else None,
+        "latency_ms_p50": last["latency_ms_p50"] if last else row["baseline_latency_ms_p50"],
+    }

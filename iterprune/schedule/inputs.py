@@ -1,0 +1,131 @@
+"""Checking the schedule's ``model`` and ``data`` sections: what a run prunes and trains on.
+
+Paths (weights, image folders) are relative to the schedule's directory, and a factory is imported
+here already, so a typo in its name is reported with the schedule's other problems.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from iterprune.errors import UserError
+from iterprune.schedule.checker import Checker
+from iterprune.schedule.factories import resolve_factory, torchvision_models
+from iterprune.schedule.specs import DataSpec, ImageFolderSpec, ModelSpec
+
+BUILTIN_MODELS = ("digits_cnn", "digits_mlp")
+BUILTIN_DATA = ("digits",)
+MODEL_KEYS = (
+    "builtin",
+    "torchvision",
+    "factory",
+    "num_classes",
+    "kwargs",
+    "weights",
+    "trust_pickle",
+)
+DATA_KEYS = (
+    *("builtin", "imagefolder", "factory", "kwargs", "batch_size", "workers", "val_fraction"),
+    "test_fraction",
+)
+
+
+def _factory(c: Checker, raw: dict, path: str, base_dir: Path) -> str | None:
+    spec = c.text(raw, "factory", path, None)
+    if spec is not None:
+        try:
+            resolve_factory(spec, base_dir)
+        except UserError as exc:
+            c.fail(f"{path}.factory", str(exc))
+    return spec
+
+
+def _torchvision_name(c: Checker, m: dict) -> str | None:
+    name = c.text(m, "torchvision", "model", None)
+    if name is not None:
+        known = torchvision_models()
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            c.fail("model.torchvision", f"unknown torchvision model {name!r}{hint}")
+    return name
+
+
+def model_section(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
+    if "model" not in raw:
+        c.fail("model", "missing: say which model to prune (e.g. model: {builtin: digits_cnn})")
+    m = c.section(raw, "model", MODEL_KEYS)
+    if isinstance(raw.get("model"), dict):
+        c.one_of(m, ("builtin", "torchvision", "factory"), "model")
+    spec = ModelSpec(
+        builtin=c.text(m, "builtin", "model", None, BUILTIN_MODELS),
+        torchvision=_torchvision_name(c, m),
+        factory=_factory(c, m, "model", base_dir),
+        num_classes=c.count(m, "num_classes", "model", None),
+        kwargs=c.mapping(m, "kwargs", "model"),
+        weights=c.text(m, "weights", "model", None),
+        trust_pickle=c.boolean(m, "trust_pickle", "model", False),
+    )
+    if spec.weights and not (base_dir / spec.weights).expanduser().is_file():
+        c.fail("model.weights", f"file not found: {spec.weights}")
+    return spec
+
+
+def _image_folders(c: Checker, d: dict, base_dir: Path) -> ImageFolderSpec | None:
+    if d.get("imagefolder") is None:
+        return None
+    f = c.section(d, "imagefolder", ("train", "val", "test", "image_size"), "data")
+    dirs: dict[str, str | None] = {}
+    for key in ("train", "val", "test"):
+        value = c.text(f, key, "data.imagefolder", None)
+        if value is None and key != "test" and isinstance(d.get("imagefolder"), dict):
+            c.fail(f"data.imagefolder.{key}", "missing: the folder of class sub-folders")
+        elif value is not None and not (base_dir / value).expanduser().is_dir():
+            c.fail(f"data.imagefolder.{key}", f"folder not found: {value}")
+        dirs[key] = value if value is not None or key == "test" else ""
+    return ImageFolderSpec(
+        train=dirs["train"] or "",
+        val=dirs["val"] or "",
+        image_size=c.count(f, "image_size", "data.imagefolder", 224, minimum=8),
+        test=dirs["test"],
+    )
+
+
+def data_section(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
+    if "data" not in raw:
+        c.fail("data", "missing: say which data to fine-tune on (e.g. data: {builtin: digits})")
+    d = c.section(raw, "data", DATA_KEYS)
+    if isinstance(raw.get("data"), dict):
+        c.one_of(d, ("builtin", "imagefolder", "factory"), "data")
+    spec = DataSpec(
+        builtin=c.text(d, "builtin", "data", None, BUILTIN_DATA),
+        imagefolder=_image_folders(c, d, base_dir),
+        factory=_factory(c, d, "data", base_dir),
+        kwargs=c.mapping(d, "kwargs", "data"),
+        batch_size=c.count(d, "batch_size", "data", 64),
+        workers=c.count(d, "workers", "data", 0, minimum=0),
+        val_fraction=c.number(
+            d, "val_fraction", "data", 0.25, check=lambda v: 0 < v < 1, rule="in (0, 1)"
+        ),
+        test_fraction=c.number(
+            d, "test_fraction", "data", 0.0, check=lambda v: 0 <= v < 1, rule="in [0, 1)"
+        ),
+    )
+    _split_shares(c, d, spec)
+    return spec
+
+
+def _split_shares(c: Checker, d: dict, spec: DataSpec) -> None:
+    """Only built-in data is split by iterprune, and some of it must be left to train on."""
+    if "test_fraction" in d and spec.builtin is None and spec.test_fraction:
+        other = "data.imagefolder.test (a folder)"
+        if spec.factory:
+            other = "a data factory that returns (train, val, test) loaders"
+        c.fail("data.test_fraction", f"applies to built-in data only; give {other} instead")
+    if spec.builtin is not None and spec.val_fraction + spec.test_fraction > 0.9:
+        c.fail(
+            "data.test_fraction" if "test_fraction" in d else "data.val_fraction",
+            "val_fraction + test_fraction must leave at least 10% to train on, got "
+            f"{spec.val_fraction:g} + {spec.test_fraction:g}",
+        )

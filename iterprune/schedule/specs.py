@@ -1,0 +1,259 @@
+"""The sections of a schedule as frozen dataclasses (validated and built by ``parsing.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+# The controller's defaults, chosen with bench/frontier.py (see README, "How a run decides").
+RECOVER_EPOCHS = 1
+GROW_AFTER = 2
+GROW = 2.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    builtin: str | None = None
+    torchvision: str | None = None
+    factory: str | None = None
+    num_classes: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class ImageFolderSpec:
+    train: str
+    val: str
+    image_size: int = 224
+    test: str | None = None  # measured and reported, never decides anything
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    builtin: str | None = None
+    imagefolder: ImageFolderSpec | None = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    workers: int = 0
+    val_fraction: float = 0.25
+    test_fraction: float = 0.0  # built-in data: a held-out test split (0: none)
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    epochs: int = 15
+    lr: float = 1e-3
+
+
+GLOBAL_METHODS = ("global_magnitude", "lamp")  # one ranking over all layers: these are capped
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    method: str = "global_magnitude"
+    step: float = 0.10
+    target_sparsity: float = 0.90
+    exclude: tuple[str, ...] = ()
+    scope: str = "global"  # channel: rank channels over the whole model, or per layer
+    max_layer_sparsity: float = 0.99  # global methods: no layer pruned past this (1: no cap)
+
+    @property
+    def layer_cap(self) -> float:
+        """The sparsity no layer goes past under this method (1: none)."""
+        return self.max_layer_sparsity if self.method in GLOBAL_METHODS else 1.0
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    epochs: int = 2
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    lr_schedule: str = "constant"
+    amp: str = "auto"  # auto | on | off
+    patience: int | None = None
+    max_batches_per_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class ValidateSpec:
+    max_drop: float = 1.0
+    rule: str = "estimate"  # estimate: drop <= max_drop; confident: its interval's top is
+    confidence: float = 0.95  # of the drop's interval
+
+
+@dataclass(frozen=True)
+class RollbackSpec:
+    retries: int = 3
+    shrink: float = 0.5
+    min_step: float = 0.01
+    recover_epochs: int = RECOVER_EPOCHS  # a failed attempt's extra fine-tuning before rollback
+    grow_after: int = GROW_AFTER  # accepted rounds in a row before the step grows (0: never)
+    grow: float = GROW  # the step's growth factor, never beyond prune.step
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    keep: str = "last"
+
+
+@dataclass(frozen=True)
+class WhenSpec:
+    """When rounds run (a cron window), and how often a round checkpoints itself."""
+
+    window: str | None = None  # standard 5-field cron, matched minute by minute
+    timezone: str | None = None  # of the window (default UTC)
+    window_policy: str = "finish"  # a round running when the window closes: finish | pause
+    pause_between_rounds_s: float | None = None
+    checkpoint_every_batches: int | None = None
+    checkpoint_every_s: float | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Inference latency measured after every accepted round."""
+
+    batch_size: int = 8
+    input_shape: tuple[int, ...] = (3, 224, 224)
+    iterations: int = 20
+    warmup: int = 3
+
+
+@dataclass(frozen=True)
+class LotterySpec:
+    """Lottery-ticket mode: after each prune, reset surviving weights to the rewind point."""
+
+    rewind: str = "init"  # init | epoch | step
+    at: int = 0  # the epoch or step of dense training the rewind point is taken after
+    control: str | None = None  # random_reinit: also train the same mask from a fresh init
+    control_seeds: int = 1  # how many fresh initialisations the control trains, each round
+
+
+@dataclass(frozen=True)
+class MlflowSpec:
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, as MLflow users expect
+    experiment: str = "iterprune"
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    tensorboard: str | None = None  # a log directory, relative to the schedule
+    mlflow: MlflowSpec | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    validate: ValidateSpec = field(default_factory=ValidateSpec)
+    rollback: RollbackSpec = field(default_factory=RollbackSpec)
+    checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
+    when: WhenSpec = field(default_factory=WhenSpec)
+    benchmark: BenchmarkSpec | None = None
+    lottery: LotterySpec | None = None
+    report: ReportSpec = field(default_factory=ReportSpec)
+    base_dir: str = "."
+
+    def canonical(self) -> dict[str, Any]:
+        """The schedule as plain data, without where it was read from: stored with a run."""
+        data = dataclasses.asdict(self)
+        data.pop("base_dir")
+        return json.loads(json.dumps(data, sort_keys=True, default=list))
+
+    def fingerprint(self) -> str:
+        """What identifies a run: a hash of every field that differs from its default.
+
+        Fields left at their defaults are not part of it, so a field added by a later release
+        (with a default that keeps the old behaviour) does not change the identity of runs
+        started before it; tests/schedule/test_parsing.py pins the fingerprint of the example schedule.
+        """
+        text = json.dumps(_set_fields(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _set_fields(value: Any) -> Any:
+    """A spec as plain data with every field that equals its default left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.name == "base_dir" or item == _default(f):
+                continue
+            out[f.name] = _set_fields(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_set_fields(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _set_fields(v) for k, v in value.items()}
+    return value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """A spec dataclass from plain data (as ``canonical()`` stores it), nested specs included.
+
+    Nested spec types come from the field annotations; lists become tuples; keys an older
+    version did not store get their defaults.
+    """
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        nested = next(
+            (
+                t
+                for t in (hints[f.name], *typing.get_args(hints[f.name]))
+                if dataclasses.is_dataclass(t)
+            ),
+            None,
+        )
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+def from_canonical(data: dict[str, Any], base_dir: str = ".") -> Schedule:
+    """Rebuild a Schedule from ``Schedule.canonical()`` (as stored with a run); fields a run
+    stored by an older release lacks get their defaults."""
+    return from_dict(Schedule, {**data, "base_dir": base_dir})
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable list of what changed between two canonical schedules."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}.{key}" if prefix else key
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(differences(a, b, path))
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out

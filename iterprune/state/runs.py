@@ -1,0 +1,70 @@
+"""Run identity: which run a schedule starts or continues, and the schedule a run was started with."""
+
+from __future__ import annotations
+
+import json
+
+from iterprune.errors import RunConflict, UnknownRun
+from iterprune.schedule.specs import Schedule, differences, from_canonical
+from iterprune.state.store import Store, dumps
+
+
+def open_run(
+    store: Store, schedule: Schedule, schedule_path: str, fresh: bool = False, queued: bool = False
+) -> str:
+    """The run id for ``schedule``: a new run, or the existing one when the schedule is unchanged.
+
+    A changed schedule for an existing run is refused with what changed; ``fresh`` starts a new
+    run id (``NAME-2``, ``NAME-3``, ...) instead. ``queued``: a new run waits for ``serve``.
+    """
+    import torch  # here, not at the top: the reading commands load runs, and they need no torch
+
+    run_id = schedule.name
+    existing = store.run(run_id)
+    if existing is not None and fresh:
+        n = 2
+        while store.run(f"{schedule.name}-{n}") is not None:
+            n += 1
+        run_id, existing = f"{schedule.name}-{n}", None
+    if existing is None:
+        m = schedule.model
+        store.create_run(
+            {
+                "run": run_id,
+                "status": "queued" if queued else "running",
+                "phase": "pretrain",
+                "round": 0,
+                "attempt": 0,
+                "step": schedule.prune.step,
+                "schedule": dumps({**schedule.canonical(), "name": run_id}),
+                "fingerprint": schedule.fingerprint(),
+                "schedule_path": schedule_path,
+                "base_dir": schedule.base_dir,
+                "model": m.builtin
+                or (m.torchvision and f"torchvision {m.torchvision}")
+                or m.factory,
+                "torch_version": torch.__version__,
+                "num_threads": schedule.threads or torch.get_num_threads(),
+            }
+        )
+        return run_id
+    # compared through the stored schedule, not the stored hash: a run started by an older
+    # release (whose hash also covered fields left at their defaults) keeps its identity
+    stored = from_canonical({**json.loads(existing["schedule"]), "name": schedule.name})
+    if stored.fingerprint() != schedule.fingerprint():
+        changes = differences(stored.canonical(), schedule.canonical())
+        listing = "\n".join(f"  - {c}" for c in changes)
+        raise RunConflict(
+            f"run '{run_id}' exists and its schedule has changed:\n{listing}\n"
+            f"Resume it with the original schedule (iterprune resume {run_id}), or start a new "
+            f"run from the changed one with --fresh."
+        )
+    return run_id
+
+
+def load_schedule(store: Store, run_id: str) -> Schedule:
+    """The schedule a run was started with (as stored in the database)."""
+    row = store.run(run_id)
+    if row is None:
+        raise UnknownRun(f"no run named '{run_id}' in {store.path}")
+    return from_canonical(json.loads(row["schedule"]), row["base_dir"] or ".")

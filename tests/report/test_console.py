@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import io
+
+from iterprune.report import console
+
+ROWS = [
+    {
+        "round": 1,
+        "attempt": 1,
+        "status": "accepted",
+        "step": 0.2,
+        "target_sparsity": 0.2,
+        "sparsity": 0.2,
+        "params": 800,
+        "val_accuracy": 98.5,
+        "drop": 0.5,
+        "duration_s": 1.2,
+    },
+    {
+        "round": 2,
+        "attempt": 1,
+        "status": "rolled_back",
+        "step": 0.2,
+        "target_sparsity": 0.36,
+        "sparsity": 0.36,
+        "params": 640,
+        "val_accuracy": 96.0,
+        "drop": 3.0,
+        "duration_s": 1.1,
+    },
+]
+
+
+def render(renderable, width: int = 80) -> str:
+    con = console.make_console(file=io.StringIO(), width=width, color_system=None)
+    con.print(renderable)
+    return con.file.getvalue()
+
+
+def test_rounds_table_fits_80_columns_without_truncation() -> None:
+    text = render(console.rounds_table(ROWS))
+    assert "rolled back" in text and "accepted" in text and "…" not in text
+    assert "36.00%" in text and "+3.00" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_plain_reporter_prints_one_timestamped_line_per_event() -> None:
+    con = console.make_console(file=io.StringIO(), width=200, color_system=None)
+    rep = console.reporter_for(con)
+    assert isinstance(rep, console.PlainReporter)  # a StringIO is no terminal
+    rep.round_done(ROWS[1])
+    rep.event("warning", "checkpoint", "disk almost full")
+    rep.run_done("finished", "target sparsity 90% reached")
+    lines = con.file.getvalue().splitlines()
+    assert len(lines) == 3
+    assert "round 2.1 rolled back" in lines[0] and "drop +3.00" in lines[0]
+    assert lines[1].endswith("WARNING: disk almost full")
+    assert lines[0][:4].isdigit()
+
+
+def test_live_reporter_draws_header_rounds_and_progress() -> None:
+    con = console.make_console(
+        file=io.StringIO(), width=100, color_system=None, force_terminal=True
+    )
+    with console.LiveReporter(con) as rep:
+        rep.run_started(
+            {
+                "run": "r1",
+                "model": "digits_cnn",
+                "baseline_accuracy": 99.0,
+                "target_sparsity": 0.9,
+                "max_drop": 1.0,
+                "method": "global_magnitude",
+                "params": 1000,
+                "device": "cpu",
+            }
+        )
+        rep.phase("finetune", 2, "round 1.1: fine-tuning")
+        rep.advance(1.0)
+        rep.round_done(ROWS[0])
+    out = con.file.getvalue()
+    assert "r1" in out and "99.00%" in out and "fine-tuning" in out and "accepted" in out
+
+
+def test_history_view_and_layers_table_render() -> None:
+    doc = {
+        "run": "r",
+        "status": "finished",
+        "baseline_accuracy": 99.0,
+        "baseline_params": 1000,
+        "rounds": ROWS,
+        "reason": "target sparsity 90% reached",
+    }
+    assert "target sparsity 90% reached" in render(console.history_view(doc))
+    layers = {
+        "run": "r",
+        "round": 2,
+        "layers": [{"layer": "conv1", "params": 100, "nonzero": 10, "sparsity": 0.9}],
+    }
+    assert "90.00%" in render(console.layers_table(layers))
+
+
+def test_rounds_with_intervals_and_a_test_split_fit_80_columns() -> None:
+    rows = [
+        {**ROWS[0], "drop_low": -1.18, "drop_high": 1.18, "test_accuracy": 98.89, "recovered": 1},
+        {**ROWS[1], "drop_low": 1.69, "drop_high": 4.1, "test_accuracy": None, "duration_s": 10.5},
+    ]
+    text = render(console.rounds_table(rows))
+    assert "[-1.2, +1.2]" in text and "98.89" in text and "test %" in text and "↻" in text
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80

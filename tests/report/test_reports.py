@@ -1,0 +1,62 @@
+"""Plots, TensorBoard logs and ONNX exports (the optional extras, installed with [test])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+from helpers import SPARSE_RUN, checkpoint_state, tiny, write
+from onnx import numpy_helper
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from iterprune.cli import table as cli
+from iterprune.state.store import Store
+
+
+def test_plot_writes_a_readable_png(tmp_path: Path, write_schedule) -> None:
+    state = str(tmp_path / "s")
+    assert cli.main(["start", str(write_schedule()), "--state-dir", state]) == 0
+    out = tmp_path / "plot.png"
+    assert cli.main(["plot", "tiny", "--out", str(out), "--state-dir", state]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] >= 1000 and image.size[1] >= 400
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # drawn, not blank
+
+
+def test_tensorboard_gets_scalars_and_layer_histograms(tmp_path: Path, write_schedule) -> None:
+    path = write_schedule(tiny(report={"tensorboard": "tb"}, data={"test_fraction": 0.25}))
+    assert cli.main(["start", str(path), "--state-dir", str(tmp_path / "s")]) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "tiny"))
+    events.Reload()
+    tags = events.Tags()
+    scalars = {"round/sparsity", "round/val_accuracy", "round/drop", "round/loss"}
+    scalars |= {"round/test_accuracy", "round/drop_low", "round/drop_high"}
+    assert scalars <= set(tags["scalars"])
+    assert "layer_sparsity" in tags["histograms"]
+    sparsity = [e.value for e in events.Scalars("round/sparsity")]
+    assert sparsity[0] == 0.0 and sparsity[-1] > 0.59
+
+
+def test_onnx_export_carries_the_pruned_weights(tmp_path: Path) -> None:
+    path = write(tmp_path / "sparse.yaml", SPARSE_RUN)
+    state = tmp_path / "s"
+    assert cli.main(["start", str(path), "--state-dir", str(state)]) == 0
+    out = tmp_path / "m.onnx"
+    assert (
+        cli.main(
+            ["export", "sparse", "--format", "onnx", "--out", str(out), "--state-dir", str(state)]
+        )
+        == 0
+    )
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    weights = {
+        i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
+    }
+    last = Store(state).run("sparse")["accepted_round"]
+    ckpt = checkpoint_state(state, "sparse", last)
+    for name, keep in ckpt["mask"].items():
+        assert torch.equal(weights[name], ckpt["model"][name] * keep), name
