@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-# The controller's defaults, chosen with bench/frontier.py (see README, "How a run decides").
+# The controller's defaults, chosen with bench/frontier.py (see docs/decisions.md).
 RECOVER_EPOCHS = 1
 GROW_AFTER = 2
 GROW = 2.0
@@ -150,6 +150,13 @@ class ReportSpec:
     mlflow: MlflowSpec | None = None
 
 
+# Sections that say how a run is watched and served, not what it computes: changing them on an
+# existing run continues it with the new settings. Reports and latency never touch the model or
+# the random numbers (latency runs in a forked RNG); a window, pauses and checkpoints change when
+# work happens and where it can resume from, and a resumed run ends bit for bit as it would have.
+OPERATING = ("report", "benchmark", "when", "checkpoints")
+
+
 @dataclass(frozen=True)
 class Schedule:
     name: str
@@ -177,13 +184,17 @@ class Schedule:
         return json.loads(json.dumps(data, sort_keys=True, default=list))
 
     def fingerprint(self) -> str:
-        """What identifies a run: a hash of every field that differs from its default.
+        """What identifies a run: a hash of every field of the experiment that differs from its
+        default.
 
         Fields left at their defaults are not part of it, so a field added by a later release
         (with a default that keeps the old behaviour) does not change the identity of runs
-        started before it; tests/schedule/test_parsing.py pins the fingerprint of the example schedule.
+        started before it; nor are the operating sections (:data:`OPERATING`), which change how
+        a run is watched and served but not what it computes. tests/schedule/test_parsing.py
+        pins the fingerprint of the shipped schedules.
         """
-        text = json.dumps(_set_fields(self), sort_keys=True)
+        fields = {k: v for k, v in _set_fields(self).items() if k not in OPERATING}
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from iterprune.errors import RunConflict, UnknownRun
-from iterprune.schedule.specs import Schedule, differences, from_canonical
+from iterprune.schedule.specs import OPERATING, Schedule, differences, from_canonical
 from iterprune.state.store import Store, dumps
 
 
@@ -51,14 +51,20 @@ def open_run(
     # compared through the stored schedule, not the stored hash: a run started by an older
     # release (whose hash also covered fields left at their defaults) keeps its identity
     stored = from_canonical({**json.loads(existing["schedule"]), "name": schedule.name})
+    changes = differences(stored.canonical(), schedule.canonical())
     if stored.fingerprint() != schedule.fingerprint():
-        changes = differences(stored.canonical(), schedule.canonical())
-        listing = "\n".join(f"  - {c}" for c in changes)
+        listing = "\n".join(
+            f"  - {c}" for c in changes if c.split(":")[0].split(".")[0] not in OPERATING
+        )
         raise RunConflict(
             f"run '{run_id}' exists and its schedule has changed:\n{listing}\n"
             f"Resume it with the original schedule (iterprune resume {run_id}), or start a new "
             f"run from the changed one with --fresh."
         )
+    if changes:  # only how the run is watched or served: it continues with the new settings
+        with store.transaction():
+            store.update_run(run_id, schedule=dumps({**schedule.canonical(), "name": run_id}))
+            store.add_event(run_id, "info", "schedule", "settings changed: " + "; ".join(changes))
     return run_id
 
 

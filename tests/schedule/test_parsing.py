@@ -238,6 +238,21 @@ def test_fingerprint_leaves_out_fields_at_their_defaults() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "section",
+    [
+        "report: {tensorboard: tb}",
+        "benchmark: {batch_size: 2}",
+        "when: {window: '0 22-23 * * *', checkpoint_every: 10m}",
+        "checkpoints: {keep: all}",
+    ],
+)
+def test_fingerprint_leaves_out_how_a_run_is_watched_and_served(section: str) -> None:
+    plain = schedule.parse(VALID)
+    assert schedule.parse(VALID + section + "\n").fingerprint() == plain.fingerprint()
+    assert section.split(":")[0] in specs.OPERATING
+
+
 # Pinned: a change here means every run started from these schedules is refused as "changed".
 # Change a pin only together with the schedule file itself (digits.yaml got its test split in
 # the release after 0.1.0, and a 0.5-point validation budget in the same release).

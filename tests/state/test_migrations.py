@@ -104,3 +104,35 @@ def test_start_and_resume_of_the_old_run_end_identically(tmp_path: Path) -> None
     assert cli.main(["start", str(SCHEDULE), "--state-dir", str(a)]) == 0
     assert cli.main(["resume", "upgrade", "--state-dir", str(b)]) == 0
     assert final_digest(a) == final_digest(b)
+
+
+def test_the_old_run_continues_with_reporting_and_operating_settings_added(tmp_path: Path) -> None:
+    """Reporting is not identity: the 0.1 run, started again with TensorBoard, a latency
+    benchmark, mid-round checkpoints and a retention rule, continues (and ends as it would have)
+    instead of being refused as a changed schedule."""
+    plain, changed = copy_of_fixture(tmp_path / "plain"), copy_of_fixture(tmp_path / "changed")
+    text = SCHEDULE.read_text() + (
+        f"report: {{tensorboard: {tmp_path / 'tb'}}}\n"
+        "benchmark: {input_shape: [64], batch_size: 4, iterations: 3}\n"
+        "when: {checkpoint_every: 4}\n"
+        "checkpoints: {keep: all}\n"
+    )
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text(text)
+    assert cli.main(["resume", "upgrade", "--state-dir", str(plain)]) == 0
+    assert cli.main(["start", str(schedule), "--state-dir", str(changed)]) == 0
+    assert final_digest(plain) == final_digest(changed)
+    store = Store(changed)
+    events = [e["message"] for e in store.events("upgrade")]
+    store.close()
+    assert any(m.startswith("settings changed: benchmark:") for m in events), events
+    assert list((tmp_path / "tb").iterdir()), "the TensorBoard log the new settings asked for"
+
+
+def test_a_changed_experiment_is_still_refused(tmp_path: Path, capsys) -> None:
+    state = copy_of_fixture(tmp_path)
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text(SCHEDULE.read_text().replace("seed: 5", "seed: 6") + "report: {}\n")
+    assert cli.main(["start", str(schedule), "--state-dir", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert "seed: 5 -> 6" in err and "report" not in err
