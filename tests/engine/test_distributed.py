@@ -36,7 +36,7 @@ SCHEDULE = {
     "model": {"builtin": "digits_cnn", "kwargs": {"width": 8}},
     "data": {"builtin": "digits", "kwargs": {"limit": 423}, "batch_size": 16},
     "pretrain": {"epochs": 3, "lr": 1.0e-2},
-    "prune": {"method": "global_magnitude", "step": 0.6, "target_sparsity": 0.9},
+    "prune": {"method": "global_magnitude", "step": 0.6, "target_sparsity": 0.98},  # rolls back
     "finetune": {"epochs": 2, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "patience": 1},
     "validate": {"max_drop": 0.5},
     "rollback": {"retries": 1, "shrink": 0.5, "min_step": 0.1},
