@@ -1,4 +1,4 @@
-"""Every exception iterprune raises on purpose, and every exit code (see README, "Exit codes").
+"""Every exception iterprune raises on purpose, and every exit code (see docs/commands.md, "Exit codes").
 
 The CLI is the only place these become messages and exit codes; everything below it raises them.
 """

@@ -1,4 +1,4 @@
-"""The Python API: the same runs and documents as the CLI, and the README's example as written."""
+"""The Python API: the same runs and documents as the CLI, and the API page's example as written."""
 
 from __future__ import annotations
 
@@ -67,13 +67,13 @@ def test_errors_are_the_clis_exceptions(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch, capsys) -> None:
-    text = (ROOT / "README.md").read_text()
-    example = text.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+def test_the_api_pages_example_runs_as_written(tmp_path: Path, monkeypatch, capsys) -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
     shutil.copytree(ROOT / "schedules", tmp_path / "schedules")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ITERPRUNE_STATE_DIR", raising=False)
-    exec(compile(example, "README.md", "exec"), {})  # noqa: S102 (our own README)
+    exec(compile(example, "docs/api.md", "exec"), {})  # noqa: S102 (our own docs)
     out = capsys.readouterr().out
     assert out.startswith("finished 0.9499") and "['digits-cnn', 'digits-quick']" in out
     assert iterprune.run("digits-quick", "state").status()["status"] == "finished"
