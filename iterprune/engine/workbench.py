@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune.core import channels, decisions, latency, pruning, selection
+from iterprune.core import channels, decisions, latency, pruning, rng, selection
 from iterprune.engine import evaluation, recipe, sources, training
 from iterprune.engine.distributed import Group, shard
 from iterprune.errors import UserError
@@ -53,7 +53,7 @@ class Workbench:
         self.group = group
         self.threads = threads
         self.pin_threads()
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        rng.deterministic()
         self.device = pick_device(s.device, s.finetune.amp, group)
         self.amp = self.device.type == "cuda" and s.finetune.amp != "off"
         build = sources.build_model if weights else sources.fresh_model

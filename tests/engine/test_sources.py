@@ -151,3 +151,17 @@ def test_a_factory_named_by_a_module_path_of_an_older_release_still_builds() -> 
         model = sources.build_model(spec, seed=0)
     assert isinstance(model, torch.nn.Module)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_the_digits_read_from_scikit_learns_file_equal_load_digits() -> None:
+    """The example reads the digits straight from the file scikit-learn ships (importing
+    scikit-learn costs a second); they must be exactly what ``load_digits`` gives."""
+    from sklearn.datasets import load_digits
+
+    from iterprune.engine import examples
+
+    images, labels = examples.digits_tensors()
+    digits = load_digits()
+    assert torch.equal(images, torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16)
+    assert torch.equal(labels, torch.tensor(digits.target, dtype=torch.long))
+    assert examples._shipped_digits() is not None  # the fast path was taken
