@@ -3,9 +3,11 @@ each time, ends exactly where an uninterrupted run ends."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -65,6 +67,27 @@ def cli(state: Path, schedule: Path, kill_at: str = "") -> subprocess.Popen:
     )
 
 
+def kill_once_working(proc: subprocess.Popen, state: Path, delay: float) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after it has taken the run (its pid in the run's row),
+    not after a fixed time from its start: how long a process takes to start (imports) varies
+    between machines and releases, and a kill timed from the start landed near the run's end
+    once start-up got faster, leaving the later kill points nothing to do."""
+    db = state / "iterprune.db"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if db.exists():
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                    row = conn.execute("select pid from runs where run = 'crash'").fetchone()
+            except sqlite3.Error:  # the schema is still being created
+                row = None
+            if row and row[0] == proc.pid:
+                break
+        time.sleep(0.02)
+    time.sleep(delay)
+    proc.kill()
+
+
 def outcome(state: Path) -> tuple[list, str]:
     store = Store(state)
     rows = [
@@ -114,8 +137,7 @@ def test_kill_9_anywhere_then_resume_ends_identically(tmp_path: Path) -> None:
     for point in KILLS:
         if point == "random":
             proc = cli(state, schedule)
-            time.sleep(rng.uniform(2.5, 4.5))
-            proc.kill()
+            kill_once_working(proc, state, rng.uniform(0.1, 1.0))
         else:
             proc = cli(state, schedule, point)
         out, _ = proc.communicate(timeout=300)
@@ -167,8 +189,7 @@ def test_kill_9_inside_long_epochs_continues_from_mid_round_checkpoints(tmp_path
     for point in MID_KILLS:
         proc = cli(state, schedule, "" if point == "random" else point)
         if point == "random":
-            time.sleep(rng.uniform(2.5, 4.0))
-            proc.kill()
+            kill_once_working(proc, state, rng.uniform(0.1, 1.0))
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode in (-9, 0), out
         killed += [point] if proc.returncode == -9 else []
