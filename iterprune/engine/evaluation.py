@@ -18,6 +18,7 @@ from torch import nn
 
 from iterprune.core import pruning
 from iterprune.core.evidence import Paired
+from iterprune.engine import tasks
 from iterprune.engine.training import Collective
 
 
@@ -120,10 +121,10 @@ def _answer(
     model.eval()
     correct, labels = [], []
     with torch.random.fork_rng(devices=[]):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            correct.append((model(x).argmax(dim=1) == y).cpu())
-            labels.append(y.cpu())
+        for batch in loader:
+            right, truth = tasks.CLASSIFICATION.correct(model, tasks.to_device(batch, device))
+            correct.append(right.cpu())
+            labels.append(truth.cpu())
     model.train()
     return Answers(_cat(correct, torch.bool), _cat(labels, torch.int64))
 

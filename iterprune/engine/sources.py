@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from iterprune.core import rng
-from iterprune.engine import examples
+from iterprune.engine import examples, tasks
 from iterprune.errors import UserError
 from iterprune.schedule.factories import resolve_factory
 from iterprune.schedule.specs import DataSpec, ImageFolderSpec, ModelSpec
@@ -226,5 +226,10 @@ def example_input(loader: Any, device: torch.device) -> torch.Tensor:
     """One training example (a batch of one), taken without moving any random generator the run
     uses: to trace a model's dependency graph."""
     with rng.untouched(loader):
-        x, _ = next(iter(loader))
+        x, _ = tasks.split(next(iter(loader)))
+    if not isinstance(x, torch.Tensor):
+        raise UserError(
+            "channel mode traces the model with one example, and needs batches whose inputs "
+            f"are a single tensor (these are {type(x).__name__}); use an unstructured method"
+        )
     return x[:1].to(device)

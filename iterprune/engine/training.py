@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from iterprune.core.pruning import Mask
+from iterprune.engine import tasks
 
 Progress = Callable[[int, int, int], None]  # (epoch, batch done, batches per epoch)
 # Under torchrun the ranks agree every this many batches (one small all-reduce: the loss, and rank
@@ -185,7 +186,6 @@ class _Run:
         o: Options,
     ) -> None:
         self.model, self.loader, self.optimizer, self.o = model, loader, optimizer, o
-        self.loss_fn = nn.CrossEntropyLoss()
         model.train()
         self.net = o.group.wrap(model) if o.group is not None else model  # DDP: gradients
         self.pos = o.start or Position()
@@ -199,10 +199,10 @@ class _Run:
         """Train one epoch; a result when training ends inside it (stop, non-finite loss)."""
         o = self.o
         batches, skip, loader_state = self._begin(epoch)
-        for i, (x, y) in enumerate(batches, start=skip):
+        for i, batch in enumerate(batches, start=skip):
             if o.max_batches is not None and i >= o.max_batches:
                 break
-            ended = self._batch(epoch, i, x, y, loader_state) or self._after_batch()
+            ended = self._batch(epoch, i, batch, loader_state) or self._after_batch()
             if ended is not None:
                 return ended
         if o.validate is not None and o.patience is not None:
@@ -228,7 +228,7 @@ class _Run:
         return batches, skip, loader_state
 
     def _batch(
-        self, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor, state: torch.Tensor | None
+        self, epoch: int, i: int, batch: Any, state: torch.Tensor | None
     ) -> TrainResult | None:
         """One optimizer step; a result when the loss is not finite (single process)."""
         o, optimizer, pos = self.o, self.optimizer, self.pos
@@ -236,10 +236,10 @@ class _Run:
             lr = o.cosine_lr * 0.5 * (1 + math.cos(math.pi * pos.count / self.total_steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        x, y = x.to(o.device, non_blocking=True), y.to(o.device, non_blocking=True)
+        batch = tasks.to_device(batch, o.device)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device_type, enabled=o.scaler is not None):
-            loss = self.loss_fn(self.net(x), y)
+            loss = tasks.CLASSIFICATION.loss(self.net, batch)
         value = float(loss.detach())
         if o.group is None and not math.isfinite(value):
             return self._result(value, finite=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from iterprune.engine import evaluation, sources
+from iterprune.engine import evaluation, sources, tasks
 from iterprune.engine.workbench import pick_device
 from iterprune.errors import UnknownRun, UserError
 from iterprune.report import export
@@ -45,7 +45,7 @@ class Target:
         def accuracy() -> float:
             return evaluation.accuracy(self.model, chosen if chosen is not None else val, device)
 
-        n = sum(len(y) for _, y in chosen) if chosen is not None else len(val.dataset)
+        n = sum(tasks.samples(b) for b in chosen) if chosen is not None else len(val.dataset)
         return accuracy, n
 
 

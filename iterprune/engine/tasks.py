@@ -1,0 +1,89 @@
+"""What a model is fed and judged by: batches in the shapes models take, outputs in the shapes
+they give, and the classification task (cross-entropy to train, top-1 to judge).
+
+A batch is ``(inputs, labels)`` (a tuple or list), or a dict whose ``labels`` key holds the labels
+and whose other keys are the model's keyword arguments (``model(**inputs)``, as a Hugging Face
+model takes them); inputs may nest tuples, lists and dicts of tensors, and are moved to the
+device whole. An output is a tensor of logits, a tuple or list whose first item is, or an object
+with ``.logits`` (a Hugging Face ``ModelOutput``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from iterprune.errors import UserError
+
+
+def to_device(value: Any, device: torch.device | str) -> Any:
+    """``value`` with every tensor in it on ``device`` (tuples, lists and dicts, nested)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def split(batch: Any) -> tuple[Any, torch.Tensor]:
+    """(inputs, labels) of a batch."""
+    if isinstance(batch, Mapping):
+        if "labels" not in batch:
+            raise UserError(
+                f"a batch given as a dict needs a 'labels' key; this one has {sorted(batch)}"
+            )
+        return {k: v for k, v in batch.items() if k != "labels"}, batch["labels"]
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise UserError(
+        "a batch must be (inputs, labels) or a dict with a 'labels' key, got "
+        f"{type(batch).__name__}{f' of {len(batch)} items' if isinstance(batch, (tuple, list)) else ''}"
+    )
+
+
+def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """The model's logits for ``inputs``: ``model(**inputs)`` for a dict, else ``model(inputs)``."""
+    output = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    return logits(output)
+
+
+def logits(output: Any) -> torch.Tensor:
+    """The logits in a model's output: the tensor itself, a tuple's first item, ``.logits``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    found = getattr(output, "logits", None)
+    if isinstance(found, torch.Tensor):
+        return found
+    raise UserError(
+        f"the model returned {type(output).__name__}: expected a tensor of logits, a tuple whose "
+        "first item is one, or an object with .logits"
+    )
+
+
+def samples(batch: Any) -> int:
+    """How many samples a batch holds (its labels' first dimension)."""
+    return int(split(batch)[1].shape[0])
+
+
+class Classification:
+    """Cross-entropy to fine-tune; per sample, whether the top-1 class is the label."""
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        inputs, labels = split(batch)
+        return functional.cross_entropy(forward(model, inputs), labels)
+
+    def correct(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(right or wrong per sample, the labels), on the batch's device."""
+        inputs, labels = split(batch)
+        return forward(model, inputs).argmax(dim=1) == labels, labels
+
+
+CLASSIFICATION = Classification()
