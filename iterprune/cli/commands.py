@@ -26,7 +26,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     source = s.model.builtin or s.model.torchvision or s.model.factory
     print(
         f"{args.schedule}: OK — run '{s.name}', model {source}, {p.method} pruning "
-        f"{p.step:.0%} per round to {p.target_sparsity:.0%}, budget {s.validate.max_drop} points"
+        f"{p.step:.0%} per round to {p.target_sparsity:.0%}, budget {s.validate.describe()}"
     )
     warning = _resolution_warning(s)
     if warning:
@@ -46,7 +46,7 @@ def _resolution_warning(s: Any) -> str | None:
     except (UserError, TypeError, AttributeError):
         return None  # the data cannot be sized here; the run warns once it measures the baseline
     v = s.validate
-    seen = evidence.resolution(n, 100.0, v.max_drop, v.confidence)
+    seen = evidence.resolution(n, 100.0, v.budget(100.0), v.confidence)
     return None if seen.resolved else seen.message(v.confidence)
 
 
@@ -101,7 +101,7 @@ def _sensitivity(args: argparse.Namespace, target: Any) -> dict[str, Any]:
     total = 1 + len(params) * len(levels)
     with console.progress_bar(total, f"sensitivity of {len(params)} layers") as tick:
         found = sensitivity.analyse(params, evaluate, levels, args.method, tick)
-    max_drop = target.schedule.validate.max_drop
+    max_drop = target.schedule.validate.budget(found["baseline_accuracy"])
     return {
         "model": target.model_name,
         "source": target.label,
@@ -215,13 +215,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from iterprune.report import plots
-    from iterprune.state.runs import load_schedule
 
     store = store_for(args)
     history = views.history(store, args.run)
     layers = views.show(store, args.run, args.round)
-    max_drop = load_schedule(store, args.run).validate.max_drop
-    plots.plot(history, layers, max_drop, Path(args.out))
+    if history["max_drop"] is None:
+        raise UserError(f"run '{args.run}' has no baseline yet: nothing to plot")
+    plots.plot(history, layers, history["max_drop"], Path(args.out))
     print(f"wrote {args.out}")
     return EXIT_OK
 

@@ -45,11 +45,15 @@ class Rules:
     grow: float = 1.0
 
     @classmethod
-    def of(cls, schedule: Schedule) -> Rules:
+    def of(cls, schedule: Schedule, baseline: float | None = None) -> Rules:
+        """The rules of ``schedule``; a relative budget (``max_drop: 2%``) needs the dense
+        model's accuracy ``baseline`` to become points."""
         r, v = schedule.rollback, schedule.validate
+        if v.relative and baseline is None:
+            raise ValueError("a relative max_drop needs the baseline accuracy")
         return cls(
             target_sparsity=schedule.prune.target_sparsity,
-            max_drop=v.max_drop,
+            max_drop=v.budget(baseline if baseline is not None else 0.0),
             retries=r.retries,
             shrink=r.shrink,
             min_step=r.min_step,

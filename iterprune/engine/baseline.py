@@ -64,7 +64,7 @@ def start(
 def warn_unresolved(narrator: Narrator, schedule: Schedule, n: int, accuracy: float) -> None:
     """A warning when the validation split is too small to tell a drop of the budget from none."""
     v = schedule.validate
-    seen = evidence.resolution(n, accuracy, v.max_drop, v.confidence)
+    seen = evidence.resolution(n, accuracy, v.budget(accuracy), v.confidence)
     if not seen.resolved:
         narrator.event("warning", "resolution", seen.message(v.confidence))
 

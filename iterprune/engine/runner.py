@@ -48,7 +48,7 @@ class Runner:
     ) -> None:
         self.store, self.run_id = store, run_id
         self.schedule = load_schedule(store, run_id)
-        self.rules = decisions.Rules.of(self.schedule)
+        self.rules: decisions.Rules | None = None  # set by prepare(), once the baseline is known
         self.reporter = reporter or NullReporter()
         self.narrator = Narrator(store, run_id, self.reporter)
         self.ranks = ranks or orders.Ranks()
@@ -112,7 +112,9 @@ class Runner:
             begun = resumption.resume(self.bench, self.snapshots, self.narrator, self.ranks)
         if begun is not None:  # None: stopped during pretraining, nothing to keep
             self.accepted, self.rewind = begun
-            self.dense = evaluation.Reference.from_row(self._row())
+            row = self._row()
+            self.dense = evaluation.Reference.from_row(row)
+            self.rules = decisions.Rules.of(self.schedule, row["baseline_accuracy"])
             if fresh:
                 self.reporter.run_started(self._info())  # now with the baseline
         for path in self.snapshots.sweep():
@@ -327,7 +329,8 @@ class Runner:
             "baseline_accuracy": row["baseline_accuracy"],
             "baseline_test_accuracy": row["baseline_test_accuracy"],
             "target_sparsity": s.prune.target_sparsity,
-            "max_drop": s.validate.max_drop,
+            "max_drop": self.rules.max_drop if self.rules else s.validate.max_drop,
+            "budget": s.validate.describe(),
             "method": s.prune.method,
             "params": self.total,
             "device": device + (f" × {self.ranks.world} ranks" if self.ranks.world > 1 else ""),

@@ -68,7 +68,7 @@ def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
         label = "control (random reinit)" + (f", mean ± sd of {n} seeds" if n > 1 else "")
         ax.errorbar(xs, ys, yerr=spread, fmt="^--", color="tab:gray", capsize=2, label=label)
     ax.axhline(base, color="tab:green", lw=1, label=f"dense baseline {base:.2f}%")
-    budget = f"budget: baseline − {max_drop:g} points"
+    budget = f"budget: baseline − {max_drop:.3g} points"
     ax.axhline(base - max_drop, color="tab:orange", ls="--", lw=1, label=budget)
     ax.set_xlabel("sparsity of prunable weights (%)")
     ax.set_ylabel("accuracy (%)")

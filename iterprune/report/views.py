@@ -79,7 +79,8 @@ def history(store: Store, run: str) -> dict[str, Any]:
         "baseline_accuracy": row["baseline_accuracy"],
         "baseline_test_accuracy": row["baseline_test_accuracy"],
         "val_samples": row["val_samples"],
-        "max_drop": validate.max_drop,
+        "max_drop": _budget(validate, row["baseline_accuracy"]),
+        "budget": validate.describe(),
         "rule": validate.rule,
         "confidence": validate.confidence,
         "baseline_params": row["baseline_params"],
@@ -87,6 +88,13 @@ def history(store: Store, run: str) -> dict[str, Any]:
         "baseline_latency_ms_p99": row["baseline_latency_ms_p99"],
         "rounds": [{k: r[k] for k in ROUND_KEYS} for r in store.rounds(run)],
     }
+
+
+def _budget(validate: Any, baseline: float | None) -> float | None:
+    """The budget in points (a relative one needs the baseline; before it: unknown)."""
+    if validate.relative:
+        return None if baseline is None else validate.budget(baseline)
+    return validate.max_drop
 
 
 def show(store: Store, run: str, round_: int | None = None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ SET_BY = {
     "when.pause_between_rounds_s": "when.pause_between_rounds",
     "lottery.at": "lottery.rewind",
     "lottery.control_seeds": "lottery.control.seeds",
+    "validate.relative": "validate.max_drop",
 }
 
 _FRACTION = "a number in (0, 1)"
@@ -165,8 +166,9 @@ KEYS = (
     Key("validate", "a mapping", "When a round is accepted.", None),
     Key(
         "validate.max_drop",
-        "a number ≥ 0",
-        "Accuracy points a round may lose against the dense model, on the validation split.",
+        "a number in [0, 100], or a percentage like `2%`",
+        "What a round may lose against the dense model, on the validation split: accuracy "
+        "points, or (`2%`) a share of the dense model's accuracy.",
     ),
     Key(
         "validate.rule",

@@ -130,13 +130,30 @@ def _finetune(c: Checker, raw: dict) -> FinetuneSpec:
     return spec
 
 
+def _max_drop(c: Checker, v: dict) -> tuple[float, bool]:
+    """``max_drop``: accuracy points (``0.5``), or a percentage of the dense model's (``2%``)."""
+    raw = v.get("max_drop")
+    if isinstance(raw, str) and raw.strip().endswith("%"):
+        number = raw.strip()[:-1].strip()
+        try:
+            value = float(number)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value <= 100:
+            c.fail("validate.max_drop", f"must be a percentage in (0, 100] like 2%, got {raw!r}")
+            return 1.0, False
+        return value, True
+    in_range = lambda x: 0 <= x <= 100  # noqa: E731
+    rule = "in [0, 100] accuracy points, or a percentage of the dense model's accuracy like 2%"
+    return c.number(v, "max_drop", "validate", 1.0, check=in_range, rule=rule), False
+
+
 def _validate(c: Checker, raw: dict) -> ValidateSpec:
     v = c.section(raw, "validate", ("max_drop", "rule", "confidence"))
-    in_range = lambda x: 0 <= x <= 100  # noqa: E731
+    max_drop, relative = _max_drop(c, v)
     return ValidateSpec(
-        max_drop=c.number(
-            v, "max_drop", "validate", 1.0, check=in_range, rule="in [0, 100] accuracy points"
-        ),
+        max_drop=max_drop,
+        relative=relative,
         rule=c.text(v, "rule", "validate", "estimate", RULES) or "estimate",
         confidence=c.number(
             v, "confidence", "validate", 0.95, check=lambda x: 0.5 <= x < 1, rule="in [0.5, 1)"

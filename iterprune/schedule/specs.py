@@ -89,6 +89,17 @@ class ValidateSpec:
     max_drop: float = 1.0
     rule: str = "estimate"  # estimate: drop <= max_drop; confident: its interval's top is
     confidence: float = 0.95  # of the drop's interval
+    relative: bool = False  # max_drop is a percentage of the dense model's metric ("2%")
+
+    def budget(self, baseline: float) -> float:
+        """The drop a round may have, in the metric's units, given the dense model's value."""
+        return baseline * self.max_drop / 100 if self.relative else self.max_drop
+
+    def describe(self) -> str:
+        """The budget as the schedule says it: ``1 point``, ``0.5 points``, ``2%``."""
+        if self.relative:
+            return f"{self.max_drop:g}% of the dense model's accuracy"
+        return f"{self.max_drop:g} point{'' if self.max_drop == 1 else 's'}"
 
 
 @dataclass(frozen=True)

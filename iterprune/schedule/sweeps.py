@@ -33,7 +33,7 @@ def parse_set(text: str) -> tuple[str, list[Any]]:
 
 def _label(key: str, value: Any, short: bool) -> str:
     name = key.rsplit(".", 1)[-1] if short else key.replace(".", "_")
-    return UNSAFE.sub("_", f"{name}{value}")
+    return UNSAFE.sub("_", f"{name}{value}".replace("%", "pct"))
 
 
 def expand(

@@ -202,3 +202,12 @@ def test_the_decision_module_does_not_import_torch() -> None:
 def test_a_fractional_target_is_named_exactly() -> None:
     done = next_attempt(rules(target_sparsity=0.985), pos(alive=15))
     assert done == Finish("target sparsity 98.5% reached")
+
+
+def test_a_relative_budget_becomes_points_of_the_baseline() -> None:
+    from helpers import parse, tiny
+
+    s = parse(tiny(validate={"max_drop": "2%"}))
+    assert Rules.of(s, 90.0).max_drop == pytest.approx(1.8)
+    with pytest.raises(ValueError, match="needs the baseline"):
+        Rules.of(s)

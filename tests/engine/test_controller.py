@@ -187,3 +187,21 @@ def test_a_stop_during_the_recovery_continues_it_exactly(
     messages = [e["message"] for e in resumed.store.events("tiny")]
     assert any("continuing round 1.1 at epoch 2, batch 3" in m for m in messages), messages
     assert resumed.store.rounds("tiny")[0]["recovered"] == 1
+
+
+def test_a_relative_budget_judges_every_round_against_a_share_of_the_baseline(
+    tmp_path: Path, capsys
+) -> None:
+    doc = tiny(name="share", validate={"max_drop": "3%"})
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(write(tmp_path / "s.yaml", doc)), "--state-dir", state]) == 0
+    capsys.readouterr()
+    assert cli.main(["history", "share", "--state-dir", state, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert history["budget"] == "3% of the dense model's accuracy"
+    assert history["max_drop"] == pytest.approx(0.03 * history["baseline_accuracy"])
+    rounds = history["rounds"]
+    assert all(r["drop"] <= history["max_drop"] + 1e-9 for r in rounds if r["status"] == "accepted")
+    assert all(r["drop"] > history["max_drop"] for r in rounds if r["status"] == "rolled_back")
+    assert cli.main(["history", "share", "--state-dir", state]) == 0
+    assert "(3% of the dense)" in capsys.readouterr().out

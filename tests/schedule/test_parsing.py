@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,21 @@ def test_every_shipped_schedule_validates(path: Path, tmp_path: Path) -> None:
             else:
                 target.mkdir()
         schedule.load(copy)
+
+
+def test_a_budget_can_be_a_share_of_the_dense_models_accuracy() -> None:
+    relative = schedule.parse(VALID + "validate: {max_drop: 2%}\n").validate
+    assert relative.relative and relative.max_drop == 2.0
+    assert relative.budget(90.0) == pytest.approx(1.8) and relative.describe().startswith("2%")
+    points = schedule.parse(VALID + "validate: {max_drop: 0.5}\n").validate
+    assert not points.relative and points.budget(90.0) == 0.5
+    # an absolute budget is the same run as before relative ones existed
+    assert "relative" not in json.dumps(specs._set_fields(schedule.parse(VALID)))
+
+
+@pytest.mark.parametrize("text", ["0%", "150%", "two%", "-1%"])
+def test_a_percentage_budget_must_be_in_0_to_100(text: str) -> None:
+    with pytest.raises(
+        ScheduleError, match=r"validate.max_drop \(line \d+\): must be a percentage"
+    ):
+        schedule.parse(VALID + f"validate: {{max_drop: '{text}'}}\n")

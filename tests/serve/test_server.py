@@ -220,6 +220,13 @@ def test_sweeps_expand_validate_and_rank(tmp_path: Path, capsys) -> None:
     assert "ranked" in capsys.readouterr().out
 
 
+def test_a_sweep_over_relative_budgets_names_its_runs_with_pct(tmp_path: Path, capsys) -> None:
+    base = write(tmp_path / "base.yaml", {**tiny(), "name": "base"})
+    args = ["sweep", str(base), "--set", "validate.max_drop=1%,2.5%", "--dry-run"]
+    assert cli.main([*args, "--state-dir", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.split("\n")[:2] == ["base-max_drop1pct", "base-max_drop2.5pct"]
+
+
 @pytest.mark.slow
 def test_stop_serve_checkpoints_the_current_run_and_serve_continues_it(tmp_path: Path) -> None:
     state = tmp_path / "s"

@@ -79,7 +79,7 @@ def _header(info: dict[str, Any]) -> Panel:
         ("   target ", "dim"),
         frac(info.get("target_sparsity")),
         ("   budget ", "dim"),
-        f"{info.get('max_drop')} points",
+        str(info.get("budget") or f"{info.get('max_drop')} points"),
         ("   prunable weights ", "dim"),
         f"{info.get('params', 0):,}",
     )
@@ -162,7 +162,7 @@ class PlainReporter:
         self._line(
             f"run {info['run']}: model {info['model']}, {info['params']:,} prunable weights, "
             f"method {info['method']}, target {frac(info['target_sparsity'])}, budget "
-            f"{info['max_drop']} points, device {info['device']}"
+            f"{info.get('budget') or str(info['max_drop']) + ' points'}, device {info['device']}"
             + (f", baseline {base:.2f}%" if base is not None else "")
         )
 

@@ -147,7 +147,10 @@ def _test_and_rule(doc: dict[str, Any]) -> list[Any]:
         parts += [("  test ", "dim"), f"{pct(doc['baseline_test_accuracy'])}%"]
     if doc.get("max_drop") is not None:
         rule = doc.get("rule") or "estimate"
-        parts += [("  rule ", "dim"), f"{rule}, drop ≤ {doc['max_drop']:g} points"]
+        budget = f"{doc['max_drop']:.3g} points"
+        if (doc.get("budget") or "").endswith("accuracy"):  # relative: "2% of the dense ..."
+            budget += f" ({doc['budget'].split(' ')[0]} of the dense)"
+        parts += [("  rule ", "dim"), f"{rule}, drop ≤ {budget}"]
         if doc.get("val_samples"):
             confidence = doc.get("confidence") or 0.95
             parts += [f", {confidence:.0%} intervals on {doc['val_samples']} samples"]
