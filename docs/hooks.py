@@ -1,4 +1,4 @@
-"""MkDocs hook: the schedule reference page is generated from iterprune/schedule/reference.py,
+"""MkDocs hook: the schedule reference page is generated from iterprune/schedule/keys.py,
 so it cannot drift from the validator (tests/schedule/test_reference.py checks the table)."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     source = s.model.builtin or s.model.torchvision or s.model.factory
     print(
         f"{args.schedule}: OK — run '{s.name}', model {source}, {p.method} pruning "
-        f"{p.step:.0%} per round to {p.target_sparsity:.0%}, budget {s.validate.describe()}"
+        f"{p.step:.0%} per round to {p.target_sparsity:.0%}, budget {s.validate.describe(s.task.metric['name'])}"
     )
     warning = _resolution_warning(s)
     if warning:
@@ -40,6 +40,8 @@ def _resolution_warning(s: Any) -> str | None:
     from iterprune.core import evidence
     from iterprune.engine import sources
 
+    if s.task.kind != "classification":
+        return None  # per-sequence scores: no right-or-wrong table to size
     try:
         _, val, _ = sources.build_loaders(s.data, s.seed, s.base_dir)
         n = len(val.dataset)
@@ -93,6 +95,8 @@ def _sensitivity(args: argparse.Namespace, target: Any) -> dict[str, Any]:
     from iterprune.core import pruning, sensitivity
     from iterprune.report import console
 
+    if target.schedule.task.kind != "classification":
+        raise UserError("--sensitivity measures accuracy; it is not yet there for language models")
     levels = _levels(args.levels)
     if args.batches is not None and args.batches < 1:
         raise UserError(f"--batches must be at least 1, got {args.batches}")

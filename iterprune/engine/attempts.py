@@ -263,20 +263,15 @@ class Attempts:
                 "labels differ, in content or order), so the samples cannot be compared; keep "
                 "the validation data and its order fixed for the whole run"
             )
-        table = found.against(dense.correct)
-        low, high = table.interval(self.schedule.validate.confidence)
+        judged = found.judged(dense, self.schedule.validate.confidence)
         remaining = bench.alive(done.mask)
         return {
             "step": plan.step,
             "target_sparsity": plan.target_sparsity,
             "sparsity": 1 - remaining / total,
             "params": remaining,
-            "val_accuracy": found.accuracy,
-            "drop": table.drop,
-            "drop_low": low,
-            "drop_high": high,
-            "lost": table.lost,
-            "gained": table.gained,
+            "val_accuracy": found.value,
+            **judged,
             "loss": result.loss,
             "macs": bench.macs(),
             "best_epoch": result.best_epoch,

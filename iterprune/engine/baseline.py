@@ -28,7 +28,7 @@ State = dict[str, torch.Tensor]
 @dataclass
 class Baseline:
     reference: evaluation.Reference  # the dense model's answers on the validation split
-    accuracy: float  # its validation accuracy, in points
+    accuracy: float  # its validation metric (accuracy in points; a perplexity)
     test_accuracy: float | None  # on the test split, when there is one (never decides)
     latency: dict[str, float]  # latency_ms_p50 / _p99, with a benchmark section
     rewind: State | None  # lottery mode: the weights every round rewinds to
@@ -49,16 +49,26 @@ def start(
     total = sum(p.numel() for p in bench.params.values())
     mask = record(snapshots, bench, found, total)
     speed = found.latency.get("latency_ms_p50")
-    test = f", {found.test_accuracy:.2f}% on the test split" if found.test_accuracy else ""
+    n = found.reference.scores.n if found.reference.scores else found.reference.correct.numel()
+    shown = _shown(bench.schedule, found.accuracy)
+    test = ""
+    if found.test_accuracy is not None:
+        test = f", {_shown(bench.schedule, found.test_accuracy)} on the test split"
     narrator.event(
         "info",
         "baseline",
-        f"dense baseline accuracy {found.accuracy:.2f}% on {found.reference.correct.numel()} "
-        f"validation samples{test}, {total:,} prunable weights"
+        f"dense baseline {bench.schedule.task.metric['name']} {shown} on {n} validation "
+        f"samples{test}, {total:,} prunable weights"
         + (f", {speed:.2f} ms/batch" if speed is not None else ""),
     )
-    warn_unresolved(narrator, bench.schedule, found.reference.correct.numel(), found.accuracy)
+    if found.reference.correct is not None:  # 0/1 answers: can their interval see the budget?
+        warn_unresolved(narrator, bench.schedule, n, found.accuracy)
     return Accepted.of(0, bench, mask, optimizer=False), found.rewind
+
+
+def _shown(schedule: Schedule, value: float) -> str:
+    """A metric's value as the log lines show it: ``99.72%``, or a perplexity ``4.218``."""
+    return f"{value:.2f}%" if schedule.task.kind == "classification" else f"{value:.4g}"
 
 
 def warn_unresolved(narrator: Narrator, schedule: Schedule, n: int, accuracy: float) -> None:
@@ -90,9 +100,9 @@ def establish(
         )
     narrator.phase("validate", 1, "measuring the dense baseline")
     found = ranks.evaluate(bench, "val")
-    test = ranks.evaluate(bench, "test").accuracy if bench.test_loader is not None else None
+    test = ranks.evaluate(bench, "test").value if bench.test_loader is not None else None
     latency = measure_latency(bench, narrator)
-    return Baseline(evaluation.Reference.of(found), found.accuracy, test, latency, catcher.state)
+    return Baseline(evaluation.Reference.of(found), found.value, test, latency, catcher.state)
 
 
 def record(snapshots: Snapshots, bench: Workbench, found: Baseline, total: int) -> pruning.Mask:
@@ -121,7 +131,7 @@ def record(snapshots: Snapshots, bench: Workbench, found: Baseline, total: int) 
         "phase": "prune",
         **{f"baseline_{k}": v for k, v in found.latency.items()},
     }
-    layers = pruning.layer_stats(bench.model, bench.schedule.prune.exclude)
+    layers = pruning.layer_stats(bench.model, bench.exclude)
     store.record_baseline(run_id, run_fields, layers, written)
     return mask
 
@@ -172,7 +182,11 @@ def _pretrain(
         catcher.after_batch(narrator.batches, epoch, batch, batches)
 
     options = training.Options(
-        device=bench.device, progress=progress, should_stop=should_stop, group=bench.group
+        device=bench.device,
+        progress=progress,
+        should_stop=should_stop,
+        group=bench.group,
+        task=bench.task,
     )
     with ranks.order(orders.Pretrain(seed, lr, epochs)):
         result = training.train(model, bench.train_loader, optimizer, epochs, options)

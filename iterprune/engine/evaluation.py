@@ -9,6 +9,7 @@ are summed) and the per-sample answers are put back together on rank 0, each sam
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune.core import pruning
+from iterprune.core import continuous, pruning
 from iterprune.core.evidence import Paired
 from iterprune.engine import tasks
 from iterprune.engine.training import Collective
@@ -38,6 +39,23 @@ class Answers:
         """Top-1 accuracy in points (0-100)."""
         return 100.0 * int(self.correct.sum()) / self.n if self.n else 0.0
 
+    @property
+    def value(self) -> float:
+        """The task's metric: accuracy."""
+        return self.accuracy
+
+    def judged(self, dense: Reference, confidence: float) -> dict[str, Any]:
+        """The drop against the dense model's answers, in points, with Newcombe's interval."""
+        table = self.against(dense.correct)
+        low, high = table.interval(confidence)
+        return {
+            "drop": table.drop,
+            "drop_low": low,
+            "drop_high": high,
+            "lost": table.lost,
+            "gained": table.gained,
+        }
+
     def labels_digest(self) -> str:
         """Identifies the split and its order (a shuffled split would pair the wrong samples)."""
         return hashlib.sha256(self.labels.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
@@ -54,18 +72,68 @@ class Answers:
 
 
 @dataclass(frozen=True)
-class Reference:
-    """The dense model's answers on the validation split, as kept with the run: what every
-    attempt is paired with."""
+class Scores:
+    """Per sequence of a split, in its order (language models): the summed next-token negative
+    log-likelihood and the number of tokens predicted. The metric is perplexity, lower is
+    better: ``exp(sum NLL / sum tokens)``."""
 
-    correct: torch.Tensor  # bool, per sample
-    labels: str  # Answers.labels_digest() of the split it answered
+    nll: torch.Tensor  # float64
+    tokens: torch.Tensor  # float64
+    digest: str  # of the token ids, in order
+
+    @property
+    def n(self) -> int:
+        return int(self.nll.numel())
+
+    @property
+    def value(self) -> float:
+        total = float(self.tokens.sum())
+        return math.exp(float(self.nll.sum()) / total) if total else float("nan")
+
+    def labels_digest(self) -> str:
+        return self.digest
+
+    def judged(self, dense: Reference, confidence: float) -> dict[str, Any]:
+        """How much the perplexity grew against the dense model's, in perplexity, with the
+        interval of core/continuous.py for the per-token log ratio, sequence by sequence."""
+        assert dense.scores is not None
+        before = dense.scores
+        found = continuous.Moments.of((self.nll - before.nll).tolist(), before.tokens.tolist())
+        low, high = continuous.interval(found, confidence)
+        base = before.value
+        return {
+            "drop": self.value - base,
+            "drop_low": base * math.expm1(low),
+            "drop_high": base * math.expm1(high),
+            "lost": None,
+            "gained": None,
+        }
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The dense model's answers (classification) or scores (language model) on the validation
+    split, as kept with the run: what every attempt is paired with."""
+
+    correct: torch.Tensor | None  # bool, per sample (classification)
+    labels: str  # labels_digest() of the split it answered
+    scores: Scores | None = None  # language models
 
     @classmethod
-    def of(cls, found: Answers) -> Reference:
+    def of(cls, found: Answers | Scores) -> Reference:
+        if isinstance(found, Scores):
+            return cls(None, found.digest, found)
         return cls(found.correct.clone(), found.labels_digest())
 
     def row(self) -> dict[str, Any]:
+        if self.scores is not None:
+            both = torch.stack([self.scores.nll, self.scores.tokens]).to(torch.float64)
+            return {
+                "baseline_scores": both.numpy().tobytes(),
+                "val_samples": self.scores.n,
+                "val_labels": self.labels,
+            }
+        assert self.correct is not None
         return {
             "baseline_correct": pack(self.correct),
             "val_samples": int(self.correct.numel()),
@@ -75,6 +143,12 @@ class Reference:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Reference | None:
         """The reference stored with a run (None for a run of an older release)."""
+        if row.get("baseline_scores") is not None:
+            both = torch.frombuffer(bytearray(row["baseline_scores"]), dtype=torch.float64)
+            nll, tokens = both.view(2, row["val_samples"])
+            return cls(
+                None, row["val_labels"], Scores(nll.clone(), tokens.clone(), row["val_labels"])
+            )
         if row.get("baseline_correct") is None:
             return None
         return cls(unpack(row["baseline_correct"], row["val_samples"]), row["val_labels"])
@@ -85,9 +159,13 @@ def answers(
     loader: Iterable,
     device: torch.device | str = "cpu",
     group: Collective | None = None,
-) -> Answers | None:
-    """Which samples ``model`` gets right; under torchrun, the whole split on rank 0 (None on
-    the other ranks, which only answer their shard)."""
+    task: Any = tasks.CLASSIFICATION,
+) -> Answers | Scores | None:
+    """Which samples ``model`` gets right (a language model: its per-sequence scores); under
+    torchrun, the whole split on rank 0 (None on the other ranks, which only answer their
+    shard)."""
+    if isinstance(task, tasks.LanguageModel):
+        return _score(model, loader, device, task)
     mine = _answer(model, loader, device, group)
     if group is None:
         return mine
@@ -95,6 +173,20 @@ def answers(
     if whole_correct is None or whole_labels is None:
         return None
     return Answers(whole_correct, whole_labels)
+
+
+def score(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device | str = "cpu",
+    group: Collective | None = None,
+    task: Any = tasks.CLASSIFICATION,
+) -> float:
+    """The task's metric as a score where higher is better (early stopping): accuracy, or
+    minus the perplexity."""
+    if isinstance(task, tasks.LanguageModel):
+        return -_score(model, loader, device, task).value
+    return accuracy(model, loader, device, group)
 
 
 def accuracy(
@@ -127,6 +219,22 @@ def _answer(
             labels.append(truth.cpu())
     model.train()
     return Answers(_cat(correct, torch.bool), _cat(labels, torch.int64))
+
+
+@torch.no_grad()
+def _score(model: nn.Module, loader: Iterable, device: torch.device | str, task: Any) -> Scores:
+    """Per-sequence NLL sums and token counts, and a digest of the token ids seen."""
+    model.eval()
+    nll, tokens, digest = [], [], hashlib.sha256()
+    with torch.random.fork_rng(devices=[]):
+        for batch in loader:
+            moved = tasks.to_device(batch, device)
+            found, count = task.scores(model, moved)
+            nll.append(found.double().cpu())
+            tokens.append(count.double().cpu())
+            digest.update(task.targets(moved).to(torch.int64).cpu().numpy().tobytes())
+    model.train()
+    return Scores(_cat(nll, torch.float64), _cat(tokens, torch.float64), digest.hexdigest()[:16])
 
 
 def pack(correct: torch.Tensor) -> bytes:

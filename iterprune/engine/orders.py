@@ -120,7 +120,9 @@ class Ranks:
     def mid_state(self, model: nn.Module, pos: training.Position) -> dict[str, Any]:
         return {}
 
-    def evaluate(self, bench: Workbench, split: str = "val") -> evaluation.Answers:
+    def evaluate(
+        self, bench: Workbench, split: str = "val"
+    ) -> evaluation.Answers | evaluation.Scores:
         """The model's answers on a split, each rank answering its shard."""
         with self.order(Evaluate(split)):
             found = bench.answers(split)
@@ -253,7 +255,7 @@ class Follower:
         rng.seed_everything(order.seed, (b.train_loader,), self.group.rank)
         optimizer = torch.optim.Adam(b.model.parameters(), lr=order.lr)
         opts = training.Options(
-            device=b.device, group=self.group, progress=_fault_point("pretrain_batch")
+            device=b.device, group=self.group, progress=_fault_point("pretrain_batch"), task=b.task
         )
         training.train(b.model, b.train_loader, optimizer, order.epochs, opts)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from iterprune.core import pruning, rng
-from iterprune.engine import evaluation, sources, training
+from iterprune.engine import evaluation, sources, tasks, training
 from iterprune.schedule.specs import FinetuneSpec, Schedule
 
 
@@ -29,13 +29,15 @@ def options(
     val_loader: Iterable,
     device: torch.device,
     group: training.Collective | None = None,
+    task: Any = tasks.CLASSIFICATION,
     **extra: Any,
 ) -> training.Options:
     """Training options for one round under ``mask``: schedule, early stopping, batch cap."""
     validate = None
     if f.patience:
-        validate = lambda: evaluation.accuracy(model, val_loader, device, group)  # noqa: E731
+        validate = lambda: evaluation.score(model, val_loader, device, group, task)  # noqa: E731
     return training.Options(
+        task=task,
         enforcer=training.MaskEnforcer(params, mask),
         device=device,
         max_batches=f.max_batches_per_epoch,

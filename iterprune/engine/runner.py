@@ -182,7 +182,7 @@ class Runner:
             return self._interrupted(plan)
         fields.update(self.attempts.control(plan, done.mask), finished_at=now())
         self.attempts.verify(plan, done.mask)
-        layers = pruning.layer_stats(self.bench.model, self.schedule.prune.exclude)
+        layers = pruning.layer_stats(self.bench.model, self.bench.exclude)
         fields["duration_s"] = time.perf_counter() - started
         if isinstance(verdict, decisions.Accept):
             return self._accept(plan, verdict, done, fields, layers)
@@ -233,7 +233,7 @@ class Runner:
         assert bench is not None
         fields.update(baseline.measure_latency(bench, self.narrator), status="accepted")
         if bench.test_loader is not None:  # reported, never decides
-            fields["test_accuracy"] = self.ranks.evaluate(bench, "test").accuracy
+            fields["test_accuracy"] = self.ranks.evaluate(bench, "test").value
         if done.first:
             fields["note"] = recovery_note(done.first, "")
         checkpoint = self.snapshots.write_accepted(r, a, bench.state(done.mask))
@@ -330,7 +330,8 @@ class Runner:
             "baseline_test_accuracy": row["baseline_test_accuracy"],
             "target_sparsity": s.prune.target_sparsity,
             "max_drop": self.rules.max_drop if self.rules else s.validate.max_drop,
-            "budget": s.validate.describe(),
+            "budget": s.validate.describe(s.task.metric["name"]),
+            "metric": s.task.metric,
             "method": s.prune.method,
             "params": self.total,
             "device": device + (f" × {self.ranks.world} ranks" if self.ranks.world > 1 else ""),

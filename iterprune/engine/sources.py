@@ -11,12 +11,16 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from iterprune.core import rng
-from iterprune.engine import examples, tasks
+from iterprune.engine import corpus, examples, tasks, tinygpt
 from iterprune.errors import UserError
 from iterprune.schedule.factories import resolve_factory
 from iterprune.schedule.specs import DataSpec, ImageFolderSpec, ModelSpec
 
-BUILTIN_MODELS = {"digits_cnn": examples.digits_cnn, "digits_mlp": examples.digits_mlp}
+BUILTIN_MODELS = {
+    "digits_cnn": examples.digits_cnn,
+    "digits_mlp": examples.digits_mlp,
+    "tiny_gpt": tinygpt.tiny_gpt,
+}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CONVERT_HINT = (
     "convert it once to a state_dict:\n"
@@ -137,6 +141,11 @@ def build_loaders(
     if spec.builtin == "digits":
         kwargs = {"test_fraction": spec.test_fraction, **spec.kwargs}
         loaders = examples.digits_loaders(spec.batch_size, spec.val_fraction, seed, **kwargs)
+    elif spec.builtin == "python_source":
+        try:
+            loaders = corpus.python_source_loaders(spec.batch_size, seed, **spec.kwargs)
+        except TypeError as exc:  # an unknown kwarg
+            raise UserError(f"data.kwargs for python_source: {exc}") from None
     elif spec.imagefolder is not None:
         loaders = imagefolder_loaders(
             spec.imagefolder, spec.batch_size, spec.workers, base_dir, pin_memory

@@ -1,5 +1,6 @@
 """What a model is fed and judged by: batches in the shapes models take, outputs in the shapes
-they give, and the classification task (cross-entropy to train, top-1 to judge).
+they give, and the tasks: classification (cross-entropy to train, top-1 accuracy to judge) and
+language modelling (next-token cross-entropy, perplexity from per-sequence NLL sums).
 
 A batch is ``(inputs, labels)`` (a tuple or list), or a dict whose ``labels`` key holds the labels
 and whose other keys are the model's keyword arguments (``model(**inputs)``, as a Hugging Face
@@ -76,6 +77,8 @@ def samples(batch: Any) -> int:
 class Classification:
     """Cross-entropy to fine-tune; per sample, whether the top-1 class is the label."""
 
+    exclude: tuple[str, ...] = ()
+
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         inputs, labels = split(batch)
         return functional.cross_entropy(forward(model, inputs), labels)
@@ -86,4 +89,66 @@ class Classification:
         return forward(model, inputs).argmax(dim=1) == labels, labels
 
 
+class LanguageModel:
+    """Next-token cross-entropy over the real tokens to fine-tune; per sequence, its summed
+    negative log-likelihood and its number of predicted tokens; perplexity to judge.
+
+    A batch is token ids ``[B, T]`` (a tensor, or one in a tuple or list, as a TensorDataset
+    gives it), or a dict with ``input_ids`` and optionally ``attention_mask`` (0: padding, never
+    predicted) and ``labels`` (-100: not predicted; default: the ids). The output head is left
+    out of pruning: every token's prediction goes through it, and in many models it shares its
+    weights with the token embedding.
+    """
+
+    exclude: tuple[str, ...] = ("head", "lm_head")
+
+    def _parts(self, batch: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """(what the model is called with, the targets, where a target counts)."""
+        if isinstance(batch, Mapping):
+            if "input_ids" not in batch:
+                raise UserError(f"a language model's batch needs input_ids; got {sorted(batch)}")
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            targets = batch.get("labels", batch["input_ids"])
+            counts = targets != -100
+            if batch.get("attention_mask") is not None:
+                counts = counts & batch["attention_mask"].bool()
+            return inputs, targets, counts
+        ids = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 1 else batch
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+            raise UserError(
+                "a language model's batch must be token ids [batch, length], or a dict with "
+                f"input_ids; got {type(ids).__name__}"
+            )
+        return ids, ids, torch.ones_like(ids, dtype=torch.bool)
+
+    def _token_nll(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets, counts = self._parts(batch)
+        out = forward(model, inputs)[:, :-1]
+        wanted, counted = targets[:, 1:], counts[:, 1:]
+        nll = functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]).float(),
+            wanted.clamp(min=0).reshape(-1),
+            reduction="none",
+        )
+        return nll.view(wanted.shape) * counted, counted
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        nll, counted = self._token_nll(model, batch)
+        return nll.sum() / counted.sum().clamp(min=1)
+
+    def scores(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed NLL, predicted tokens) per sequence."""
+        nll, counted = self._token_nll(model, batch)
+        return nll.sum(dim=1), counted.sum(dim=1)
+
+    def targets(self, batch: Any) -> torch.Tensor:
+        return self._parts(batch)[1]
+
+
 CLASSIFICATION = Classification()
+LANGUAGE_MODEL = LanguageModel()
+
+
+def task_for(kind: str) -> Classification | LanguageModel:
+    """The task a schedule's ``task.kind`` names."""
+    return LANGUAGE_MODEL if kind == "language_model" else CLASSIFICATION

@@ -140,6 +140,7 @@ class Options:
     checkpoint: Callable[[Position], None] | None = None
     checkpoint_due: Callable[[], bool] | None = None
     group: Collective | None = None  # under torchrun: DDP, and rank 0's stop/checkpoint decisions
+    task: Any = tasks.CLASSIFICATION  # its loss of a batch is what is minimised
 
 
 def _batches(loader: Iterable, cap: int | None) -> int:
@@ -239,7 +240,7 @@ class _Run:
         batch = tasks.to_device(batch, o.device)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device_type, enabled=o.scaler is not None):
-            loss = tasks.CLASSIFICATION.loss(self.net, batch)
+            loss = o.task.loss(self.net, batch)
         value = float(loss.detach())
         if o.group is None and not math.isfinite(value):
             return self._result(value, finite=False)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from iterprune.core import channels, decisions, latency, pruning, rng, selection
-from iterprune.engine import evaluation, recipe, sources, training
+from iterprune.engine import evaluation, recipe, sources, tasks, training
 from iterprune.engine.distributed import Group, shard
 from iterprune.errors import UserError
 from iterprune.schedule.specs import BenchmarkSpec, Schedule
@@ -50,6 +50,9 @@ class Workbench:
         self, schedule: Schedule, threads: int, group: Group | None = None, weights: bool = True
     ) -> None:
         s = self.schedule = schedule
+        self.task = tasks.task_for(s.task.kind)
+        if group is not None and s.task.kind != "classification":
+            raise UserError(f"task kind {s.task.kind} cannot run under torchrun yet; run it alone")
         self.group = group
         self.threads = threads
         self.pin_threads()
@@ -66,8 +69,14 @@ class Workbench:
             test = shard(test, group, train=False) if test is not None else None
         self.train_loader, self.val_loader, self.test_loader = train, val, test
         self.channel = s.prune.method == "channel"
-        self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
+        self.params = pruning.prunable_parameters(self.model, self.exclude)
         self.optimizer = self.new_optimizer()
+
+    @property
+    def exclude(self) -> tuple[str, ...]:
+        """What is never pruned: the schedule's patterns and the task's (a language model's
+        output head)."""
+        return (*self.schedule.prune.exclude, *self.task.exclude)
 
     def pin_threads(self) -> None:
         """The run's thread count (it changes float results); call it in every thread that
@@ -90,7 +99,7 @@ class Workbench:
         )
         if model is not self.model:
             self.model = model.to(self.device)
-            self.params = pruning.prunable_parameters(self.model, s.prune.exclude)
+            self.params = pruning.prunable_parameters(self.model, self.exclude)
             self.new_optimizer()
 
     def restore(
@@ -143,7 +152,7 @@ class Workbench:
         """Physically remove ``fraction`` of the channels; the optimizer is rebuilt."""
         p = self.schedule.prune
         channels.remove_channels(self.model, self.example, fraction, p.scope, p.exclude)
-        self.params = pruning.prunable_parameters(self.model, p.exclude)
+        self.params = pruning.prunable_parameters(self.model, self.exclude)
         self.new_optimizer()
         return pruning.dense_mask(self.params)
 
@@ -159,11 +168,12 @@ class Workbench:
             scaler.load_state_dict(state)
         return scaler
 
-    def answers(self, split: str = "val") -> evaluation.Answers | None:
-        """Which samples of the validation (or test) split the model gets right; under torchrun
-        the whole split at rank 0 (None elsewhere)."""
+    def answers(self, split: str = "val") -> evaluation.Answers | evaluation.Scores | None:
+        """Which samples of the validation (or test) split the model gets right (a language
+        model: its per-sequence scores); under torchrun the whole split at rank 0 (None
+        elsewhere)."""
         loader = self.val_loader if split == "val" else self.test_loader
-        return evaluation.answers(self.model, loader, self.device, self.group)
+        return evaluation.answers(self.model, loader, self.device, self.group, self.task)
 
     def finetune(
         self, mask: pruning.Mask, epochs: int | None = None, **extra: Any
@@ -180,6 +190,7 @@ class Workbench:
             self.device,
             epochs,
             group=self.group,
+            task=self.task,
             **extra,
         )
 

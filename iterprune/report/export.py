@@ -214,6 +214,11 @@ def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, n
     from iterprune.state import runs
 
     s = runs.load_schedule(store, run)
+    if need_shape and s.task.kind != "classification":
+        raise UserError(
+            "onnx and pt2 trace the model with random float input; a language model takes token "
+            "ids, so export it as pt, safetensors or sparse"
+        )
     if input_shape is None and s.benchmark is not None:
         input_shape = s.benchmark.input_shape
     if input_shape is None and s.data.builtin == "digits":

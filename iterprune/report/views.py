@@ -71,7 +71,8 @@ def runs(store: Store) -> list[dict[str, Any]]:
 
 def history(store: Store, run: str) -> dict[str, Any]:
     row = _run(store, run)
-    validate = load_schedule(store, run).validate
+    schedule = load_schedule(store, run)
+    validate = schedule.validate
     return {
         "run": run,
         "status": row["status"],
@@ -80,7 +81,8 @@ def history(store: Store, run: str) -> dict[str, Any]:
         "baseline_test_accuracy": row["baseline_test_accuracy"],
         "val_samples": row["val_samples"],
         "max_drop": _budget(validate, row["baseline_accuracy"]),
-        "budget": validate.describe(),
+        "budget": validate.describe(schedule.task.metric["name"]),
+        "metric": schedule.task.metric,
         "rule": validate.rule,
         "confidence": validate.confidence,
         "baseline_params": row["baseline_params"],

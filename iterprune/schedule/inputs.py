@@ -12,10 +12,11 @@ from pathlib import Path
 from iterprune.errors import UserError
 from iterprune.schedule.checker import Checker
 from iterprune.schedule.factories import resolve_factory, torchvision_models
-from iterprune.schedule.specs import DataSpec, ImageFolderSpec, ModelSpec
+from iterprune.schedule.specs import TASKS, DataSpec, ImageFolderSpec, ModelSpec, Schedule, TaskSpec
 
-BUILTIN_MODELS = ("digits_cnn", "digits_mlp")
-BUILTIN_DATA = ("digits",)
+BUILTIN_MODELS = ("digits_cnn", "digits_mlp", "tiny_gpt")
+BUILTIN_DATA = ("digits", "python_source")
+LANGUAGE_ONLY = {"tiny_gpt", "python_source"}  # built-ins of language models
 MODEL_KEYS = (
     "builtin",
     "torchvision",
@@ -129,3 +130,41 @@ def _split_shares(c: Checker, d: dict, spec: DataSpec) -> None:
             "val_fraction + test_fraction must leave at least 10% to train on, got "
             f"{spec.val_fraction:g} + {spec.test_fraction:g}",
         )
+
+
+def task_section(c: Checker, raw: dict) -> TaskSpec:
+    t = c.section(raw, "task", ("kind",))
+    return TaskSpec(kind=c.text(t, "kind", "task", "classification", TASKS) or "classification")
+
+
+def task_conflicts(c: Checker, s: Schedule) -> None:
+    """What a language model run cannot take, and built-ins of the other kind of task."""
+    m, d = s.model, s.data
+    if s.task.kind == "classification":
+        for path, name in (("model.builtin", m.builtin), ("data.builtin", d.builtin)):
+            if name in LANGUAGE_ONLY:
+                c.fail(path, f"{name} is a language model's: add task: {{kind: language_model}}")
+        return
+    refused = {
+        "model.num_classes": m.num_classes is not None,
+        "model.torchvision": m.torchvision is not None,
+        "data.imagefolder": d.imagefolder is not None,
+        "prune.method": s.prune.method == "channel",
+        "benchmark": s.benchmark is not None,
+        "lottery": s.lottery is not None,
+    }
+    for path in (p for p, bad in refused.items() if bad):
+        c.fail(path, f"not available for task kind language_model ({_WHY[path]})")
+    for path, name in (("model.builtin", m.builtin), ("data.builtin", d.builtin)):
+        if name is not None and name not in LANGUAGE_ONLY:
+            c.fail(path, f"{name} is a classification built-in, not a language model's")
+
+
+_WHY = {
+    "model.num_classes": "a language model predicts tokens, not classes",
+    "model.torchvision": "torchvision's models are image classifiers",
+    "data.imagefolder": "images are a classifier's data",
+    "prune.method": "channel mode is for classification and vision models",
+    "benchmark": "its input is random images; not yet for token ids",
+    "lottery": "not yet: its control is judged by accuracy",
+}

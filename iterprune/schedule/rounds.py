@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from iterprune.schedule.checker import Checker, Doc, describe
-from iterprune.schedule.inputs import data_section, model_section
+from iterprune.schedule.inputs import data_section, model_section, task_conflicts, task_section
 from iterprune.schedule.operating import (
     benchmark_section,
     checkpoints_section,
@@ -38,7 +38,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 TOP_KEYS = (
-    *("name", "seed", "device", "threads", "model", "data", "pretrain", "prune", "finetune"),
+    *("name", "seed", "device", "threads", "model", "data", "task", "pretrain", "prune"),
+    "finetune",
     *("validate", "rollback", "checkpoints", "when", "benchmark", "lottery", "report"),
 )
 FINETUNE_KEYS = (
@@ -254,6 +255,7 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
         threads=c.count(raw, "threads", "", None),
         model=model,
         data=data,
+        task=task_section(c, raw),
         pretrain=pretrain,
         prune=prune,
         finetune=_finetune(c, raw),
@@ -266,6 +268,7 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
         report=report_section(c, raw),
         base_dir=str(base_dir),
     )
+    task_conflicts(c, schedule)
     if schedule.lottery is not None and prune.method == "channel":
         c.fail(
             "lottery",

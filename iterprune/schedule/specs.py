@@ -46,6 +46,27 @@ class DataSpec:
     test_fraction: float = 0.0  # built-in data: a held-out test split (0: none)
 
 
+TASKS = ("classification", "language_model")
+# What each task's per-sample scores add up to, as every document names it.
+METRICS = {
+    "classification": {"name": "accuracy", "unit": "points", "higher_is_better": True},
+    "language_model": {"name": "perplexity", "unit": "", "higher_is_better": False},
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the model is trained and judged by: classification (cross-entropy, top-1 accuracy)
+    or language_model (next-token cross-entropy, perplexity)."""
+
+    kind: str = "classification"
+
+    @property
+    def metric(self) -> dict[str, Any]:
+        """The metric's name, unit and direction (a worse model's drop is positive either way)."""
+        return dict(METRICS[self.kind])
+
+
 @dataclass(frozen=True)
 class PretrainSpec:
     epochs: int = 15
@@ -95,10 +116,13 @@ class ValidateSpec:
         """The drop a round may have, in the metric's units, given the dense model's value."""
         return baseline * self.max_drop / 100 if self.relative else self.max_drop
 
-    def describe(self) -> str:
-        """The budget as the schedule says it: ``1 point``, ``0.5 points``, ``2%``."""
+    def describe(self, metric: str = "accuracy") -> str:
+        """The budget as the schedule says it: ``0.5 points``, ``2% of the dense model's
+        accuracy``, ``0.3 perplexity``."""
         if self.relative:
-            return f"{self.max_drop:g}% of the dense model's accuracy"
+            return f"{self.max_drop:g}% of the dense model's {metric}"
+        if metric != "accuracy":
+            return f"{self.max_drop:g} {metric}"
         return f"{self.max_drop:g} point{'' if self.max_drop == 1 else 's'}"
 
 
@@ -173,6 +197,7 @@ class Schedule:
     name: str
     model: ModelSpec
     data: DataSpec
+    task: TaskSpec = field(default_factory=TaskSpec)
     seed: int = 0
     device: str = "auto"
     threads: int | None = None

@@ -143,3 +143,10 @@ def _serve_devices(db: Database) -> None:
         "slot:int device:str pid:int host:str started_at:str heartbeat_at:float current:str",
         pk="slot",
     )
+
+
+@migrations(name="0012_baseline_scores")
+def _baseline_scores(db: Database) -> None:
+    """A language model's dense per-sequence scores (NLL sums and token counts), which every
+    attempt is paired with, as a classifier's right-or-wrong bits are in baseline_correct."""
+    db["runs"].add_column("baseline_scores", bytes)

@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from iterprune.report.console.tables import frac, pct, rounds_table
+from iterprune.report.console.tables import frac, measure, pct, rounds_table
 
 
 def make_console(**kwargs: Any) -> Console:
@@ -65,6 +65,7 @@ def say(*lines: str, stderr: bool = False) -> None:
 
 def _header(info: dict[str, Any]) -> Panel:
     base = info.get("baseline_accuracy")
+    name, suffix, _ = measure(info)
     text = Text.assemble(
         ("run ", "dim"),
         (str(info.get("run")), "bold"),
@@ -75,7 +76,9 @@ def _header(info: dict[str, Any]) -> Panel:
         ("   device ", "dim"),
         str(info.get("device")),
         ("\nbaseline ", "dim"),
-        f"{pct(base)}%" if base is not None else "measuring…",
+        (f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base)}")
+        if base is not None
+        else "measuring…",
         ("   target ", "dim"),
         frac(info.get("target_sparsity")),
         ("   budget ", "dim"),
@@ -96,7 +99,8 @@ class _Dashboard:
         self.footer = Text("")
 
     def __rich__(self) -> Group:
-        return Group(_header(self.info), rounds_table(self.rows[-15:]), self.progress, self.footer)
+        rounds = rounds_table(self.rows[-15:], metric=self.info.get("metric"))
+        return Group(_header(self.info), rounds, self.progress, self.footer)
 
 
 class LiveReporter:
@@ -158,12 +162,15 @@ class PlainReporter:
         self.console.print(f"{_now()} {message}", markup=False, highlight=False, soft_wrap=True)
 
     def run_started(self, info: dict[str, Any]) -> None:
+        self.measure = measure(info)
         base = info.get("baseline_accuracy")
+        name, suffix, _ = self.measure
+        shown = f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base)}"
         self._line(
             f"run {info['run']}: model {info['model']}, {info['params']:,} prunable weights, "
             f"method {info['method']}, target {frac(info['target_sparsity'])}, budget "
             f"{info.get('budget') or str(info['max_drop']) + ' points'}, device {info['device']}"
-            + (f", baseline {base:.2f}%" if base is not None else "")
+            + (f", baseline {shown}" if base is not None else "")
         )
 
     def phase(self, name: str, total: int, description: str) -> None:
@@ -174,15 +181,16 @@ class PlainReporter:
         pass
 
     def round_done(self, row: dict[str, Any]) -> None:
+        name, suffix, _ = getattr(self, "measure", measure(None))
         self._line(
             f"round {row['round']}.{row['attempt']} {row['status'].replace('_', ' ')}: "
-            f"step {frac(row['step'])}, sparsity {frac(row.get('sparsity'))}, accuracy "
-            f"{pct(row.get('val_accuracy'))}% (drop {row.get('drop', 0):+.2f}"
+            f"step {frac(row['step'])}, sparsity {frac(row.get('sparsity'))}, {name} "
+            f"{pct(row.get('val_accuracy'))}{suffix} (drop {row.get('drop', 0):+.2f}"
             + _optional(
                 row, "drop_low", lambda _: f" [{row['drop_low']:+.2f}, {row['drop_high']:+.2f}]"
             )
             + ")"
-            + _optional(row, "test_accuracy", lambda v: f", test {v:.2f}%")
+            + _optional(row, "test_accuracy", lambda v: f", test {v:.2f}{suffix}")
             + _optional(row, "control_accuracy", lambda v: f", control {v:.2f}%")
             + _optional(row, "control_std", lambda v: f" ± {v:.2f} over {row['control_n']} seeds")
             + _optional(row, "latency_ms_p50", lambda v: f", {v:.2f} ms")

@@ -44,9 +44,21 @@ def control(row: dict[str, Any]) -> str:
     return pct(row.get("control_accuracy")) + spread
 
 
-def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
-    """The rounds so far: each drop with its interval, the test split's accuracy where there is
+def measure(doc: dict[str, Any] | None) -> tuple[str, str, str]:
+    """How a document's metric is shown: (its name, a value's suffix, a column's label):
+    accuracy is ``99.72%`` under ``acc %``, a perplexity ``4.21`` under ``ppl``."""
+    name = ((doc or {}).get("metric") or {}).get("name", "accuracy")
+    if name == "accuracy":
+        return name, "%", "acc %"
+    return name, "", "ppl" if name == "perplexity" else name
+
+
+def rounds_table(
+    rows: list[dict[str, Any]], title: str | None = None, metric: dict[str, Any] | None = None
+) -> Table:
+    """The rounds so far: each drop with its interval, the test split's metric where there is
     one (never used to decide), a lottery run's control, a benchmark's latency."""
+    _, _, label = measure({"metric": metric})
     has = {
         key: any(r.get(key) is not None for r in rows)
         for key in ("drop_low", "test_accuracy", "control_accuracy", "latency_ms_p50")
@@ -54,8 +66,8 @@ def rounds_table(rows: list[dict[str, Any]], title: str | None = None) -> Table:
     table = plain_table(title)
     # with intervals (every run since they exist) the non-zero count makes way for them
     columns = ["round", "step", "sparsity"] + ([] if has["drop_low"] else ["nonzero"])
-    columns += ["acc %", "drop"] + (["interval"] if has["drop_low"] else [])
-    columns += ["test %"] if has["test_accuracy"] else []
+    columns += [label, "drop"] + (["interval"] if has["drop_low"] else [])
+    columns += [f"test {label.removeprefix('acc ')}"] if has["test_accuracy"] else []
     columns += ["ctrl %"] if has["control_accuracy"] else []
     columns += ["ms p50"] if has["latency_ms_p50"] else []
     for name in [*columns, "decision", "time"]:
@@ -109,22 +121,23 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
 
 def history_view(doc: dict[str, Any]) -> Group:
     base = doc["baseline_accuracy"]
+    name, suffix, _ = measure(doc)
     head = Text.assemble(
         ("run ", "dim"),
         (doc["run"], "bold"),
         ("  status ", "dim"),
         doc["status"],
         ("  baseline ", "dim"),
-        f"{pct(base)}%",
+        f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base)}",
         *_test_and_rule(doc),
         ("  dense prunable weights ", "dim"),
         f"{doc['baseline_params'] or 0:,}",
     )
-    parts: list[Any] = [head, rounds_table(doc["rounds"])]
+    parts: list[Any] = [head, rounds_table(doc["rounds"], metric=doc.get("metric"))]
     accepted = [r["val_accuracy"] for r in doc["rounds"] if r["status"] == "accepted"]
     if len(accepted) > 1:
         shown = accepted[-60:]
-        label = "accuracy by accepted round" + (
+        label = f"{name} by accepted round" + (
             f" (last {len(shown)})" if len(shown) < len(accepted) else ""
         )
         parts.append(
@@ -132,7 +145,7 @@ def history_view(doc: dict[str, Any]) -> Group:
                 (f"{label}  ", "dim"),
                 sparkline(shown),
                 ("  ", ""),
-                f"{min(shown):.2f}–{max(shown):.2f}%",
+                f"{min(shown):.2f}–{max(shown):.2f}{suffix}",
             )
         )
     if doc.get("reason"):
@@ -143,12 +156,13 @@ def history_view(doc: dict[str, Any]) -> Group:
 def _test_and_rule(doc: dict[str, Any]) -> list[Any]:
     """The test split's baseline, and how rounds are judged (the rule, budget, confidence)."""
     parts: list[Any] = []
+    name, suffix, _ = measure(doc)
     if doc.get("baseline_test_accuracy") is not None:
-        parts += [("  test ", "dim"), f"{pct(doc['baseline_test_accuracy'])}%"]
+        parts += [("  test ", "dim"), f"{pct(doc['baseline_test_accuracy'])}{suffix}"]
     if doc.get("max_drop") is not None:
         rule = doc.get("rule") or "estimate"
-        budget = f"{doc['max_drop']:.3g} points"
-        if (doc.get("budget") or "").endswith("accuracy"):  # relative: "2% of the dense ..."
+        budget = f"{doc['max_drop']:.3g} {'points' if name == 'accuracy' else name}"
+        if "% of the dense" in (doc.get("budget") or ""):  # relative: "2% of the dense ..."
             budget += f" ({doc['budget'].split(' ')[0]} of the dense)"
         parts += [("  rule ", "dim"), f"{rule}, drop ≤ {budget}"]
         if doc.get("val_samples"):

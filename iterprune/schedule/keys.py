@@ -1,0 +1,307 @@
+"""Every key a schedule may hold: what it accepts, its default (read from the spec itself where
+the key is a spec field) and what it does. ``reference.py`` makes the documentation's page from
+this table; tests/schedule/test_reference.py fails when the validator accepts a key the table
+lacks, or a spec field has no key that sets it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SPEC: Any = object()  # the default is the spec field's of the same path
+
+
+@dataclass(frozen=True)
+class Key:
+    path: str  # dotted, as in an error message: prune.step
+    accepts: str  # what the validator accepts
+    help: str
+    default: Any = SPEC
+
+
+# Spec fields that a key of another name (or shape) sets.
+SET_BY = {
+    "when.checkpoint_every_batches": "when.checkpoint_every",
+    "when.checkpoint_every_s": "when.checkpoint_every",
+    "when.pause_between_rounds_s": "when.pause_between_rounds",
+    "lottery.at": "lottery.rewind",
+    "lottery.control_seeds": "lottery.control.seeds",
+    "validate.relative": "validate.max_drop",
+}
+
+_FRACTION = "a number in (0, 1)"
+_PATH = "a path, relative to the schedule file"
+_ONE = "exactly one of builtin / torchvision / factory"
+
+KEYS = (
+    Key("name", "letters, digits, `.`, `_`, `-`", "The run id.", "the file's stem"),
+    Key("seed", "an integer", "Every attempt's seed derives from it."),
+    Key("device", "`auto`, `cpu`, `cuda` or `cuda:N`", "`auto`: the first GPU if any."),
+    Key(
+        "threads",
+        "an integer ≥ 1",
+        "torch's intra-op threads; part of the run, since the thread count changes float results.",
+        "torch's default",
+    ),
+    Key("model", "a mapping", f"What is pruned: {_ONE}.", None),
+    Key(
+        "model.builtin",
+        "`digits_cnn`, `digits_mlp` or `tiny_gpt`",
+        "A built-in model (kwargs: `width` / `hidden`; `tiny_gpt`, a causal transformer for "
+        "`task: {kind: language_model}`: `width`, `depth`, `heads`, `context`, `vocab`).",
+    ),
+    Key(
+        "model.torchvision",
+        "a torchvision classification model's name",
+        "Randomly initialised, then loaded from `weights` if given.",
+    ),
+    Key(
+        "model.factory",
+        "`module:function`",
+        "Called as `function(**kwargs)`; must return an "
+        "`nn.Module`. Imported with the schedule's directory first on `sys.path`.",
+    ),
+    Key("model.num_classes", "an integer ≥ 1", "torchvision models: the classifier's outputs."),
+    Key("model.kwargs", "a mapping", "Keyword arguments of the built-in model or the factory."),
+    Key(
+        "model.weights",
+        f"{_PATH} (`.pt`, `.pth`, `.safetensors`)",
+        "A state_dict to start from; without it the dense model is trained first (`pretrain`).",
+    ),
+    Key(
+        "model.trust_pickle",
+        "`true` or `false`",
+        "Also accept a whole pickled `nn.Module` (this runs code from the file).",
+    ),
+    Key(
+        "data",
+        "a mapping",
+        "What it trains and is judged on: exactly one of builtin / imagefolder / factory.",
+        None,
+    ),
+    Key(
+        "data.builtin",
+        "`digits` or `python_source`",
+        "scikit-learn's 1,797 handwritten digits (kwargs: `limit`), or the running Python's "
+        "standard library as byte tokens, split by file 80/10/10 (kwargs: `seq_len`, "
+        "`max_bytes` of training text; validation and test get a tenth each).",
+    ),
+    Key("data.imagefolder", "a mapping", "Image folders in torchvision's layout.", None),
+    Key("data.imagefolder.train", _PATH, "The training images.", "required"),
+    Key(
+        "data.imagefolder.val",
+        _PATH,
+        "The validation images: every decision reads them.",
+        "required",
+    ),
+    Key(
+        "data.imagefolder.test",
+        _PATH,
+        "Measured and reported beside each accepted round; never decides anything.",
+    ),
+    Key("data.imagefolder.image_size", "an integer ≥ 1", "Resize and crop to this size."),
+    Key(
+        "data.factory",
+        "`module:function`",
+        "Called as `function(batch_size=..., **kwargs)`; "
+        "returns `(train, val)` or `(train, val, test)` loaders; val and test must not shuffle.",
+    ),
+    Key("data.kwargs", "a mapping", "Keyword arguments of the built-in data or the factory."),
+    Key("data.batch_size", "an integer ≥ 1", "Batch size of every loader iterprune builds."),
+    Key("data.workers", "an integer ≥ 0", "DataLoader worker processes."),
+    Key("data.val_fraction", _FRACTION, "Built-in data: the validation share (stratified)."),
+    Key(
+        "data.test_fraction",
+        "a number in [0, 1)",
+        "Built-in data: a test share, measured and "
+        "reported, never deciding anything (0: no test split).",
+    ),
+    Key(
+        "task",
+        "a mapping",
+        "What the model is trained and judged by: its loss, its per-sample scores, its metric.",
+        None,
+    ),
+    Key(
+        "task.kind",
+        "`classification` or `language_model`",
+        "classification: cross-entropy, judged by top-1 accuracy (points, higher is better). "
+        "language_model: next-token cross-entropy over the real tokens, judged by perplexity "
+        "(lower is better; a worse model has a positive drop), sequence by sequence against the "
+        "dense model. Batches: token ids `[B, T]`, or dicts with `input_ids` and optionally "
+        "`attention_mask` and `labels`.",
+    ),
+    Key("pretrain", "a mapping", "Dense training when no weights are given.", None),
+    Key("pretrain.epochs", "an integer ≥ 0", "Epochs of dense Adam training (0 skips it)."),
+    Key("pretrain.lr", "a number > 0", "Its learning rate."),
+    Key("prune", "a mapping", "How each round prunes.", None),
+    Key(
+        "prune.method",
+        "`global_magnitude`, `lamp`, `layer_magnitude`, `random`, `channel`",
+        "What is removed: the smallest weights over all layers, LAMP scores, the same share of "
+        "each layer, random weights, or whole channels (the model gets smaller).",
+    ),
+    Key("prune.step", _FRACTION, "The share of the *remaining* weights removed per round."),
+    Key("prune.target_sparsity", _FRACTION, "The run ends when it is reached."),
+    Key("prune.exclude", "a list of globs", "Module names never pruned (fnmatch), e.g. `[fc]`."),
+    Key(
+        "prune.scope",
+        "`global` or `layer`",
+        "Channel mode: rank channels over the whole model or within each layer.",
+    ),
+    Key(
+        "prune.max_layer_sparsity",
+        "a number in (0, 1]",
+        "global_magnitude and lamp: no "
+        "layer is pruned past this; what a capped layer cannot give comes from the others "
+        "(1: no cap).",
+    ),
+    Key("finetune", "a mapping", "The fine-tuning after each prune.", None),
+    Key("finetune.epochs", "an integer ≥ 0", "Epochs per round."),
+    Key("finetune.optimizer", "`adam`, `adamw` or `sgd`", "Rebuilt after channel removal."),
+    Key("finetune.lr", "a number > 0", "Learning rate."),
+    Key("finetune.weight_decay", "a number ≥ 0", "Weight decay."),
+    Key("finetune.momentum", "a number in [0, 1)", "sgd only."),
+    Key("finetune.nesterov", "`true` or `false`", "sgd only."),
+    Key(
+        "finetune.lr_schedule",
+        "`constant` or `cosine`",
+        "cosine: decays to 0 over the round's fine-tuning.",
+    ),
+    Key(
+        "finetune.amp",
+        "`auto`, `true` or `false`",
+        "auto: float16 autocast and a GradScaler on CUDA, off on a CPU.",
+    ),
+    Key(
+        "finetune.patience",
+        "an integer ≥ 1",
+        "Early stopping: validate every epoch, stop "
+        "after N without improvement, keep the best epoch.",
+    ),
+    Key("finetune.max_batches_per_epoch", "an integer ≥ 1", "Bounds huge epochs."),
+    Key("validate", "a mapping", "When a round is accepted.", None),
+    Key(
+        "validate.max_drop",
+        "a number in [0, 100], or a percentage like `2%`",
+        "What a round may lose against the dense model, on the validation split: accuracy "
+        "points, or (`2%`) a share of the dense model's accuracy.",
+    ),
+    Key(
+        "validate.rule",
+        "`estimate` or `confident`",
+        "estimate: accept when the measured drop "
+        "is within the budget; confident: when the top of its interval is.",
+    ),
+    Key("validate.confidence", _FRACTION, "Of the drop's paired interval."),
+    Key("rollback", "a mapping", "What happens when a round fails.", None),
+    Key(
+        "rollback.retries",
+        "an integer ≥ 0",
+        "Attempts per round after the first, each with the step times `shrink`.",
+    ),
+    Key("rollback.shrink", _FRACTION, "The step's factor after a rollback."),
+    Key("rollback.min_step", _FRACTION, "A step under this ends the run at the frontier."),
+    Key(
+        "rollback.recover_epochs",
+        "an integer ≥ 0",
+        "A failed attempt is first fine-tuned this much more (0: never).",
+    ),
+    Key(
+        "rollback.grow_after",
+        "an integer ≥ 0",
+        "Accepted rounds in a row before the step grows (0: never).",
+    ),
+    Key("rollback.grow", "a number > 1", "The step's growth factor, never beyond `prune.step`."),
+    Key(
+        "checkpoints",
+        "a mapping",
+        "Which checkpoints are kept (operating: not part of the run's identity).",
+        None,
+    ),
+    Key(
+        "checkpoints.keep",
+        "`last` or `all`",
+        "last: the dense model and the newest accepted round; all: every accepted round.",
+    ),
+    Key("when", "a mapping", "When rounds run (operating: not part of the run's identity).", None),
+    Key(
+        "when.window",
+        "a 5-field cron expression",
+        "Rounds run only in the minutes it matches (day of week: 0 or 7 is Sunday).",
+    ),
+    Key("when.timezone", "an IANA name, e.g. `Europe/Berlin`", "Of the window.", "UTC"),
+    Key(
+        "when.window_policy",
+        "`finish` or `pause`",
+        "A round running when the window closes: finish it, or pause it at once with a checkpoint.",
+    ),
+    Key(
+        "when.pause_between_rounds",
+        "a duration (`30s`, `10m`, `2h`)",
+        "A pause after each round.",
+        None,
+    ),
+    Key(
+        "when.checkpoint_every",
+        "a duration or a number of batches",
+        "Mid-round checkpoints inside fine-tuning; unset: only when stopped or paused.",
+        None,
+    ),
+    Key(
+        "benchmark",
+        "a mapping",
+        "Inference latency after the baseline and every accepted round (operating).",
+        None,
+    ),
+    Key("benchmark.batch_size", "an integer ≥ 1", "Batch of random input."),
+    Key(
+        "benchmark.input_shape",
+        "a list of integers",
+        "One example's shape, e.g. `[3, 224, 224]`; also the default of `export --input-shape`.",
+    ),
+    Key(
+        "benchmark.iterations", "an integer ≥ 1", "Timed batches; p50 and p99 in ms go to history."
+    ),
+    Key("benchmark.warmup", "an integer ≥ 0", "Untimed batches first."),
+    Key(
+        "lottery",
+        "a mapping",
+        "Lottery-ticket mode: after each prune, surviving weights are reset to the rewind point.",
+        None,
+    ),
+    Key(
+        "lottery.rewind",
+        "`init`, `{epoch: K}` or `{step: K}`",
+        "The rewind point: the initialisation, or after K epochs or steps of dense training.",
+    ),
+    Key("lottery.rewind.epoch", "an integer ≥ 1", "See `lottery.rewind`.", None),
+    Key("lottery.rewind.step", "an integer ≥ 1", "See `lottery.rewind`.", None),
+    Key(
+        "lottery.control",
+        "`random_reinit` or a mapping",
+        "Also train each mask from a fresh random initialisation.",
+        None,
+    ),
+    Key("lottery.control.kind", "`random_reinit`", "The control's kind.", None),
+    Key(
+        "lottery.control.seeds",
+        "an integer ≥ 1",
+        "Fresh initialisations per round; history keeps their mean and spread.",
+        1,
+    ),
+    Key("report", "a mapping", "Where else a run reports (operating).", None),
+    Key(
+        "report.tensorboard",
+        "a directory, relative to the schedule",
+        "Scalars per round and per-layer sparsity histograms in `DIR/<run>` (extra `tensorboard`).",
+    ),
+    Key(
+        "report.mlflow",
+        "a mapping",
+        "MLflow tracking: one MLflow run per run (extra `mlflow`).",
+        None,
+    ),
+    Key("report.mlflow.tracking_uri", "a tracking URI", "Unset: `$MLFLOW_TRACKING_URI`."),
+    Key("report.mlflow.experiment", "a name", "The MLflow experiment."),
+)

@@ -1,0 +1,161 @@
+"""Language models: the tiny causal transformer, the standard library as text, next-token loss
+and per-sequence scores, and a run judged by perplexity, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import checkpoint_state, write
+from torch.nn import functional
+
+from iterprune.cli import table as cli
+from iterprune.engine import corpus, tasks, tinygpt
+from iterprune.errors import ScheduleError, UserError
+from iterprune.schedule import parsing
+
+LM: dict = {
+    "name": "lm",
+    "seed": 0,
+    "threads": 1,
+    "task": {"kind": "language_model"},
+    "model": {
+        "builtin": "tiny_gpt",
+        "kwargs": {"width": 32, "depth": 1, "heads": 2, "context": 64},
+    },
+    "data": {
+        "builtin": "python_source",
+        "kwargs": {"seq_len": 64, "max_bytes": 60000},
+        "batch_size": 16,
+    },
+    "pretrain": {"epochs": 2, "lr": 3.0e-3},
+    "prune": {"step": 0.3, "target_sparsity": 0.5},
+    "finetune": {"epochs": 1, "lr": 1.0e-3},
+    "validate": {"max_drop": "5%"},
+}
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return tinygpt.tiny_gpt(width=16, depth=1, heads=2, context=16)
+
+
+def test_the_loss_is_the_mean_next_token_nll_and_scores_add_up_to_it() -> None:
+    ids = torch.randint(0, 256, (3, 10))
+    net = model()
+    loss = tasks.LANGUAGE_MODEL.loss(net, ids)
+    logits = net(ids)[:, :-1]
+    plain = functional.cross_entropy(logits.reshape(-1, 256), ids[:, 1:].reshape(-1))
+    assert torch.allclose(loss, plain)
+    nll, count = tasks.LANGUAGE_MODEL.scores(net, [ids])  # a TensorDataset's one-tuple
+    assert count.tolist() == [9, 9, 9]
+    assert math.isclose(float(nll.sum() / count.sum()), float(plain), rel_tol=1e-5)
+
+
+def test_padding_and_ignored_labels_are_not_predicted() -> None:
+    ids = torch.randint(0, 256, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # the second sequence has 5 real tokens
+    labels = ids.clone()
+    labels[0, 3] = -100
+    _, count = tasks.LANGUAGE_MODEL.scores(
+        model(), {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    )
+    assert count.tolist() == [6, 4]  # 7 predicted, one ignored; 4 predicted among 5 real
+    with pytest.raises(UserError, match="needs input_ids"):
+        tasks.LANGUAGE_MODEL.loss(model(), {"ids": ids})
+
+
+def test_a_sequence_longer_than_the_context_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="longer than the context, 16"):
+        model()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_the_standard_library_splits_by_file_name_stably() -> None:
+    assert {corpus.split_of(f"m{i}.py") for i in range(200)} == {"train", "val", "test"}
+    assert corpus.split_of("os.py") == corpus.split_of("os.py")
+    found = corpus.split_bytes(corpus.stdlib(), 50_000)
+    assert len(found["train"]) == 50_000 and len(found["val"]) == 5_000
+    x = corpus.sequences(found["val"], 64)
+    assert x.shape == (5_000 // 64, 64) and x.dtype == torch.long and int(x.max()) < 256
+    with pytest.raises(UserError, match="no full sequence of 4096 tokens"):
+        corpus.python_source_loaders(8, 0, seq_len=4096, max_bytes=20_000)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": {**LM["model"], "num_classes": 3}}, "model.num_classes"),
+        ({"prune": {"method": "channel"}}, "channel mode is for classification"),
+        ({"data": {"builtin": "digits"}}, "digits is a classification built-in"),
+        ({"task": {"kind": "regression"}}, "task.kind"),
+        ({"task": None}, "tiny_gpt is a language model's: add task"),
+    ],
+)
+def test_what_a_language_model_run_cannot_take_is_refused(change: dict, message: str) -> None:
+    doc = {k: v for k, v in {**LM, **change}.items() if v is not None}
+    with pytest.raises(ScheduleError, match=message):
+        parsing.parse(json.dumps(doc), "lm.yaml", ".")
+
+
+def test_a_language_model_run_is_judged_by_perplexity(tmp_path: Path, capsys) -> None:
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(write(tmp_path / "lm.yaml", LM)), "--state-dir", state]) == 0
+    capsys.readouterr()
+    assert cli.main(["history", "lm", "--state-dir", state, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert history["metric"] == {"name": "perplexity", "unit": "", "higher_is_better": False}
+    assert history["budget"] == "5% of the dense model's perplexity"
+    base = history["baseline_accuracy"]  # the dense model's validation perplexity
+    assert 1 < base < 256 and history["max_drop"] == pytest.approx(0.05 * base)
+    for r in history["rounds"]:
+        assert r["drop"] == pytest.approx(r["val_accuracy"] - base)  # worse: positive
+        assert r["drop_low"] <= r["drop"] <= r["drop_high"] and r["lost"] is None
+    assert history["status"] == "finished"
+    # the head is left out: every Linear but it is pruned
+    assert cli.main(["show", "lm", "--state-dir", state, "--json"]) == 0
+    layers = {r["layer"] for r in json.loads(capsys.readouterr().out)["layers"]}
+    assert "head" not in {name.removesuffix(".weight") for name in layers} and layers
+    assert (
+        cli.main(
+            [
+                "export",
+                "lm",
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--state-dir",
+                state,
+            ]
+        )
+        == 2
+    )
+    assert "token ids" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_language_model_run_killed_mid_round_resumes_to_the_same_end(tmp_path: Path) -> None:
+    schedule = write(tmp_path / "lm.yaml", LM)
+
+    def start(state: Path, kill_at: str = "") -> int:
+        env = {**os.environ, "ITERPRUNE_STATE_DIR": str(state), "ITERPRUNE_KILL_AT": kill_at}
+        argv = [sys.executable, "-m", "iterprune", "start", str(schedule)]
+        return subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode
+
+    assert start(tmp_path / "ref") == 0
+    assert start(tmp_path / "cut", "finetune_batch:5") == -9
+    assert start(tmp_path / "cut", "validate:1") == -9
+    assert start(tmp_path / "cut") == 0
+    for state in ("ref", "cut"):
+        history = tmp_path / state
+        assert history.exists()
+    ref, cut = (checkpoint_state(tmp_path / s, "lm", 2) for s in ("ref", "cut"))
+    for part in ("model", "mask"):
+        assert all(torch.equal(ref[part][k], cut[part][k]) for k in ref[part])
