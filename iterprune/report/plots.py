@@ -47,8 +47,10 @@ def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
         color="tab:blue",
         lw=1,
     )
-    _attempts(ax, accepted, base, "o", "tab:blue", "accepted round (validation)")
-    _attempts(ax, rejected, base, "x", "tab:red", "rolled back")
+    metric = history.get("metric") or {"name": "accuracy", "higher_is_better": True}
+    higher, name = metric["higher_is_better"], metric["name"]
+    _attempts(ax, accepted, base, "o", "tab:blue", "accepted round (validation)", higher)
+    _attempts(ax, rejected, base, "x", "tab:red", "rolled back", higher)
     tested = [r for r in accepted if r.get("test_accuracy") is not None]
     if tested:
         xs = [100 * r["sparsity"] for r in tested]
@@ -67,26 +69,41 @@ def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
         n = max(r.get("control_n") or 1 for r in controls)
         label = "control (random reinit)" + (f", mean ± sd of {n} seeds" if n > 1 else "")
         ax.errorbar(xs, ys, yerr=spread, fmt="^--", color="tab:gray", capsize=2, label=label)
-    ax.axhline(base, color="tab:green", lw=1, label=f"dense baseline {base:.2f}%")
-    budget = f"budget: baseline − {max_drop:.3g} points"
-    ax.axhline(base - max_drop, color="tab:orange", ls="--", lw=1, label=budget)
+    unit = "%" if name == "accuracy" else ""
+    ax.axhline(base, color="tab:green", lw=1, label=f"dense baseline {base:.2f}{unit}")
+    if higher:
+        budget, limit = f"budget: baseline − {max_drop:.3g} points", base - max_drop
+    else:
+        budget, limit = f"budget: baseline + {max_drop:.3g}", base + max_drop
+    ax.axhline(limit, color="tab:orange", ls="--", lw=1, label=budget)
     ax.set_xlabel("sparsity of prunable weights (%)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%)" if name == "accuracy" else f"{name} (lower is better)")
     confidence = history.get("confidence") or 0.95
     ax.set_title(f"{history['run']}: every attempt, with the {confidence:.0%} interval of its drop")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
 
 
-def _attempts(ax: Any, rows: list[dict], base: float, marker: str, colour: str, label: str) -> None:
+def _attempts(
+    ax: Any,
+    rows: list[dict],
+    base: float,
+    marker: str,
+    colour: str,
+    label: str,
+    higher: bool = True,
+) -> None:
     if not rows:
         return
     xs = [100 * r["sparsity"] for r in rows]
     ys = [r["val_accuracy"] for r in rows]
     with_bars = [r for r in rows if r.get("drop_low") is not None]
-    if with_bars:  # the interval of the drop, as accuracy: baseline - high .. baseline - low
-        below = [r["val_accuracy"] - (base - r["drop_high"]) for r in with_bars]
-        above = [(base - r["drop_low"]) - r["val_accuracy"] for r in with_bars]
+    if with_bars:  # the drop's interval on the metric's scale (worse: lower accuracy, higher ppl)
+        ends = [(base - r["drop_high"], base - r["drop_low"]) for r in with_bars]
+        if higher is False:
+            ends = [(base + r["drop_low"], base + r["drop_high"]) for r in with_bars]
+        below = [r["val_accuracy"] - low for r, (low, _) in zip(with_bars, ends, strict=True)]
+        above = [high - r["val_accuracy"] for r, (_, high) in zip(with_bars, ends, strict=True)]
         ax.errorbar(
             [100 * r["sparsity"] for r in with_bars],
             [r["val_accuracy"] for r in with_bars],

@@ -138,6 +138,9 @@ def test_a_language_model_run_is_judged_by_perplexity(tmp_path: Path, capsys) ->
         == 2
     )
     assert "token ids" in capsys.readouterr().err
+    plot = tmp_path / "lm.png"
+    assert cli.main(["plot", "lm", "--out", str(plot), "--state-dir", state]) == 0
+    assert plot.stat().st_size > 10_000  # perplexity against sparsity, the budget above it
 
 
 @pytest.mark.slow
