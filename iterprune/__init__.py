@@ -16,7 +16,7 @@ import warnings
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Run", "list_runs", "load_sparse", "resume", "run", "start"]
+__all__ = ["Run", "Task", "list_runs", "load_sparse", "resume", "run", "start"]
 
 
 def start(*args: Any, **kwargs: Any) -> Any:
@@ -53,6 +53,10 @@ def __getattr__(name: str) -> Any:
         from iterprune.api import Run
 
         return Run
+    if name == "Task":  # what a task factory returns (a Protocol; it brings torch)
+        from iterprune.engine.tasks import Task
+
+        return Task
     raise AttributeError(f"module 'iterprune' has no attribute {name!r}")
 
 

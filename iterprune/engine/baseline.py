@@ -6,6 +6,7 @@ point captured on the way, and the baseline accuracy and latency that every roun
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def start(
     narrator.event(
         "info",
         "baseline",
-        f"dense baseline {bench.schedule.task.metric['name']} {shown} on {n} validation "
+        f"dense baseline {bench.metric['name']} {shown} on {n} validation "
         f"samples{test}, {total:,} prunable weights"
         + (f", {speed:.2f} ms/batch" if speed is not None else ""),
     )
@@ -120,6 +121,7 @@ def record(snapshots: Snapshots, bench: Workbench, found: Baseline, total: int) 
         written.append({"round": 0, "attempt": 0, "kind": "rewind", **rewind})
     run_fields = {
         **found.reference.row(),
+        "metric": json.dumps(bench.metric),
         "baseline_accuracy": found.accuracy,
         "baseline_test_accuracy": found.test_accuracy,
         "test_accuracy": found.test_accuracy,

@@ -9,6 +9,7 @@ are summed) and the per-sample answers are put back together on rank 0, each sam
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -73,13 +74,16 @@ class Answers:
 
 @dataclass(frozen=True)
 class Scores:
-    """Per sequence of a split, in its order (language models): the summed next-token negative
-    log-likelihood and the number of tokens predicted. The metric is perplexity, lower is
-    better: ``exp(sum NLL / sum tokens)``."""
+    """Per sample of a split, in its order, a continuous score and its weight: a language
+    model's summed next-token NLL and tokens predicted (the metric is perplexity,
+    ``exp(sum NLL / sum tokens)``, lower is better), or a factory task's score with weight 1 (the
+    metric is their mean, in the direction the task says)."""
 
-    nll: torch.Tensor  # float64
-    tokens: torch.Tensor  # float64
-    digest: str  # of the token ids, in order
+    nll: torch.Tensor  # float64: summed NLL, or a task's scores
+    tokens: torch.Tensor  # float64: tokens predicted, or ones
+    digest: str  # of the split's content, in order
+    perplexity: bool = True
+    higher_is_better: bool = False
 
     @property
     def n(self) -> int:
@@ -88,23 +92,35 @@ class Scores:
     @property
     def value(self) -> float:
         total = float(self.tokens.sum())
-        return math.exp(float(self.nll.sum()) / total) if total else float("nan")
+        if not total:
+            return float("nan")
+        mean = float(self.nll.sum()) / total
+        return math.exp(mean) if self.perplexity else mean
 
     def labels_digest(self) -> str:
         return self.digest
 
     def judged(self, dense: Reference, confidence: float) -> dict[str, Any]:
-        """How much the perplexity grew against the dense model's, in perplexity, with the
-        interval of core/continuous.py for the per-token log ratio, sequence by sequence."""
+        """How much worse than the dense model, in the metric's units (positive: worse), with
+        the interval of core/continuous.py for the paired differences, sample by sample (a
+        perplexity's: of the per-token log ratio)."""
         assert dense.scores is not None
         before = dense.scores
+        if not bool(torch.isfinite(self.nll).all()):  # fails like a NaN loss: rolled back
+            nan = float("nan")
+            return {"drop": nan, "drop_low": None, "drop_high": None, "lost": None, "gained": None}
         found = continuous.Moments.of((self.nll - before.nll).tolist(), before.tokens.tolist())
         low, high = continuous.interval(found, confidence)
         base = before.value
+        if self.perplexity:
+            low, high = base * math.expm1(low), base * math.expm1(high)
+        elif self.higher_is_better:  # a higher score is better: a drop is a fall
+            low, high = -high, -low
+        sign = -1 if self.higher_is_better and not self.perplexity else 1
         return {
-            "drop": self.value - base,
-            "drop_low": base * math.expm1(low),
-            "drop_high": base * math.expm1(high),
+            "drop": sign * (self.value - base),
+            "drop_low": low,
+            "drop_high": high,
             "lost": None,
             "gained": None,
         }
@@ -120,7 +136,7 @@ class Reference:
     scores: Scores | None = None  # language models
 
     @classmethod
-    def of(cls, found: Answers | Scores) -> Reference:
+    def of(cls, found: Answers | Scores) -> Reference:  # noqa: D102
         if isinstance(found, Scores):
             return cls(None, found.digest, found)
         return cls(found.correct.clone(), found.labels_digest())
@@ -146,9 +162,15 @@ class Reference:
         if row.get("baseline_scores") is not None:
             both = torch.frombuffer(bytearray(row["baseline_scores"]), dtype=torch.float64)
             nll, tokens = both.view(2, row["val_samples"])
-            return cls(
-                None, row["val_labels"], Scores(nll.clone(), tokens.clone(), row["val_labels"])
+            metric = json.loads(row.get("metric") or '{"name": "perplexity"}')
+            scores = Scores(
+                nll.clone(),
+                tokens.clone(),
+                row["val_labels"],
+                perplexity=metric["name"] == "perplexity",
+                higher_is_better=bool(metric.get("higher_is_better")),
             )
+            return cls(None, row["val_labels"], scores)
         if row.get("baseline_correct") is None:
             return None
         return cls(unpack(row["baseline_correct"], row["val_samples"]), row["val_labels"])
@@ -164,7 +186,7 @@ def answers(
     """Which samples ``model`` gets right (a language model: its per-sequence scores); under
     torchrun, the whole split on rank 0 (None on the other ranks, which only answer their
     shard)."""
-    if isinstance(task, tasks.LanguageModel):
+    if not isinstance(task, tasks.Classification):
         return _score(model, loader, device, task)
     mine = _answer(model, loader, device, group)
     if group is None:
@@ -184,8 +206,9 @@ def score(
 ) -> float:
     """The task's metric as a score where higher is better (early stopping): accuracy, or
     minus the perplexity."""
-    if isinstance(task, tasks.LanguageModel):
-        return -_score(model, loader, device, task).value
+    if not isinstance(task, tasks.Classification):
+        found = _score(model, loader, device, task)
+        return found.value if found.higher_is_better else -found.value
     return accuracy(model, loader, device, group)
 
 
@@ -234,7 +257,10 @@ def _score(model: nn.Module, loader: Iterable, device: torch.device | str, task:
             tokens.append(count.double().cpu())
             digest.update(task.targets(moved).to(torch.int64).cpu().numpy().tobytes())
     model.train()
-    return Scores(_cat(nll, torch.float64), _cat(tokens, torch.float64), digest.hexdigest()[:16])
+    perplexity = isinstance(task, tasks.LanguageModel)
+    higher = not perplexity and bool(task.task.higher_is_better)
+    scores, weights = _cat(nll, torch.float64), _cat(tokens, torch.float64)
+    return Scores(scores, weights, digest.hexdigest()[:16], perplexity, higher)
 
 
 def pack(correct: torch.Tensor) -> bytes:

@@ -10,6 +10,7 @@ run is created, the runner is the only module that changes its state in the stor
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import time
 from pathlib import Path
@@ -195,9 +196,10 @@ class Runner:
         if self.attempts.interrupted():
             return None, {}
         fields = self.attempts.measure(plan, done, self.dense, self.total)
+        scored = math.isfinite(fields["drop"])  # a NaN score fails the attempt as a NaN loss does
         outcome = decisions.Outcome(
-            drop=fields["drop"],
-            finite=done.result.finite,
+            drop=fields["drop"] if scored else 0.0,
+            finite=done.result.finite and scored,
             drop_high=fields["drop_high"],
             recovered=done.first is not None,
         )
@@ -323,6 +325,7 @@ class Runner:
     def _info(self) -> dict[str, Any]:
         row, s = self._row(), self.schedule
         device = str(self.bench.device) if self.bench else "?"
+        metric = self.bench.metric if self.bench else s.task.metric  # a factory's: its own
         return {
             "run": self.run_id,
             "model": row["model"],
@@ -330,8 +333,8 @@ class Runner:
             "baseline_test_accuracy": row["baseline_test_accuracy"],
             "target_sparsity": s.prune.target_sparsity,
             "max_drop": self.rules.max_drop if self.rules else s.validate.max_drop,
-            "budget": s.validate.describe(s.task.metric["name"]),
-            "metric": s.task.metric,
+            "budget": s.validate.describe(metric["name"]),
+            "metric": metric,
             "method": s.prune.method,
             "params": self.total,
             "device": device + (f" × {self.ranks.world} ranks" if self.ranks.world > 1 else ""),

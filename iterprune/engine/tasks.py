@@ -12,13 +12,14 @@ with ``.logits`` (a Hugging Face ``ModelOutput``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional
 
 from iterprune.errors import UserError
+from iterprune.schedule.factories import resolve_factory
 
 
 def to_device(value: Any, device: torch.device | str) -> Any:
@@ -145,10 +146,112 @@ class LanguageModel:
         return self._parts(batch)[1]
 
 
+class Task(Protocol):
+    """What a task factory (``task: {factory: mypkg.tasks:build}``) returns: how to fine-tune a
+    model on a batch, and how good it is on each sample. The metric is the mean score.
+
+    Example, a regressor judged by mean squared error::
+
+        class MSE:
+            metric, higher_is_better = "mse", False
+
+            def loss(self, model, batch):
+                x, y = batch
+                return torch.nn.functional.mse_loss(model(x).squeeze(-1), y)
+
+            def scores(self, model, batch):
+                x, y = batch
+                return (model(x).squeeze(-1) - y) ** 2  # one float per sample
+    """
+
+    metric: str  # its name, as documents and tables show it
+    higher_is_better: bool
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """A scalar tensor to minimise."""
+        ...
+
+    def scores(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """One float per sample of the batch, in its order."""
+        ...
+
+
+class FactoryTask:
+    """A user's task, checked where it can go wrong: a loss that is not a scalar, scores that
+    are not one float per sample."""
+
+    exclude: tuple[str, ...] = ()
+
+    def __init__(self, task: Task, factory: str) -> None:
+        self.task, self.factory = task, factory
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        loss = self.task.loss(model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise UserError(f"task.factory {self.factory}: loss() must return a scalar tensor")
+        return loss
+
+    def scores(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(one float per sample, ones): the scores and their weights in the mean."""
+        found = self.task.scores(model, batch)
+        n = _leading(batch)
+        if not (isinstance(found, torch.Tensor) and found.is_floating_point() and found.ndim == 1):
+            what = type(found).__name__
+            if isinstance(found, torch.Tensor):
+                what = f"{found.dtype} of shape {tuple(found.shape)}"
+            raise UserError(
+                f"task.factory {self.factory}: scores() must return one float per sample (a "
+                f"1-D floating tensor), got {what}"
+            )
+        if n is not None and found.numel() != n:
+            raise UserError(
+                f"task.factory {self.factory}: scores() gave {found.numel()} values for a batch "
+                f"of {n} samples"
+            )
+        return found, torch.ones_like(found)
+
+    def targets(self, batch: Any) -> torch.Tensor:
+        """What identifies the split's content, for its digest: the batch's first tensor."""
+        found = _first_tensor(batch)
+        return found if found is not None else torch.zeros(0)
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, Mapping) else value
+    if isinstance(value, (Mapping, tuple, list)):
+        for item in items:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _leading(batch: Any) -> int | None:
+    """The number of samples in a batch: its first tensor's first dimension."""
+    found = _first_tensor(batch)
+    return int(found.shape[0]) if found is not None and found.ndim else None
+
+
 CLASSIFICATION = Classification()
 LANGUAGE_MODEL = LanguageModel()
 
 
-def task_for(kind: str) -> Classification | LanguageModel:
-    """The task a schedule's ``task.kind`` names."""
-    return LANGUAGE_MODEL if kind == "language_model" else CLASSIFICATION
+def task_for(spec: Any, base_dir: str = ".") -> Classification | LanguageModel | FactoryTask:
+    """The task a schedule's ``task`` section names (a factory's is built here)."""
+    if spec.kind == "factory":
+        built = resolve_factory(str(spec.factory), base_dir)(**spec.kwargs)
+        return FactoryTask(built, str(spec.factory))
+    return LANGUAGE_MODEL if spec.kind == "language_model" else CLASSIFICATION
+
+
+def metric_of(task: Any, spec: Any) -> dict[str, Any]:
+    """The metric block of a run: the schedule's, or what a factory's task says of itself."""
+    if isinstance(task, FactoryTask):
+        return {
+            "name": str(task.task.metric),
+            "unit": str(getattr(task.task, "unit", "")),
+            "higher_is_better": bool(task.task.higher_is_better),
+        }
+    return spec.metric

@@ -50,7 +50,8 @@ class Workbench:
         self, schedule: Schedule, threads: int, group: Group | None = None, weights: bool = True
     ) -> None:
         s = self.schedule = schedule
-        self.task = tasks.task_for(s.task.kind)
+        self.task = tasks.task_for(s.task, s.base_dir)
+        self.metric = tasks.metric_of(self.task, s.task)
         if group is not None and s.task.kind != "classification":
             raise UserError(f"task kind {s.task.kind} cannot run under torchrun yet; run it alone")
         self.group = group

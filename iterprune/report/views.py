@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -73,6 +74,7 @@ def history(store: Store, run: str) -> dict[str, Any]:
     row = _run(store, run)
     schedule = load_schedule(store, run)
     validate = schedule.validate
+    metric = json.loads(row["metric"]) if row.get("metric") else schedule.task.metric
     return {
         "run": run,
         "status": row["status"],
@@ -81,8 +83,8 @@ def history(store: Store, run: str) -> dict[str, Any]:
         "baseline_test_accuracy": row["baseline_test_accuracy"],
         "val_samples": row["val_samples"],
         "max_drop": _budget(validate, row["baseline_accuracy"]),
-        "budget": validate.describe(schedule.task.metric["name"]),
-        "metric": schedule.task.metric,
+        "budget": validate.describe(metric["name"]),
+        "metric": metric,
         "rule": validate.rule,
         "confidence": validate.confidence,
         "baseline_params": row["baseline_params"],

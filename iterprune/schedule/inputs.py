@@ -132,18 +132,53 @@ def _split_shares(c: Checker, d: dict, spec: DataSpec) -> None:
         )
 
 
-def task_section(c: Checker, raw: dict) -> TaskSpec:
-    t = c.section(raw, "task", ("kind",))
+def task_section(c: Checker, raw: dict, base_dir: Path) -> TaskSpec:
+    t = c.section(raw, "task", ("kind", "factory", "kwargs"))
+    if "factory" in t:
+        if "kind" in t:
+            c.fail("task", "give kind or factory, not both (a factory's task is its own kind)")
+        factory = _factory(c, t, "task", base_dir)
+        kwargs = c.mapping(t, "kwargs", "task")
+        if factory is not None:
+            _check_task(c, factory, kwargs, base_dir)
+        return TaskSpec(kind="factory", factory=factory, kwargs=kwargs)
+    if "kwargs" in t:
+        c.fail("task.kwargs", "applies to a task factory only")
     return TaskSpec(kind=c.text(t, "kind", "task", "classification", TASKS) or "classification")
+
+
+def _check_task(c: Checker, factory: str, kwargs: dict, base_dir: Path) -> None:
+    """Build the user's task once, so that a missing method is reported with the schedule."""
+    try:
+        task = resolve_factory(factory, base_dir)(**kwargs)
+    except Exception as exc:  # noqa: BLE001 (whatever the user's factory raises)
+        c.fail("task.factory", f"{factory} could not build the task: {type(exc).__name__}: {exc}")
+        return
+    missing = [m for m in ("loss", "scores") if not callable(getattr(task, m, None))]
+    missing += [a for a in ("metric", "higher_is_better") if not hasattr(task, a)]
+    if missing:
+        c.fail(
+            "task.factory",
+            f"{factory} returned {type(task).__name__}, which lacks {', '.join(missing)} "
+            "(see iterprune.Task: loss(model, batch), scores(model, batch), metric, "
+            "higher_is_better)",
+        )
 
 
 def task_conflicts(c: Checker, s: Schedule) -> None:
     """What a language model run cannot take, and built-ins of the other kind of task."""
     m, d = s.model, s.data
-    if s.task.kind == "classification":
+    if s.task.kind != "language_model":
         for path, name in (("model.builtin", m.builtin), ("data.builtin", d.builtin)):
             if name in LANGUAGE_ONLY:
                 c.fail(path, f"{name} is a language model's: add task: {{kind: language_model}}")
+        if s.task.kind == "factory":
+            for path, bad in (
+                ("prune.method", s.prune.method == "channel"),
+                ("lottery", s.lottery),
+            ):
+                if bad:
+                    c.fail(path, f"not available for a task factory ({_WHY[path]})")
         return
     refused = {
         "model.num_classes": m.num_classes is not None,
@@ -165,6 +200,6 @@ _WHY = {
     "model.torchvision": "torchvision's models are image classifiers",
     "data.imagefolder": "images are a classifier's data",
     "prune.method": "channel mode is for classification and vision models",
-    "benchmark": "its input is random images; not yet for token ids",
     "lottery": "not yet: its control is judged by accuracy",
+    "benchmark": "its input is random images; not yet for token ids",
 }

@@ -131,6 +131,15 @@ KEYS = (
         "dense model. Batches: token ids `[B, T]`, or dicts with `input_ids` and optionally "
         "`attention_mask` and `labels`.",
     ),
+    Key(
+        "task.factory",
+        "`module:function`",
+        "Your own task instead of a kind: called as `function(**kwargs)`, it returns an object "
+        "with `loss(model, batch)` (a scalar tensor), `scores(model, batch)` (one float per "
+        "sample), `metric` (its name) and `higher_is_better` (see `iterprune.Task`); the metric "
+        "is the mean score, paired sample by sample with the dense model's.",
+    ),
+    Key("task.kwargs", "a mapping", "Keyword arguments of the task factory."),
     Key("pretrain", "a mapping", "Dense training when no weights are given.", None),
     Key("pretrain.epochs", "an integer ≥ 0", "Epochs of dense Adam training (0 skips it)."),
     Key("pretrain.lr", "a number > 0", "Its learning rate."),

@@ -255,7 +255,7 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
         threads=c.count(raw, "threads", "", None),
         model=model,
         data=data,
-        task=task_section(c, raw),
+        task=task_section(c, raw, base_dir),
         pretrain=pretrain,
         prune=prune,
         finetune=_finetune(c, raw),

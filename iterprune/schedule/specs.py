@@ -47,10 +47,12 @@ class DataSpec:
 
 
 TASKS = ("classification", "language_model")
-# What each task's per-sample scores add up to, as every document names it.
+# What each task's per-sample scores add up to, as every document names it (a factory's task
+# names its own metric; the run keeps it once the task is built).
 METRICS = {
     "classification": {"name": "accuracy", "unit": "points", "higher_is_better": True},
     "language_model": {"name": "perplexity", "unit": "", "higher_is_better": False},
+    "factory": {"name": "score", "unit": "", "higher_is_better": True},
 }
 
 
@@ -59,7 +61,9 @@ class TaskSpec:
     """What the model is trained and judged by: classification (cross-entropy, top-1 accuracy)
     or language_model (next-token cross-entropy, perplexity)."""
 
-    kind: str = "classification"
+    kind: str = "classification"  # or "factory", when a factory builds the task
+    factory: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metric(self) -> dict[str, Any]:

@@ -150,3 +150,10 @@ def _baseline_scores(db: Database) -> None:
     """A language model's dense per-sequence scores (NLL sums and token counts), which every
     attempt is paired with, as a classifier's right-or-wrong bits are in baseline_correct."""
     db["runs"].add_column("baseline_scores", bytes)
+
+
+@migrations(name="0013_run_metric")
+def _run_metric(db: Database) -> None:
+    """The metric a run is judged by (name, unit, direction), as its task said at the baseline:
+    a task factory names its own."""
+    db["runs"].add_column("metric", str)

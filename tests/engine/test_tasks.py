@@ -121,3 +121,94 @@ def test_a_run_on_dict_batches_and_a_model_that_returns_logits_in_an_object(
     accepted = [r for r in history["rounds"] if r["status"] == "accepted"]
     assert history["status"] == "finished" and accepted
     assert history["baseline_accuracy"] > 50  # it learned the digits through the dict batches
+
+
+REGRESSION = '''
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def loaders(batch_size):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 8, generator=g)
+    y = x @ torch.linspace(-1, 1, 8) + 0.1 * torch.randn(600, generator=g)
+    train = DataLoader(TensorDataset(x[:400], y[:400]), batch_size=batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(1))
+    return train, DataLoader(TensorDataset(x[400:], y[400:]), batch_size=64)
+
+
+def model():
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+
+
+class MSE:
+    """Mean squared error: per sample, the squared error; lower is better."""
+
+    metric, higher_is_better = "mse", False
+
+    def loss(self, model, batch):
+        x, y = batch
+        return torch.nn.functional.mse_loss(model(x).squeeze(-1), y)
+
+    def scores(self, model, batch):
+        x, y = batch
+        return (model(x).squeeze(-1) - y) ** 2
+
+
+class Flat(MSE):
+    def scores(self, model, batch):
+        return super().scores(model, batch).sum().reshape(1, 1)
+
+
+class NoScores:
+    metric, higher_is_better = "mse", False
+
+    def loss(self, model, batch):
+        return model(batch[0]).sum()
+'''
+
+
+def regression(tmp_path: Path, task: str, **changes) -> Path:
+    (tmp_path / "regress.py").write_text(REGRESSION)
+    doc = merged(
+        TINY,
+        name="regress",
+        model={"factory": "regress:model", "builtin": None, "kwargs": None},
+        data={"factory": "regress:loaders", "builtin": None, "kwargs": None},
+        task={"factory": f"regress:{task}"},
+        prune={"step": 0.3, "target_sparsity": 0.5},
+        validate={"max_drop": "20%"},
+        **changes,
+    )
+    return write(tmp_path / "regress.yaml", doc)
+
+
+def test_a_task_factory_judges_a_regressor_by_its_own_metric(tmp_path: Path, capsys) -> None:
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(regression(tmp_path, "MSE")), "--state-dir", state]) == 0
+    capsys.readouterr()
+    assert cli.main(["history", "regress", "--state-dir", state, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert history["metric"] == {"name": "mse", "unit": "", "higher_is_better": False}
+    assert history["budget"] == "20% of the dense model's mse"
+    base = history["baseline_accuracy"]  # the dense model's validation MSE
+    assert 0 < base < 2 and history["max_drop"] == pytest.approx(0.2 * base)
+    for r in history["rounds"]:  # lower is better: a worse model has a positive drop
+        assert r["drop"] == pytest.approx(r["val_accuracy"] - base)
+        assert r["drop_low"] <= r["drop"] <= r["drop_high"]
+    assert cli.main(["history", "regress", "--state-dir", state]) == 0
+    assert "baseline mse" in capsys.readouterr().out
+
+
+def test_a_task_without_scores_is_refused_with_the_schedule(tmp_path: Path, capsys) -> None:
+    schedule = regression(tmp_path, "NoScores")
+    assert cli.main(["validate", str(schedule)]) == 2
+    err = capsys.readouterr().err
+    assert "task.factory" in err and "lacks scores" in err
+
+
+def test_scores_that_are_not_one_float_per_sample_name_the_factory(tmp_path: Path, capsys) -> None:
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(regression(tmp_path, "Flat")), "--state-dir", state]) == 2
+    err = capsys.readouterr().err
+    assert "task.factory regress:Flat: scores() must return one float per sample" in err
