@@ -7,6 +7,7 @@ point captured on the way, and the baseline accuracy and latency that every roun
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,11 @@ def establish(
         )
     narrator.phase("validate", 1, "measuring the dense baseline")
     found = ranks.evaluate(bench, "val")
+    if not math.isfinite(found.value):
+        raise UserError(
+            f"the dense model's validation {bench.metric['name']} is {found.value}: every round "
+            "is judged against it, so it must be a number (check the task's scores)"
+        )
     test = ranks.evaluate(bench, "test").value if bench.test_loader is not None else None
     latency = measure_latency(bench, narrator)
     return Baseline(evaluation.Reference.of(found), found.value, test, latency, catcher.state)

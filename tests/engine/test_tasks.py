@@ -160,6 +160,17 @@ class Flat(MSE):
         return super().scores(model, batch).sum().reshape(1, 1)
 
 
+class NaNAfterBaseline(MSE):
+    """Finite for the dense model (the baseline's two splits), NaN for every attempt after."""
+
+    calls = 0
+
+    def scores(self, model, batch):
+        found = super().scores(model, batch)
+        NaNAfterBaseline.calls += 1
+        return found if NaNAfterBaseline.calls <= 4 else found * float("nan")
+
+
 class NoScores:
     metric, higher_is_better = "mse", False
 
@@ -212,3 +223,17 @@ def test_scores_that_are_not_one_float_per_sample_name_the_factory(tmp_path: Pat
     assert cli.main(["start", str(regression(tmp_path, "Flat")), "--state-dir", state]) == 2
     err = capsys.readouterr().err
     assert "task.factory regress:Flat: scores() must return one float per sample" in err
+
+
+def test_a_nan_score_fails_the_attempt_as_a_nan_loss_does(tmp_path: Path, capsys) -> None:
+    schedule = regression(
+        tmp_path, "NaNAfterBaseline", rollback={"retries": 1, "recover_epochs": 0}
+    )
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(schedule), "--state-dir", state]) == 0
+    capsys.readouterr()
+    assert cli.main(["history", "regress", "--state-dir", state, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert history["rounds"] and all(r["status"] == "rolled_back" for r in history["rounds"])
+    assert all(r["drop"] is None for r in history["rounds"])
+    assert history["reason"].startswith("frontier reached")
