@@ -42,6 +42,7 @@ OWNERS = {
     "safetensors": {"engine.sources", "report.export"},
     "torchvision": {"engine.sources", "schedule.factories"},
     "mlflow": {"report.mlflow"},
+    "transformers": {"engine.huggingface"},
 }
 
 # Calls that change a run's status, and the modules that may make them (see state/store.py).

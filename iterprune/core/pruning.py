@@ -30,12 +30,23 @@ def prunable_parameters(model: nn.Module, exclude: Iterable[str] = ()) -> dict[s
     patterns = tuple(exclude)
     out: dict[str, nn.Parameter] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES) or module.weight is None:
+        if not _prunable(module):
             continue
         if any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
         out[f"{name}.weight" if name else "weight"] = module.weight
     return out
+
+
+def _prunable(module: nn.Module) -> bool:
+    """A Conv or Linear layer with a weight, or transformers' ``Conv1D`` (GPT-2's projections:
+    a Linear whose weight is stored transposed), recognised without importing transformers."""
+    if isinstance(module, PRUNABLE_TYPES):
+        return module.weight is not None
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D" and isinstance(weight, nn.Parameter) and weight.ndim == 2
+    )
 
 
 def dense_mask(params: dict[str, nn.Parameter]) -> Mask:

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from iterprune.core import rng
-from iterprune.engine import corpus, examples, tasks, tinygpt
+from iterprune.engine import corpus, examples, huggingface, tasks, tinygpt
 from iterprune.errors import UserError
 from iterprune.schedule.factories import resolve_factory
 from iterprune.schedule.specs import DataSpec, ImageFolderSpec, ModelSpec
@@ -39,6 +39,8 @@ def build_model(spec: ModelSpec, seed: int, base_dir: str = ".") -> nn.Module:
         torch.manual_seed(seed)
         if spec.builtin:
             model = BUILTIN_MODELS[spec.builtin](**kwargs)
+        elif spec.huggingface is not None:
+            model = huggingface.load(spec.huggingface, base_dir)
         elif spec.torchvision:
             import torchvision
 

@@ -7,12 +7,21 @@ here already, so a typo in its name is reported with the schedule's other proble
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 
 from iterprune.errors import UserError
 from iterprune.schedule.checker import Checker
 from iterprune.schedule.factories import resolve_factory, torchvision_models
-from iterprune.schedule.specs import TASKS, DataSpec, ImageFolderSpec, ModelSpec, Schedule, TaskSpec
+from iterprune.schedule.specs import (
+    TASKS,
+    DataSpec,
+    HuggingFaceSpec,
+    ImageFolderSpec,
+    ModelSpec,
+    Schedule,
+    TaskSpec,
+)
 
 BUILTIN_MODELS = ("digits_cnn", "digits_mlp", "tiny_gpt")
 BUILTIN_DATA = ("digits", "python_source")
@@ -21,6 +30,7 @@ MODEL_KEYS = (
     "builtin",
     "torchvision",
     "factory",
+    "huggingface",
     "num_classes",
     "kwargs",
     "weights",
@@ -58,7 +68,7 @@ def model_section(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
         c.fail("model", "missing: say which model to prune (e.g. model: {builtin: digits_cnn})")
     m = c.section(raw, "model", MODEL_KEYS)
     if isinstance(raw.get("model"), dict):
-        c.one_of(m, ("builtin", "torchvision", "factory"), "model")
+        c.one_of(m, ("builtin", "torchvision", "factory", "huggingface"), "model")
     spec = ModelSpec(
         builtin=c.text(m, "builtin", "model", None, BUILTIN_MODELS),
         torchvision=_torchvision_name(c, m),
@@ -67,10 +77,49 @@ def model_section(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
         kwargs=c.mapping(m, "kwargs", "model"),
         weights=c.text(m, "weights", "model", None),
         trust_pickle=c.boolean(m, "trust_pickle", "model", False),
+        huggingface=_huggingface(c, m, base_dir),
     )
     if spec.weights and not (base_dir / spec.weights).expanduser().is_file():
         c.fail("model.weights", f"file not found: {spec.weights}")
+    if spec.weights and spec.huggingface is not None:
+        c.fail("model.weights", "a Hugging Face directory holds its own weights")
     return spec
+
+
+HF_CLASSES = {"causal_lm": "ForCausalLM", "sequence_classification": "ForSequenceClassification"}
+
+
+def _huggingface(c: Checker, m: dict, base_dir: Path) -> HuggingFaceSpec | None:
+    """``{path: DIR, class: causal_lm}``: the directory exists, holds a config.json, and its
+    architecture (when the config names it) is of the class asked for."""
+    if m.get("huggingface") is None:
+        return None
+    h = c.section(m, "huggingface", ("path", "class"), "model")
+    path = c.text(h, "path", "model.huggingface", None)
+    kind = c.text(h, "class", "model.huggingface", "causal_lm", tuple(HF_CLASSES))
+    if path is None:
+        c.fail("model.huggingface.path", "missing: a save_pretrained directory")
+        return None
+    config = (base_dir / path).expanduser() / "config.json"
+    if not config.is_file():
+        c.fail(
+            "model.huggingface.path", f"no config.json in {path}: not a save_pretrained directory"
+        )
+        return HuggingFaceSpec(path, kind or "causal_lm")
+    try:
+        names = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError) as exc:
+        c.fail("model.huggingface.path", f"{config} cannot be read: {exc}")
+        names = []
+    wanted = HF_CLASSES.get(kind or "", "")
+    if names and not any(
+        n.endswith(wanted) or (wanted == "ForCausalLM" and n.endswith("LMHeadModel")) for n in names
+    ):
+        c.fail(
+            "model.huggingface.class",
+            f"{path} holds {', '.join(names)}, not a model of class {kind}",
+        )
+    return HuggingFaceSpec(path, kind or "causal_lm")
 
 
 def _image_folders(c: Checker, d: dict, base_dir: Path) -> ImageFolderSpec | None:
@@ -168,6 +217,10 @@ def _check_task(c: Checker, factory: str, kwargs: dict, base_dir: Path) -> None:
 def task_conflicts(c: Checker, s: Schedule) -> None:
     """What a language model run cannot take, and built-ins of the other kind of task."""
     m, d = s.model, s.data
+    hf = m.huggingface.kind if m.huggingface else None
+    if (hf == "causal_lm") != (s.task.kind == "language_model") and hf is not None:
+        want = "language_model" if hf == "causal_lm" else "classification"
+        c.fail("model.huggingface.class", f"a {hf} model needs task: {{kind: {want}}}")
     if s.task.kind != "language_model":
         for path, name in (("model.builtin", m.builtin), ("data.builtin", d.builtin)):
             if name in LANGUAGE_ONLY:

@@ -27,11 +27,12 @@ SET_BY = {
     "lottery.at": "lottery.rewind",
     "lottery.control_seeds": "lottery.control.seeds",
     "validate.relative": "validate.max_drop",
+    "model.huggingface.kind": "model.huggingface.class",
 }
 
 _FRACTION = "a number in (0, 1)"
 _PATH = "a path, relative to the schedule file"
-_ONE = "exactly one of builtin / torchvision / factory"
+_ONE = "exactly one of builtin / torchvision / factory / huggingface"
 
 KEYS = (
     Key("name", "letters, digits, `.`, `_`, `-`", "The run id.", "the file's stem"),
@@ -62,6 +63,21 @@ KEYS = (
         "`nn.Module`. Imported with the schedule's directory first on `sys.path`.",
     ),
     Key("model.num_classes", "an integer ≥ 1", "torchvision models: the classifier's outputs."),
+    Key(
+        "model.huggingface",
+        "a mapping",
+        "A Hugging Face model from a local `save_pretrained` directory, never the hub (extra "
+        "`hf`). Its `Linear` and GPT-2 `Conv1D` layers are pruned; the output head is not.",
+        None,
+    ),
+    Key("model.huggingface.path", _PATH, "The directory, with its config.json.", "required"),
+    Key(
+        "model.huggingface.class",
+        "`causal_lm` or `sequence_classification`",
+        "How it is loaded (`AutoModelForCausalLM` or `...ForSequenceClassification`); "
+        "`causal_lm` needs `task: {kind: language_model}`.",
+        "causal_lm",
+    ),
     Key("model.kwargs", "a mapping", "Keyword arguments of the built-in model or the factory."),
     Key(
         "model.weights",

@@ -16,6 +16,14 @@ GROW = 2.0
 
 
 @dataclass(frozen=True)
+class HuggingFaceSpec:
+    """A local ``save_pretrained`` directory, loaded with ``local_files_only``: never the hub."""
+
+    path: str
+    kind: str = "causal_lm"  # the YAML's ``class``: causal_lm | sequence_classification
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     builtin: str | None = None
     torchvision: str | None = None
@@ -24,6 +32,7 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     trust_pickle: bool = False
+    huggingface: HuggingFaceSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -65,11 +65,11 @@ MALFORMED = {
     "bool_as_number": (VALID + "validate: {max_drop: yes}\n", "must be a number, got boolean true"),
     "both_builtin_and_factory": (
         "model: {builtin: digits_cnn, factory: 'a:b'}\ndata: {builtin: digits}\n",
-        "model (line 1): give exactly one of 'builtin' / 'torchvision' / 'factory' (builtin and factory given)",
+        "model (line 1): give exactly one of 'builtin' / 'torchvision' / 'factory' / 'huggingface' (builtin and factory given)",
     ),
     "neither_builtin_nor_factory": (
         "model: {kwargs: {}}\ndata: {builtin: digits}\n",
-        "model (line 1): give exactly one of 'builtin' / 'torchvision' / 'factory' (none given)",
+        "model (line 1): give exactly one of 'builtin' / 'torchvision' / 'factory' / 'huggingface' (none given)",
     ),
     "factory_does_not_import": (
         "model: {factory: 'no_such_module_xyz:build'}\ndata: {builtin: digits}\n",

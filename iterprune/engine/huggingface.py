@@ -1,0 +1,46 @@
+"""``model.huggingface``: a Hugging Face model from a local ``save_pretrained`` directory (the hf
+extra, ``pip install 'iterprune[hf]'``; transformers is imported only here). Always
+``local_files_only`` with ``HF_HUB_OFFLINE=1``: nothing is ever fetched from the hub.
+
+Their layers are ``nn.Linear`` or, in GPT-2 and its relatives, transformers' ``Conv1D``, whose
+weight is ``[in_features, out_features]`` (transposed): ``core/pruning.py`` prunes both as
+plain weights. Outputs are ``ModelOutput`` objects, whose ``.logits`` the tasks read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from iterprune.errors import UserError
+from iterprune.schedule.specs import HuggingFaceSpec
+
+AUTO = {
+    "causal_lm": "AutoModelForCausalLM",
+    "sequence_classification": "AutoModelForSequenceClassification",
+}
+
+
+def load(spec: HuggingFaceSpec, base_dir: str = ".") -> nn.Module:
+    """The model in ``spec.path`` (relative to the schedule), as its class."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # set before transformers reads it
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            "model.huggingface needs transformers: pip install 'iterprune[hf]'"
+        ) from None
+    path = (Path(base_dir) / spec.path).expanduser()
+    auto = getattr(transformers, AUTO[spec.kind])
+    try:
+        model = auto.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(
+            f"model.huggingface: {path} cannot be loaded as {spec.kind}: {first}"
+        ) from None
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # training and scoring need no key/value cache
+    return model
