@@ -22,7 +22,7 @@ from iterprune.core import continuous, evidence
 
 DATASETS = 2000
 LOW, HIGH = 0.935, 0.965  # coverage band of the 95% interval (the issue's)
-SIZES = (30, 100, 1000, pytest.param(5000, marks=pytest.mark.slow))
+SIZES = (30, 100, *(pytest.param(n, marks=pytest.mark.slow) for n in (1000, 5000)))
 
 
 def differences(kind: str, rng: np.random.Generator, shape: tuple[int, int]) -> tuple:

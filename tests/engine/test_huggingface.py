@@ -84,6 +84,7 @@ def test_its_perplexity_equals_the_one_from_its_own_loss(gpt2: Path) -> None:
     assert math.isclose(found.value, math.exp(nll / tokens), rel_tol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_gpt2_is_pruned_from_its_directory_through_the_cli(
     gpt2: Path, tmp_path: Path, capsys
 ) -> None:

@@ -104,6 +104,7 @@ def test_what_a_language_model_run_cannot_take_is_refused(change: dict, message:
         parsing.parse(json.dumps(doc), "lm.yaml", ".")
 
 
+@pytest.mark.slow
 def test_a_language_model_run_is_judged_by_perplexity(tmp_path: Path, capsys) -> None:
     state = str(tmp_path / "state")
     assert cli.main(["start", str(write(tmp_path / "lm.yaml", LM)), "--state-dir", state]) == 0
