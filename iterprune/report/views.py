@@ -211,12 +211,15 @@ def _owner_gone(row: dict[str, Any], age: float | None, lease_timeout: float) ->
 
 
 def ranked(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best first: the sparsity reached (every accepted round is within the budget), then test
-    accuracy where there is a test split (else validation accuracy), fewer epochs, less time."""
+    """Best first: the sparsity reached (every accepted round is within the budget), then the
+    test split's metric where there is one (else validation's), better first in the metric's
+    direction (a perplexity: lower), fewer epochs, less time."""
 
     def key(d: dict[str, Any]) -> tuple:
-        accuracy = d["test_accuracy"] if d["test_accuracy"] is not None else d["val_accuracy"]
-        return (-(d["sparsity"] or 0), -(accuracy or 0), d["epochs"] or 0, d["duration_s"] or 0)
+        value = d["test_accuracy"] if d["test_accuracy"] is not None else d["val_accuracy"]
+        higher = (d.get("metric") or {}).get("higher_is_better", True)
+        better = -(value or 0) if higher else (value if value is not None else float("inf"))
+        return (-(d["sparsity"] or 0), better, d["epochs"] or 0, d["duration_s"] or 0)
 
     out = sorted(docs, key=key)
     return [{"rank": i + 1, **d} for i, d in enumerate(out)]
@@ -246,4 +249,5 @@ def summary(store: Store, run: str) -> dict[str, Any]:
         "duration_s": sum(r["duration_s"] or 0.0 for r in rounds),
         "control_accuracy": last["control_accuracy"] if last else None,
         "latency_ms_p50": last["latency_ms_p50"] if last else row["baseline_latency_ms_p50"],
+        "metric": json.loads(row["metric"]) if row.get("metric") else None,
     }

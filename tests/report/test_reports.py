@@ -60,3 +60,18 @@ def test_onnx_export_carries_the_pruned_weights(tmp_path: Path) -> None:
     ckpt = checkpoint_state(state, "sparse", last)
     for name, keep in ckpt["mask"].items():
         assert torch.equal(weights[name], ckpt["model"][name] * keep), name
+
+
+def test_runs_judged_by_a_lower_is_better_metric_rank_the_lower_first() -> None:
+    from iterprune.report import views
+
+    lower = {"name": "perplexity", "unit": "", "higher_is_better": False}
+    common = {"test_accuracy": None, "epochs": 3, "duration_s": 1.0, "metric": lower}
+    docs = [
+        {"run": "worse", "sparsity": 0.5, "val_accuracy": 9.1, **common},
+        {"run": "better", "sparsity": 0.5, "val_accuracy": 8.4, **common},
+        {"run": "sparser", "sparsity": 0.6, "val_accuracy": 9.9, **common},
+    ]
+    assert [d["run"] for d in views.ranked(docs)] == ["sparser", "better", "worse"]
+    docs = [{**d, "metric": None} for d in docs]  # accuracy, as every earlier run: higher first
+    assert [d["run"] for d in views.ranked(docs)] == ["sparser", "worse", "better"]
