@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from iterprune.report.console.tables import DECISION_STYLE, frac, pct, plain_table
+from iterprune.report.console.tables import DECISION_STYLE, frac, measure, pct, plain_table
 
 
 def compare_table(docs: list[dict[str, Any]]) -> Table:
@@ -16,14 +16,16 @@ def compare_table(docs: list[dict[str, Any]]) -> Table:
     table.add_column("")
     for d in docs:
         table.add_column(d["run"], justify="right")
+    names = {measure(d)[0] for d in docs}
+    name = names.pop() if len(names) == 1 else "metric"  # runs judged by different metrics
     rows = [
         ("status", lambda d: d["status"]),
         ("model", lambda d: str(d["model"])),
-        ("baseline accuracy", lambda d: pct(d["baseline_accuracy"])),
+        (f"baseline {name}", lambda d: pct(d["baseline_accuracy"])),
         ("final sparsity", lambda d: frac(d["sparsity"])),
-        ("final accuracy", lambda d: pct(d["val_accuracy"])),
-        ("baseline test accuracy", lambda d: pct(d.get("baseline_test_accuracy"))),
-        ("final test accuracy", lambda d: pct(d.get("test_accuracy"))),
+        (f"final {name}", lambda d: pct(d["val_accuracy"])),
+        (f"baseline test {name}", lambda d: pct(d.get("baseline_test_accuracy"))),
+        (f"final test {name}", lambda d: pct(d.get("test_accuracy"))),
         ("control accuracy", lambda d: pct(d["control_accuracy"])),
         ("non-zero weights", lambda d: f"{d['params'] or 0:,}"),
         ("latency p50 ms", lambda d: pct(d["latency_ms_p50"])),
@@ -80,9 +82,13 @@ def queue_table(doc: dict[str, Any]) -> Group:
 
 
 def ranking_table(docs: list[dict[str, Any]]) -> Table:
-    """Runs ranked: sparsity reached within the budget, then test accuracy, epochs, time."""
-    table = plain_table("ranked: sparsity within the budget, test accuracy, epochs, time")
-    for name in ("#", "run", "status", "sparsity", "acc %", "test %", "epochs", "time"):
+    """Runs ranked: sparsity reached within the budget, then the test split's metric (better
+    first in its direction), epochs, time."""
+    labels = {measure(d) for d in docs}
+    name, _, label = labels.pop() if len(labels) == 1 else ("metric", "", "metric")
+    table = plain_table(f"ranked: sparsity within the budget, test {name}, epochs, time")
+    test = f"test {label.removeprefix('acc ')}"
+    for name in ("#", "run", "status", "sparsity", label, test, "epochs", "time"):
         table.add_column(name, justify="left" if name in ("run", "status") else "right")
     for d in docs:
         table.add_row(
