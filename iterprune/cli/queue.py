@@ -9,19 +9,16 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iterprune.cli.reading import store_for
 from iterprune.errors import EXIT_FAILED, EXIT_OK, UserError
 from iterprune.report import views
 from iterprune.report.console import say
 from iterprune.state import paths
 from iterprune.state.backlog import Backlog
-from iterprune.state.store import DB_NAME, Store
+from iterprune.state.store import Store
 
 if TYPE_CHECKING:
     from iterprune.serve import server
-
-
-def _backlog(args: argparse.Namespace) -> Backlog:
-    return Backlog(Store(paths.state_dir(args.state_dir)))
 
 
 def _queue_runs(store: Store, schedules: list[tuple[Any, str]], priority: int, sweep: str | None):
@@ -45,14 +42,12 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if not args.items:
             raise UserError("queue add needs one or more schedule files")
         found = [api.load(p) for p in args.items]  # every one validated before any is queued
-        store = Store(paths.state_dir(args.state_dir))
+        store = store_for(args, create=True)
         for run in _queue_runs(store, found, args.priority, None):
             say(f"queued {run} (priority {args.priority})")
         say("serve them with: iterprune serve   (see them with: iterprune queue)")
         return EXIT_OK
-    if not (paths.state_dir(args.state_dir) / DB_NAME).exists():
-        raise UserError(f"no iterprune state in {paths.state_dir(args.state_dir)}")
-    backlog = _backlog(args)
+    backlog = Backlog(store_for(args))  # no state: the usual message
     for run in args.items:
         backlog.remove(run)
         say(f"removed {run} from the queue (its run and history stay)")
@@ -70,7 +65,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             say(run)
         say(f"{len(grid)} runs (dry run: nothing queued)")
         return EXIT_OK
-    store = Store(paths.state_dir(args.state_dir))
+    store = store_for(args, create=True)
     source = str(Path(args.schedule).resolve())
     runs = _queue_runs(store, [(s, source) for _, s in grid], args.priority, name)
     say(f"queued {len(runs)} runs of sweep {name!r} (priority {args.priority})")

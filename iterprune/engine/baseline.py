@@ -51,11 +51,11 @@ def start(
     total = sum(p.numel() for p in bench.params.values())
     mask = record(snapshots, bench, found, total)
     speed = found.latency.get("latency_ms_p50")
-    n = found.reference.scores.n if found.reference.scores else found.reference.correct.numel()
-    shown = _shown(bench.schedule, found.accuracy)
+    n = found.reference.n
+    shown = _shown(bench.metric, found.accuracy)
     test = ""
     if found.test_accuracy is not None:
-        test = f", {_shown(bench.schedule, found.test_accuracy)} on the test split"
+        test = f", {_shown(bench.metric, found.test_accuracy)} on the test split"
     narrator.event(
         "info",
         "baseline",
@@ -68,9 +68,9 @@ def start(
     return Accepted.of(0, bench, mask, optimizer=False), found.rewind
 
 
-def _shown(schedule: Schedule, value: float) -> str:
+def _shown(metric: dict, value: float) -> str:
     """A metric's value as the log lines show it: ``99.72%``, or a perplexity ``4.218``."""
-    return f"{value:.2f}%" if schedule.task.kind == "classification" else f"{value:.4g}"
+    return f"{value:.2f}%" if metric["name"] == "accuracy" else f"{value:.4g}"
 
 
 def warn_unresolved(narrator: Narrator, schedule: Schedule, n: int, accuracy: float) -> None:

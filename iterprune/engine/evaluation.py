@@ -1,7 +1,8 @@
-"""Measuring a model on a held-out split: its accuracy, and which samples it gets right.
+"""Measuring a model on a held-out split: its metric, and each sample's part in it — which
+samples a classifier gets right, a language model's per-sequence NLL, a factory task's scores.
 
-The per-sample answers, in the split's order, are what makes the comparison with the dense model
-paired (``evidence.py``). Evaluation runs in a forked RNG, so it never shifts what training draws.
+The per-sample answers or scores, in the split's order, are what makes the comparison with the
+dense model paired (``core/evidence.py``, ``core/continuous.py``). Evaluation runs in a forked RNG, so it never shifts what training draws.
 Under torchrun each rank answers its strided shard of the split; accuracies are exact (the counts
 are summed) and the per-sample answers are put back together on rank 0, each sample once.
 """
@@ -79,22 +80,22 @@ class Scores:
     ``exp(sum NLL / sum tokens)``, lower is better), or a factory task's score with weight 1 (the
     metric is their mean, in the direction the task says)."""
 
-    nll: torch.Tensor  # float64: summed NLL, or a task's scores
-    tokens: torch.Tensor  # float64: tokens predicted, or ones
+    values: torch.Tensor  # float64: summed NLL per sequence, or a task's scores
+    weights: torch.Tensor  # float64: tokens predicted, or ones
     digest: str  # of the split's content, in order
     perplexity: bool = True
     higher_is_better: bool = False
 
     @property
     def n(self) -> int:
-        return int(self.nll.numel())
+        return int(self.values.numel())
 
     @property
     def value(self) -> float:
-        total = float(self.tokens.sum())
+        total = float(self.weights.sum())
         if not total:
             return float("nan")
-        mean = float(self.nll.sum()) / total
+        mean = float(self.values.sum()) / total
         return math.exp(mean) if self.perplexity else mean
 
     def labels_digest(self) -> str:
@@ -106,17 +107,18 @@ class Scores:
         perplexity's: of the per-token log ratio)."""
         assert dense.scores is not None
         before = dense.scores
-        if not bool(torch.isfinite(self.nll).all()):  # fails like a NaN loss: rolled back
+        if not bool(torch.isfinite(self.values).all()):  # fails like a NaN loss: rolled back
             nan = float("nan")
             return {"drop": nan, "drop_low": None, "drop_high": None, "lost": None, "gained": None}
-        found = continuous.Moments.of((self.nll - before.nll).tolist(), before.tokens.tolist())
+        diffs = (self.values - before.values).tolist()
+        found = continuous.Moments.of(diffs, before.weights.tolist())
         low, high = continuous.interval(found, confidence)
         base = before.value
-        if self.perplexity:
+        if self.perplexity:  # the interval is of the per-token log ratio
             low, high = base * math.expm1(low), base * math.expm1(high)
         elif self.higher_is_better:  # a higher score is better: a drop is a fall
             low, high = -high, -low
-        sign = -1 if self.higher_is_better and not self.perplexity else 1
+        sign = -1 if self.higher_is_better else 1
         return {
             "drop": sign * (self.value - base),
             "drop_low": low,
@@ -135,6 +137,11 @@ class Reference:
     labels: str  # labels_digest() of the split it answered
     scores: Scores | None = None  # language models
 
+    @property
+    def n(self) -> int:
+        """How many validation samples it holds."""
+        return self.scores.n if self.scores is not None else int(self.correct.numel())
+
     @classmethod
     def of(cls, found: Answers | Scores) -> Reference:  # noqa: D102
         if isinstance(found, Scores):
@@ -143,16 +150,16 @@ class Reference:
 
     def row(self) -> dict[str, Any]:
         if self.scores is not None:
-            both = torch.stack([self.scores.nll, self.scores.tokens]).to(torch.float64)
+            both = torch.stack([self.scores.values, self.scores.weights]).to(torch.float64)
             return {
                 "baseline_scores": both.numpy().tobytes(),
-                "val_samples": self.scores.n,
+                "val_samples": self.n,
                 "val_labels": self.labels,
             }
         assert self.correct is not None
         return {
             "baseline_correct": pack(self.correct),
-            "val_samples": int(self.correct.numel()),
+            "val_samples": self.n,
             "val_labels": self.labels,
         }
 
@@ -161,11 +168,11 @@ class Reference:
         """The reference stored with a run (None for a run of an older release)."""
         if row.get("baseline_scores") is not None:
             both = torch.frombuffer(bytearray(row["baseline_scores"]), dtype=torch.float64)
-            nll, tokens = both.view(2, row["val_samples"])
+            values, weights = both.view(2, row["val_samples"])
             metric = json.loads(row.get("metric") or '{"name": "perplexity"}')
             scores = Scores(
-                nll.clone(),
-                tokens.clone(),
+                values.clone(),
+                weights.clone(),
                 row["val_labels"],
                 perplexity=metric["name"] == "perplexity",
                 higher_is_better=bool(metric.get("higher_is_better")),
@@ -258,9 +265,8 @@ def _score(model: nn.Module, loader: Iterable, device: torch.device | str, task:
             digest.update(task.targets(moved).to(torch.int64).cpu().numpy().tobytes())
     model.train()
     perplexity = isinstance(task, tasks.LanguageModel)
-    higher = not perplexity and bool(task.task.higher_is_better)
     scores, weights = _cat(nll, torch.float64), _cat(tokens, torch.float64)
-    return Scores(scores, weights, digest.hexdigest()[:16], perplexity, higher)
+    return Scores(scores, weights, digest.hexdigest()[:16], perplexity, task.higher_is_better)
 
 
 def pack(correct: torch.Tensor) -> bytes:

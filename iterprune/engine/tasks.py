@@ -79,6 +79,7 @@ class Classification:
     """Cross-entropy to fine-tune; per sample, whether the top-1 class is the label."""
 
     exclude: tuple[str, ...] = ()
+    higher_is_better = True
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         inputs, labels = split(batch)
@@ -102,6 +103,7 @@ class LanguageModel:
     """
 
     exclude: tuple[str, ...] = ("head", "lm_head")
+    higher_is_better = False
 
     def _parts(self, batch: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """(what the model is called with, the targets, where a target counts)."""
@@ -184,6 +186,7 @@ class FactoryTask:
 
     def __init__(self, task: Task, factory: str) -> None:
         self.task, self.factory = task, factory
+        self.higher_is_better = bool(task.higher_is_better)
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         loss = self.task.loss(model, batch)
@@ -217,15 +220,14 @@ class FactoryTask:
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor in a batch, depth first (tuples, lists and dicts)."""
     if isinstance(value, torch.Tensor):
         return value
-    items = value.values() if isinstance(value, Mapping) else value
-    if isinstance(value, (Mapping, tuple, list)):
-        for item in items:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if not isinstance(value, (tuple, list)):
+        return None
+    return next((t for t in map(_first_tensor, value) if t is not None), None)
 
 
 def _leading(batch: Any) -> int | None:
@@ -252,6 +254,6 @@ def metric_of(task: Any, spec: Any) -> dict[str, Any]:
         return {
             "name": str(task.task.metric),
             "unit": str(getattr(task.task, "unit", "")),
-            "higher_is_better": bool(task.task.higher_is_better),
+            "higher_is_better": task.higher_is_better,
         }
     return spec.metric

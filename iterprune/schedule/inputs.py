@@ -86,7 +86,12 @@ def model_section(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
     return spec
 
 
-HF_CLASSES = {"causal_lm": "ForCausalLM", "sequence_classification": "ForSequenceClassification"}
+# What a class's architectures are called (config.json's "architectures"): GPT-2's causal LM is
+# GPT2LMHeadModel, most others *ForCausalLM.
+HF_CLASSES = {
+    "causal_lm": ("ForCausalLM", "LMHeadModel"),
+    "sequence_classification": ("ForSequenceClassification",),
+}
 
 
 def _huggingface(c: Checker, m: dict, base_dir: Path) -> HuggingFaceSpec | None:
@@ -111,10 +116,8 @@ def _huggingface(c: Checker, m: dict, base_dir: Path) -> HuggingFaceSpec | None:
     except (OSError, ValueError, AttributeError) as exc:
         c.fail("model.huggingface.path", f"{config} cannot be read: {exc}")
         names = []
-    wanted = HF_CLASSES.get(kind or "", "")
-    if names and not any(
-        n.endswith(wanted) or (wanted == "ForCausalLM" and n.endswith("LMHeadModel")) for n in names
-    ):
+    wanted = HF_CLASSES.get(kind or "", ())
+    if names and not any(name.endswith(wanted) for name in names):
         c.fail(
             "model.huggingface.class",
             f"{path} holds {', '.join(names)}, not a model of class {kind}",

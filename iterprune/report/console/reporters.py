@@ -151,6 +151,7 @@ class PlainReporter:
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.measure = measure(None)  # the run's metric, once run_started says it
 
     def __enter__(self) -> PlainReporter:
         return self
@@ -181,7 +182,7 @@ class PlainReporter:
         pass
 
     def round_done(self, row: dict[str, Any]) -> None:
-        name, suffix, _ = getattr(self, "measure", measure(None))
+        name, suffix, _ = self.measure
         self._line(
             f"round {row['round']}.{row['attempt']} {row['status'].replace('_', ' ')}: "
             f"step {frac(row['step'])}, sparsity {frac(row.get('sparsity'))}, {name} "
