@@ -10,8 +10,10 @@ plain weights. Outputs are ``ModelOutput`` objects, whose ``.logits`` the tasks 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from iterprune.errors import UserError
@@ -23,15 +25,41 @@ AUTO = {
 }
 
 
-def load(spec: HuggingFaceSpec, base_dir: str = ".") -> nn.Module:
-    """The model in ``spec.path`` (relative to the schedule), as its class."""
+def _transformers():
     os.environ["HF_HUB_OFFLINE"] = "1"  # set before transformers reads it
     try:
         import transformers
     except ImportError:
         raise UserError(
-            "model.huggingface needs transformers: pip install 'iterprune[hf]'"
+            "Hugging Face models and tokenizers need: pip install 'iterprune[hf]'"
         ) from None
+    return transformers
+
+
+def tokenizer(path: Path) -> Callable[[list[str]], torch.Tensor]:
+    """A function from texts to one 1-D tensor of their token ids, joined by the tokenizer's
+    end-of-text token when it has one (``data.text.tokenizer``: a local directory)."""
+    try:
+        found = _transformers().AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"data.text.tokenizer: {path} cannot be loaded: {first}") from None
+    eos = found.eos_token_id
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        ids: list[int] = []
+        for i, text in enumerate(texts):
+            if i and eos is not None:
+                ids.append(eos)
+            ids.extend(found(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return torch.tensor(ids, dtype=torch.long)
+
+    return encode
+
+
+def load(spec: HuggingFaceSpec, base_dir: str = ".") -> nn.Module:
+    """The model in ``spec.path`` (relative to the schedule), as its class."""
+    transformers = _transformers()
     path = (Path(base_dir) / spec.path).expanduser()
     auto = getattr(transformers, AUTO[spec.kind])
     try:

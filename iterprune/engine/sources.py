@@ -148,6 +148,8 @@ def build_loaders(
             loaders = corpus.python_source_loaders(spec.batch_size, seed, **spec.kwargs)
         except TypeError as exc:  # an unknown kwarg
             raise UserError(f"data.kwargs for python_source: {exc}") from None
+    elif spec.text is not None:
+        loaders = corpus.text_loaders(spec.text, spec.batch_size, seed, base_dir)
     elif spec.imagefolder is not None:
         loaders = imagefolder_loaders(
             spec.imagefolder, spec.batch_size, spec.workers, base_dir, pin_memory

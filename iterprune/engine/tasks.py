@@ -126,13 +126,20 @@ class LanguageModel:
 
     def _token_nll(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets, counts = self._parts(batch)
-        out = forward(model, inputs)[:, :-1]
         wanted, counted = targets[:, 1:], counts[:, 1:]
-        nll = functional.cross_entropy(
-            out.reshape(-1, out.shape[-1]).float(),
-            wanted.clamp(min=0).reshape(-1),
-            reduction="none",
-        )
+        try:
+            out = forward(model, inputs)[:, :-1]
+            nll = functional.cross_entropy(
+                out.reshape(-1, out.shape[-1]).float(),
+                wanted.clamp(min=0).reshape(-1),
+                reduction="none",
+            )
+        except IndexError as exc:  # an id past the embedding or the output head (CPU)
+            raise UserError(
+                f"token id {int(targets.max())} is outside the model's vocabulary ({exc}): "
+                "the data's tokenizer and the model do not match (tiny_gpt's kwargs.vocab, or "
+                "a Hugging Face model's vocab_size)"
+            ) from None
         return nll.view(wanted.shape) * counted, counted
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:

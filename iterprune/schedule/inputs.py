@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from iterprune.errors import UserError
+from iterprune.schedule import text
 from iterprune.schedule.checker import Checker
 from iterprune.schedule.factories import resolve_factory, torchvision_models
 from iterprune.schedule.specs import (
@@ -38,7 +39,7 @@ MODEL_KEYS = (
 )
 DATA_KEYS = (
     *("builtin", "imagefolder", "factory", "kwargs", "batch_size", "workers", "val_fraction"),
-    "test_fraction",
+    *("test_fraction", "text"),
 )
 
 
@@ -150,7 +151,7 @@ def data_section(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
         c.fail("data", "missing: say which data to fine-tune on (e.g. data: {builtin: digits})")
     d = c.section(raw, "data", DATA_KEYS)
     if isinstance(raw.get("data"), dict):
-        c.one_of(d, ("builtin", "imagefolder", "factory"), "data")
+        c.one_of(d, ("builtin", "imagefolder", "factory", "text"), "data")
     spec = DataSpec(
         builtin=c.text(d, "builtin", "data", None, BUILTIN_DATA),
         imagefolder=_image_folders(c, d, base_dir),
@@ -164,6 +165,7 @@ def data_section(c: Checker, raw: dict, base_dir: Path) -> DataSpec:
         test_fraction=c.number(
             d, "test_fraction", "data", 0.0, check=lambda v: 0 <= v < 1, rule="in [0, 1)"
         ),
+        text=text.section(c, d, base_dir),
     )
     _split_shares(c, d, spec)
     return spec
@@ -173,6 +175,8 @@ def _split_shares(c: Checker, d: dict, spec: DataSpec) -> None:
     """Only built-in data is split by iterprune, and some of it must be left to train on."""
     if "test_fraction" in d and spec.builtin is None and spec.test_fraction:
         other = "data.imagefolder.test (a folder)"
+        if spec.text:
+            other = "data.text.test (files)"
         if spec.factory:
             other = "a data factory that returns (train, val, test) loaders"
         c.fail("data.test_fraction", f"applies to built-in data only; give {other} instead")
@@ -228,6 +232,8 @@ def task_conflicts(c: Checker, s: Schedule) -> None:
         for path, name in (("model.builtin", m.builtin), ("data.builtin", d.builtin)):
             if name in LANGUAGE_ONLY:
                 c.fail(path, f"{name} is a language model's: add task: {{kind: language_model}}")
+        if d.text is not None:
+            c.fail("data.text", "text is a language model's data: add task: {kind: language_model}")
         if s.task.kind == "factory":
             for path, bad in (
                 ("prune.method", s.prune.method == "channel"),

@@ -92,7 +92,7 @@ KEYS = (
     Key(
         "data",
         "a mapping",
-        "What it trains and is judged on: exactly one of builtin / imagefolder / factory.",
+        "What it trains and is judged on: exactly one of builtin / imagefolder / factory / text.",
         None,
     ),
     Key(
@@ -121,6 +121,24 @@ KEYS = (
         "`module:function`",
         "Called as `function(batch_size=..., **kwargs)`; "
         "returns `(train, val)` or `(train, val, test)` loaders; val and test must not shuffle.",
+    ),
+    Key(
+        "data.text",
+        "a mapping",
+        "A language model's own UTF-8 text, split by you: each split a file, a directory (its "
+        "`.txt`, `.md`, `.py`, … files, recursively) or a glob, read in path order.",
+        None,
+    ),
+    Key("data.text.train", _PATH, "The training text.", "required"),
+    Key("data.text.val", _PATH, "The validation text: every decision reads it.", "required"),
+    Key("data.text.test", _PATH, "Measured and reported beside each round; decides nothing."),
+    Key("data.text.seq_len", "an integer ≥ 2", "Tokens per sequence (one sample)."),
+    Key(
+        "data.text.tokenizer",
+        f"`bytes` or {_PATH}",
+        "`bytes`: UTF-8 bytes, a vocabulary of 256 (tiny_gpt's default). A directory written by "
+        "a Hugging Face tokenizer's `save_pretrained` (extra `hf`), loaded offline; files are "
+        "joined by its end-of-text token.",
     ),
     Key("data.kwargs", "a mapping", "Keyword arguments of the built-in data or the factory."),
     Key("data.batch_size", "an integer ≥ 1", "Batch size of every loader iterprune builds."),

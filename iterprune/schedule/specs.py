@@ -44,6 +44,18 @@ class ImageFolderSpec:
 
 
 @dataclass(frozen=True)
+class TextSpec:
+    """A language model's own text: each split a file, a directory or a glob of UTF-8 text,
+    tokenized as bytes or by a local Hugging Face tokenizer, cut into ``seq_len`` sequences."""
+
+    train: str
+    val: str
+    test: str | None = None  # measured and reported, never decides anything
+    seq_len: int = 128
+    tokenizer: str = "bytes"  # or a directory saved with a tokenizer's save_pretrained
+
+
+@dataclass(frozen=True)
 class DataSpec:
     builtin: str | None = None
     imagefolder: ImageFolderSpec | None = None
@@ -53,6 +65,7 @@ class DataSpec:
     workers: int = 0
     val_fraction: float = 0.25
     test_fraction: float = 0.0  # built-in data: a held-out test split (0: none)
+    text: TextSpec | None = None
 
 
 TASKS = ("classification", "language_model")

@@ -18,7 +18,7 @@ seed: 0
 device: cpu
 threads: 1
 model: {builtin: digits_cnn, kwargs: {}, huggingface: {path: hf, class: causal_lm}}
-data: {builtin: digits, imagefolder: {train: a, val: b}, batch_size: 8}
+data: {builtin: digits, imagefolder: {train: a, val: b}, text: {train: a}, batch_size: 8}
 pretrain: {epochs: 1}
 prune: {method: lamp}
 finetune: {epochs: 1}
