@@ -95,16 +95,17 @@ def _sensitivity(args: argparse.Namespace, target: Any) -> dict[str, Any]:
     from iterprune.core import pruning, sensitivity
     from iterprune.report import console
 
-    if target.schedule.task.kind != "classification":
-        raise UserError("--sensitivity measures accuracy; it is not yet there for language models")
     levels = _levels(args.levels)
     if args.batches is not None and args.batches < 1:
         raise UserError(f"--batches must be at least 1, got {args.batches}")
-    params = pruning.prunable_parameters(target.model)
+    params = pruning.prunable_parameters(target.model, target.task.exclude)  # not an LM's head
     evaluate, samples = target.evaluator(args.batches)
+    metric = target.metric
     total = 1 + len(params) * len(levels)
     with console.progress_bar(total, f"sensitivity of {len(params)} layers") as tick:
-        found = sensitivity.analyse(params, evaluate, levels, args.method, tick)
+        found = sensitivity.analyse(
+            params, evaluate, levels, args.method, tick, metric["higher_is_better"]
+        )
     max_drop = target.schedule.validate.budget(found["baseline_accuracy"])
     return {
         "model": target.model_name,
@@ -112,6 +113,7 @@ def _sensitivity(args: argparse.Namespace, target: Any) -> dict[str, Any]:
         "weights": target.weights,
         "method": args.method,
         "val_samples": samples,
+        "metric": metric,
         "max_drop": max_drop,
         **found,
         "suggested_exclude": sensitivity.suggested_exclude(found["layers"], max_drop),
@@ -206,9 +208,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             ) from None
     doc = export.export(store, args.run, args.round, Path(args.out), args.format, shape)
     ratio = doc["bytes"] / doc["dense_state_dict_bytes"]
+    percent = "%" if doc["metric"]["name"] == "accuracy" else ""
     print(
         f"wrote {doc['out']} ({doc['format']}): round {doc['round']}, sparsity "
-        f"{doc['sparsity']:.2%}, accuracy {doc['val_accuracy']:.2f}%"
+        f"{doc['sparsity']:.2%}, validation {doc['metric']['name']} "
+        f"{doc['val_accuracy']:.2f}{percent}"
     )
     print(
         f"size {doc['bytes'] / 2**20:.2f} MiB; the dense state_dict is "

@@ -17,8 +17,10 @@ def measure(
     iterations: int,
     warmup: int = 3,
     device: torch.device | str = "cpu",
+    tokens: bool = False,
 ) -> dict[str, float]:
-    """Milliseconds per batch of random input: ``{"p50": ..., "p99": ...}``.
+    """Milliseconds per batch of random input (``tokens``: token ids ``[batch, *input_shape]``,
+    all 0, since a token's value does not change the work): ``{"p50": ..., "p99": ...}``.
 
     Runs inside a forked RNG, so measuring never shifts the run's random numbers.
     """
@@ -28,7 +30,10 @@ def measure(
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
-        x = torch.randn(batch_size, *input_shape, device=device)
+        if tokens:
+            x = torch.zeros(batch_size, *input_shape, dtype=torch.long, device=device)
+        else:
+            x = torch.randn(batch_size, *input_shape, device=device)
         for _ in range(warmup):
             model(x)
         sync()

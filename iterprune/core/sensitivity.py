@@ -1,10 +1,11 @@
-"""Per-layer sensitivity: how much accuracy a model loses when one layer alone is pruned.
+"""Per-layer sensitivity: how much worse a model gets when one layer alone is pruned.
 
 For every prunable layer and every level, the layer's weights are pruned to that level (by
 magnitude, or by zeroing its weakest output channels), the model is evaluated, and the layer is
 put back exactly, bit for bit, before the next one. Layers that lose more than the budget at the
-lowest level are the ones to keep out of pruning (``prune.exclude``). Pure torch, no I/O: the
-caller supplies the evaluation and the progress callback.
+lowest level are the ones to keep out of pruning (``prune.exclude``). Any metric: a drop is how
+much worse, in the metric's units (accuracy points lost, perplexity gained). Pure torch, no I/O:
+the caller supplies the evaluation and the progress callback.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def analyse(
     levels: Sequence[float] = LEVELS,
     method: str = "magnitude",
     tick: Callable[[], None] = lambda: None,
+    higher_is_better: bool = True,
 ) -> dict[str, Any]:
-    """Accuracy with each layer of ``params`` pruned alone to each level (ascending);
-    ``evaluate`` returns the model's accuracy in points, ``tick`` is called after each one."""
+    """The metric with each layer of ``params`` pruned alone to each level (ascending);
+    ``evaluate`` returns the model's metric (accuracy in points for a classifier), ``tick`` is
+    called after each one. The keys keep their classification names (``accuracy``)."""
     if method not in METHODS:
         raise ValueError(f"unknown sensitivity method {method!r}")
     levels = sorted(levels)
@@ -72,7 +75,7 @@ def analyse(
                 "layer": name.removesuffix(".weight"),
                 "params": p.numel(),
                 "accuracy": found,
-                "drop": [baseline - a for a in found],
+                "drop": [(baseline - a) if higher_is_better else (a - baseline) for a in found],
             }
         )
     return {"baseline_accuracy": baseline, "levels": levels, "layers": layers}

@@ -142,6 +142,10 @@ class LanguageModel:
             ) from None
         return nll.view(wanted.shape) * counted, counted
 
+    def inputs(self, batch: Any) -> Any:
+        """What the model is called with: the ids, or the batch's dict without its labels."""
+        return self._parts(batch)[0]
+
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         nll, counted = self._token_nll(model, batch)
         return nll.sum() / counted.sum().clamp(min=1)

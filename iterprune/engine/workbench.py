@@ -199,7 +199,9 @@ class Workbench:
         """Inference latency of the model, when the schedule has a benchmark section."""
         if spec is None:
             return {}
+        tokens = isinstance(self.task, tasks.LanguageModel)
+        shape, batch = spec.input_shape, spec.batch_size
         ms = latency.measure(
-            self.model, spec.input_shape, spec.batch_size, spec.iterations, spec.warmup, self.device
+            self.model, shape, batch, spec.iterations, spec.warmup, self.device, tokens
         )
         return {"latency_ms_p50": ms["p50"], "latency_ms_p99": ms["p99"]}

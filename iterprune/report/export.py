@@ -11,6 +11,7 @@ import torch
 
 from iterprune.core import pruning
 from iterprune.errors import UserError
+from iterprune.report import views
 from iterprune.state import checkpoints
 from iterprune.state.store import Store
 
@@ -80,16 +81,18 @@ def round_model(store: Store, run: str, which: str) -> tuple[Any, int]:
     return model, chosen["round"]
 
 
-def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_shape=None) -> int:
-    """Write the export; returns its size in bytes (``onnx`` needs the model and an input shape)."""
+def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, example=None) -> int:
+    """Write the export; returns its size in bytes (``onnx`` and ``pt2`` need the model and an
+    example batch of its input: a tuple of arguments, or a dict of keyword arguments)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = baked_state(state)
     if model is not None:  # the run's architecture, channel-pruned if it was, with these weights
         _fill(model, state, tensors)
     if fmt == "onnx":
-        _onnx(model, input_shape, out)
+        _onnx(model, example, out)
     elif fmt == "pt2":
-        program = torch.export.export(model, _example(input_shape), dynamic_shapes=_ANY_BATCH)
+        args, kwargs = _call(example)
+        program = torch.export.export(model, args, kwargs, dynamic_shapes=_any_batch(example))
         torch.export.save(program, str(out))
     elif fmt == "pt" and state.get("architecture"):
         torch.save(model, out)  # a channel run's smaller nn.Module itself (a pickle)
@@ -107,15 +110,38 @@ def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, input_s
 
 
 # The first dimension of the input is free: a served model takes any batch. The example is traced
-# with two samples, since torch.export specialises a dimension it sees at size 1.
-_ANY_BATCH = ({0: torch.export.Dim("batch")},)
+# with two samples, since torch.export specialises a dimension it sees at size 1. Other dimensions
+# (a language model's sequence length) stay those of the example.
+def _any_batch(example: tuple | dict) -> tuple | dict:
+    batch = torch.export.Dim("batch")
+    if isinstance(example, dict):
+        return {k: {0: batch} for k in example}
+    return tuple({0: batch} for _ in example)
 
 
-def _example(input_shape: tuple[int, ...]) -> tuple[torch.Tensor]:
+def _call(example: tuple | dict) -> tuple[tuple, dict]:
+    return ((), dict(example)) if isinstance(example, dict) else (tuple(example), {})
+
+
+def random_example(input_shape: tuple[int, ...]) -> tuple[torch.Tensor]:
     return (torch.randn(2, *input_shape),)
 
 
-def _onnx(model: Any, input_shape, out: Path) -> None:
+def data_example(batch: Any, task: Any) -> tuple | dict:
+    """Two samples of a validation batch as the model is called with them: an LM's token ids
+    (or its dict without labels), a classifier's inputs."""
+    from iterprune.engine import tasks
+
+    if isinstance(task, tasks.LanguageModel):
+        inputs = task.inputs(batch)
+    else:
+        inputs = tasks.split(batch)[0]
+    if isinstance(inputs, dict):
+        return {k: v[:2] for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    return (inputs[:2],)
+
+
+def _onnx(model: Any, example: tuple | dict, out: Path) -> None:
     """An ONNX graph of the pruned model, for Netron or ONNX Runtime (the onnx extra)."""
     try:
         import onnx  # noqa: F401
@@ -128,13 +154,15 @@ def _onnx(model: Any, input_shape, out: Path) -> None:
     try:
         # one self-contained file, unless the weights pass protobuf's 2 GB limit
         big = sum(t.numel() * t.element_size() for t in tensors.values()) > 1_500_000_000
+        args, kwargs = _call(example)
         torch.onnx.export(
             model,
-            _example(input_shape),
+            args,
             str(out),
+            kwargs=kwargs,
             dynamo=True,
-            dynamic_shapes=_ANY_BATCH,
-            input_names=["input"],
+            dynamic_shapes=_any_batch(example),
+            input_names=list(example) if isinstance(example, dict) else ["input"],
             output_names=["output"],
             external_data=big,
             verbose=False,
@@ -189,10 +217,10 @@ def export(
     chosen = choose_round(store, run, which)
     ckpt = chosen["checkpoint"]
     state = checkpoints.load(store.state_dir / ckpt["path"], ckpt["sha256"])
-    model = None
+    model = example = None
     if fmt in ("onnx", "pt2") or state.get("architecture"):
-        model, input_shape = _architecture(store, run, input_shape, fmt in ("onnx", "pt2"))
-    size = write(state, out, fmt, model, input_shape)
+        model, example = _architecture(store, run, input_shape, fmt in ("onnx", "pt2"))
+    size = write(state, out, fmt, model, example)
     dense_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
     row = chosen["row"] or {}
     return {
@@ -204,26 +232,32 @@ def export(
         "dense_state_dict_bytes": dense_bytes,
         "sparsity": row.get("sparsity", 0.0),
         "val_accuracy": row.get("val_accuracy", (store.run(run) or {}).get("baseline_accuracy")),
+        "metric": views.metric_of_run(store, run),
     }
 
 
-def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, need_shape: bool):
-    """A fresh model of the run's architecture, and the input shape to trace it with."""
+def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, need_example: bool):
+    """A fresh model of the run's architecture, and the example input to trace it with: random
+    floats of ``--input-shape`` (or the benchmark's, or digits'), else two validation samples."""
 
-    from iterprune.engine import sources
+    from iterprune.engine import sources, tasks
     from iterprune.state import runs
 
     s = runs.load_schedule(store, run)
-    if need_shape and s.task.kind != "classification":
-        raise UserError(
-            "onnx and pt2 trace the model with random float input; a language model takes token "
-            "ids, so export it as pt, safetensors or sparse"
-        )
-    if input_shape is None and s.benchmark is not None:
+    model = sources.fresh_model(s.model, s.seed, s.base_dir)
+    if not need_example:
+        return model, None
+    task = tasks.task_for(s.task, s.base_dir)
+    language = isinstance(task, tasks.LanguageModel)
+    if input_shape is not None and language:
+        raise UserError("a language model is traced with token ids from its data: no --input-shape")
+    if input_shape is None and s.benchmark is not None and not language:
         input_shape = s.benchmark.input_shape
     if input_shape is None and s.data.builtin == "digits":
         input_shape = (1, 8, 8)
-    if input_shape is None and need_shape:
+    if input_shape is not None:
+        return model, random_example(tuple(input_shape))
+    if isinstance(task, tasks.FactoryTask):
         raise UserError("this format needs the shape of one example: --input-shape 3,224,224")
-    model = sources.fresh_model(s.model, s.seed, s.base_dir)
-    return model, tuple(input_shape) if input_shape is not None else None
+    _, val, _ = sources.build_loaders(s.data, s.seed, s.base_dir)
+    return model, data_example(next(iter(val)), task)

@@ -149,8 +149,10 @@ def sensitivity_heatmap(doc: dict[str, Any], out: Path) -> None:
             for j, d in enumerate(row):
                 ax.text(j, i, f"{d:.1f}", ha="center", va="center", fontsize=7)
     ax.set_xlabel("sparsity of the layer alone")
-    ax.set_title(f"{doc['model']}: accuracy drop (points), budget {budget:g}")
-    fig.colorbar(image, ax=ax, label="drop (points)")
+    name = (doc.get("metric") or {}).get("name", "accuracy")
+    units = "points" if name == "accuracy" else "positive: worse"
+    ax.set_title(f"{doc['model']}: {name} drop ({units}), budget {budget:g}")
+    fig.colorbar(image, ax=ax, label=f"{name} drop ({units})")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

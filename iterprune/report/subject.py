@@ -4,6 +4,7 @@ run (round 0: the dense model), with the schedule's validation data and device."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -31,22 +32,33 @@ class Target:
     @property
     def model_name(self) -> str:
         m = self.schedule.model
-        return str(m.builtin or m.torchvision or m.factory)
+        return str(m.builtin or m.torchvision or m.factory or getattr(m.huggingface, "path", None))
 
     def evaluator(self, batches: int | None) -> tuple[Any, int]:
-        """An accuracy function over the validation split (its first ``batches`` batches), and
-        how many samples it answers."""
+        """The task's metric over the validation split (its first ``batches`` batches) as a
+        function of nothing, and how many samples it judges."""
         s = self.schedule
         device = pick_device(s.device, "off", None)
         self.model.to(device)
+        task = self.task
         _, val, _ = sources.build_loaders(s.data, s.seed, s.base_dir)
         chosen = list(islice(val, batches)) if batches else None
 
-        def accuracy() -> float:
-            return evaluation.accuracy(self.model, chosen if chosen is not None else val, device)
+        def metric() -> float:
+            loader = chosen if chosen is not None else val
+            return evaluation.answers(self.model, loader, device, None, task).value
 
         n = sum(tasks.samples(b) for b in chosen) if chosen is not None else len(val.dataset)
-        return accuracy, n
+        return metric, n
+
+    @cached_property
+    def task(self) -> Any:
+        return tasks.task_for(self.schedule.task, self.schedule.base_dir)
+
+    @property
+    def metric(self) -> dict[str, Any]:
+        """The task's metric block: name, unit, higher_is_better."""
+        return tasks.metric_of(self.task, self.schedule.task)
 
 
 def resolve(target: str, state_dir: str | None, round_: int | None) -> Target:

@@ -70,11 +70,18 @@ def runs(store: Store) -> list[dict[str, Any]]:
     ]
 
 
+def metric_of_run(store: Store, run: str) -> dict[str, Any]:
+    """The run's metric block (name, unit, higher_is_better): as the run recorded it once its
+    task was built, else its schedule's task kind's."""
+    row = _run(store, run)
+    return json.loads(row["metric"]) if row.get("metric") else load_schedule(store, run).task.metric
+
+
 def history(store: Store, run: str) -> dict[str, Any]:
     row = _run(store, run)
     schedule = load_schedule(store, run)
     validate = schedule.validate
-    metric = json.loads(row["metric"]) if row.get("metric") else schedule.task.metric
+    metric = metric_of_run(store, run)
     return {
         "run": run,
         "status": row["status"],

@@ -247,11 +247,15 @@ def task_conflicts(c: Checker, s: Schedule) -> None:
         "model.torchvision": m.torchvision is not None,
         "data.imagefolder": d.imagefolder is not None,
         "prune.method": s.prune.method == "channel",
-        "benchmark": s.benchmark is not None,
         "lottery": s.lottery is not None,
     }
     for path in (p for p, bad in refused.items() if bad):
         c.fail(path, f"not available for task kind language_model ({_WHY[path]})")
+    if s.benchmark is not None and len(s.benchmark.input_shape) != 1:
+        c.fail(
+            "benchmark.input_shape",
+            "a language model's input is token ids: give [sequence length], e.g. [128]",
+        )
     for path, name in (("model.builtin", m.builtin), ("data.builtin", d.builtin)):
         if name is not None and name not in LANGUAGE_ONLY:
             c.fail(path, f"{name} is a classification built-in, not a language model's")
@@ -263,5 +267,4 @@ _WHY = {
     "data.imagefolder": "images are a classifier's data",
     "prune.method": "channel mode is for classification and vision models",
     "lottery": "not yet: its control is judged by accuracy",
-    "benchmark": "its input is random images; not yet for token ids",
 }

@@ -15,6 +15,7 @@ import torch
 from helpers import checkpoint_state, write
 from torch.nn import functional
 
+import iterprune
 from iterprune.cli import table as cli
 from iterprune.engine import corpus, tasks, tinygpt
 from iterprune.errors import ScheduleError, UserError
@@ -95,6 +96,7 @@ def test_the_standard_library_splits_by_file_name_stably() -> None:
         ({"prune": {"method": "channel"}}, "channel mode is for classification"),
         ({"data": {"builtin": "digits"}}, "digits is a classification built-in"),
         ({"task": {"kind": "regression"}}, "task.kind"),
+        ({"benchmark": {"batch_size": 2}}, "input is token ids: give \\[sequence length\\]"),
         ({"task": None}, "tiny_gpt is a language model's: add task"),
     ],
 )
@@ -107,10 +109,12 @@ def test_what_a_language_model_run_cannot_take_is_refused(change: dict, message:
 @pytest.mark.slow
 def test_a_language_model_run_is_judged_by_perplexity(tmp_path: Path, capsys) -> None:
     state = str(tmp_path / "state")
-    assert cli.main(["start", str(write(tmp_path / "lm.yaml", LM)), "--state-dir", state]) == 0
+    timed = {**LM, "benchmark": {"input_shape": [64], "batch_size": 2, "iterations": 2}}
+    assert cli.main(["start", str(write(tmp_path / "lm.yaml", timed)), "--state-dir", state]) == 0
     capsys.readouterr()
     assert cli.main(["history", "lm", "--state-dir", state, "--json"]) == 0
     history = json.loads(capsys.readouterr().out)
+    assert history["baseline_latency_ms_p50"] > 0  # token ids [2, 64]
     assert history["metric"] == {"name": "perplexity", "unit": "", "higher_is_better": False}
     assert history["budget"] == "5% of the dense model's perplexity"
     base = history["baseline_accuracy"]  # the dense model's validation perplexity
@@ -123,25 +127,38 @@ def test_a_language_model_run_is_judged_by_perplexity(tmp_path: Path, capsys) ->
     assert cli.main(["show", "lm", "--state-dir", state, "--json"]) == 0
     layers = {r["layer"] for r in json.loads(capsys.readouterr().out)["layers"]}
     assert "head" not in {name.removesuffix(".weight") for name in layers} and layers
-    assert (
-        cli.main(
-            [
-                "export",
-                "lm",
-                "--format",
-                "onnx",
-                "--out",
-                str(tmp_path / "m.onnx"),
-                "--state-dir",
-                state,
-            ]
-        )
-        == 2
-    )
-    assert "token ids" in capsys.readouterr().err
+    assert_exports_trace_token_ids(tmp_path, state)
+    capsys.readouterr()
+    args = ["analyze", "lm", "--sensitivity", "--levels", "0.5,0.9", "--state-dir", state]
+    assert cli.main([*args, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["metric"]["name"] == "perplexity"
+    assert found["baseline_accuracy"] == pytest.approx(base, rel=1e-6)  # the dense model's
+    assert "head" not in {r["layer"] for r in found["layers"]}
+    for r in found["layers"]:  # worse is a positive drop, and more pruning is worse
+        assert r["drop"] == pytest.approx([a - base for a in r["accuracy"]], rel=1e-6)
+        assert r["drop"][1] >= r["drop"][0] - 1e-6
     plot = tmp_path / "lm.png"
     assert cli.main(["plot", "lm", "--out", str(plot), "--state-dir", state]) == 0
     assert plot.stat().st_size > 10_000  # perplexity against sparsity, the budget above it
+
+
+def assert_exports_trace_token_ids(tmp_path: Path, state: str) -> None:
+    """pt2 and ONNX are traced with two validation sequences; both give the round's logits."""
+    import onnxruntime
+
+    ids = torch.randint(0, 256, (3, 64))  # another batch size than the example's
+    args = ["export", "lm", "--state-dir", state, "--out"]
+    assert cli.main([*args, str(tmp_path / "m.pt2"), "--format", "pt2"]) == 0
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    model = iterprune.Run("lm", state).model()
+    with torch.no_grad():
+        expected = model.eval()(ids)
+    assert torch.allclose(program(ids), expected, atol=1e-5)
+    assert cli.main([*args, str(tmp_path / "m.onnx"), "--format", "onnx"]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    (out,) = session.run(None, {"input": ids.numpy()})
+    assert torch.allclose(torch.from_numpy(out), expected, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -273,18 +273,20 @@ def _drop_style(drop: float, budget: float) -> str:
 
 
 def sensitivity_table(doc: dict[str, Any]) -> Group:
-    """Accuracy drop per layer (rows) and level (columns), coloured against the budget."""
+    """How much worse per layer (rows) and level (columns), coloured against the budget."""
     budget = doc["max_drop"]
+    name, suffix, _ = measure(doc)
+    units = "points" if name == "accuracy" else f"{name}, positive: worse"
     head = Text.assemble(
         ("model ", "dim"),
         str(doc["model"]),
         ("   from ", "dim"),
         str(doc["source"]),
         ("   baseline ", "dim"),
-        f"{doc['baseline_accuracy']:.2f}% on {doc['val_samples']:,} validation samples",
+        f"{name} {doc['baseline_accuracy']:.2f}{suffix} on {doc['val_samples']:,} validation samples",
         ("\neach layer pruned alone by ", "dim"),
         "its weakest output channels" if doc["method"] == "channel" else "magnitude",
-        ("; drop in points, budget ", "dim"),
+        (f"; drop in {units}, budget ", "dim"),
         f"{budget:g}",
     )
     table = plain_table()
