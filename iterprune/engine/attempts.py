@@ -306,6 +306,7 @@ class Attempts:
                         seed,
                         self.narrator.batch,
                         bench.group,
+                        bench.task,
                     )
                 )
         return {

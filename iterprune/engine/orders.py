@@ -246,6 +246,7 @@ class Follower:
                         seed,
                         None,
                         b.group,
+                        b.task,
                     )
                 case Verify():
                     self.group.gather(digest(self.bench.model.state_dict(), self.mask))

@@ -79,8 +79,10 @@ def control_accuracy(
     seed: int,
     progress: Callable[[int, int, int], None] | None = None,
     group: training.Collective | None = None,
+    task: Any = tasks.CLASSIFICATION,
 ) -> float:
-    """Train ``mask`` from a fresh random initialisation with the round's budget; its accuracy.
+    """Train ``mask`` from a fresh random initialisation with the round's budget; its metric
+    on validation, in the task's units (accuracy points, perplexity, a factory's score).
 
     Runs in forked random state and puts the loader's generator back, so the control never
     changes what the run itself draws.
@@ -89,7 +91,7 @@ def control_accuracy(
         rng.seed_everything(seed, (train_loader,), group.rank if group is not None else 0)
         model = sources.fresh_model(s.model, seed, s.base_dir)
         model = model.to(device)
-        params = pruning.prunable_parameters(model, s.prune.exclude)
+        params = pruning.prunable_parameters(model, (*s.prune.exclude, *task.exclude))
         pruning.apply(params, mask)
         f = s.finetune
         result = finetune(
@@ -102,8 +104,9 @@ def control_accuracy(
             device,
             group=group,
             progress=progress,
+            task=task,
         )
-        accuracy = result.best_accuracy
-        if accuracy is None:
-            accuracy = evaluation.accuracy(model, val_loader, device, group)
-    return accuracy
+        score = result.best_accuracy  # with early stopping: higher is better
+        if score is None:
+            score = evaluation.score(model, val_loader, device, group, task)
+    return score if task.higher_is_better else -score

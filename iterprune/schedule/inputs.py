@@ -235,19 +235,14 @@ def task_conflicts(c: Checker, s: Schedule) -> None:
         if d.text is not None:
             c.fail("data.text", "text is a language model's data: add task: {kind: language_model}")
         if s.task.kind == "factory":
-            for path, bad in (
-                ("prune.method", s.prune.method == "channel"),
-                ("lottery", s.lottery),
-            ):
-                if bad:
-                    c.fail(path, f"not available for a task factory ({_WHY[path]})")
+            if s.prune.method == "channel":
+                c.fail("prune.method", f"not available for a task factory ({_WHY['prune.method']})")
         return
     refused = {
         "model.num_classes": m.num_classes is not None,
         "model.torchvision": m.torchvision is not None,
         "data.imagefolder": d.imagefolder is not None,
         "prune.method": s.prune.method == "channel",
-        "lottery": s.lottery is not None,
     }
     for path in (p for p, bad in refused.items() if bad):
         c.fail(path, f"not available for task kind language_model ({_WHY[path]})")
@@ -266,5 +261,4 @@ _WHY = {
     "model.torchvision": "torchvision's models are image classifiers",
     "data.imagefolder": "images are a classifier's data",
     "prune.method": "channel mode is for classification and vision models",
-    "lottery": "not yet: its control is judged by accuracy",
 }

@@ -180,3 +180,19 @@ def test_a_language_model_run_killed_mid_round_resumes_to_the_same_end(tmp_path:
     ref, cut = (checkpoint_state(tmp_path / s, "lm", 2) for s in ("ref", "cut"))
     for part in ("model", "mask"):
         assert all(torch.equal(ref[part][k], cut[part][k]) for k in ref[part])
+
+
+def test_lottery_mode_rewinds_a_language_model_and_its_control_is_a_perplexity(
+    tmp_path: Path, capsys
+) -> None:
+    doc = {**LM, "lottery": {"rewind": {"epoch": 1}, "control": "random_reinit"}}
+    doc["prune"] = {"step": 0.5, "target_sparsity": 0.5}
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(write(tmp_path / "lm.yaml", doc)), "--state-dir", state]) == 0
+    assert ", control " in capsys.readouterr().out
+    assert cli.main(["history", "lm", "--state-dir", state]) == 0
+    assert "ctrl ppl" in capsys.readouterr().out
+    assert cli.main(["history", "lm", "--state-dir", state, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rounds"]
+    # a byte model trained one round from random weights: between the dense model and chance
+    assert row["val_accuracy"] < row["control_accuracy"] < 256

@@ -113,7 +113,7 @@ def test_a_control_over_several_seeds_records_mean_spread_and_count(
 ) -> None:
     trained: list[int] = []
 
-    def fake_control(schedule, mask, train, val, device, seed, batch, group) -> float:
+    def fake_control(schedule, mask, train, val, device, seed, batch, group, task) -> float:
         trained.append(seed)
         return float(seed % 97)
 

@@ -26,7 +26,7 @@ def compare_table(docs: list[dict[str, Any]]) -> Table:
         (f"final {name}", lambda d: pct(d["val_accuracy"])),
         (f"baseline test {name}", lambda d: pct(d.get("baseline_test_accuracy"))),
         (f"final test {name}", lambda d: pct(d.get("test_accuracy"))),
-        ("control accuracy", lambda d: pct(d["control_accuracy"])),
+        (f"control {name}", lambda d: pct(d["control_accuracy"])),
         ("non-zero weights", lambda d: f"{d['params'] or 0:,}"),
         ("latency p50 ms", lambda d: pct(d["latency_ms_p50"])),
         ("accepted rounds", lambda d: str(d["accepted_rounds"])),

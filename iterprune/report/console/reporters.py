@@ -192,7 +192,7 @@ class PlainReporter:
             )
             + ")"
             + _optional(row, "test_accuracy", lambda v: f", test {v:.2f}{suffix}")
-            + _optional(row, "control_accuracy", lambda v: f", control {v:.2f}%")
+            + _optional(row, "control_accuracy", lambda v: f", control {v:.2f}{suffix}")
             + _optional(row, "control_std", lambda v: f" ± {v:.2f} over {row['control_n']} seeds")
             + _optional(row, "latency_ms_p50", lambda v: f", {v:.2f} ms")
             + f", {row.get('duration_s') or 0:.1f}s"

@@ -38,7 +38,7 @@ def plain_table(title: str | None = None) -> Table:
 
 
 def control(row: dict[str, Any]) -> str:
-    """A lottery control's accuracy, with its spread when it trained from several seeds."""
+    """A lottery control's metric, with its spread when it trained from several seeds."""
     std = row.get("control_std")
     spread = f" ± {std:.2f}" if std is not None else ""
     return pct(row.get("control_accuracy")) + spread
@@ -68,7 +68,7 @@ def rounds_table(
     columns = ["round", "step", "sparsity"] + ([] if has["drop_low"] else ["nonzero"])
     columns += [label, "drop"] + (["interval"] if has["drop_low"] else [])
     columns += [f"test {label.removeprefix('acc ')}"] if has["test_accuracy"] else []
-    columns += ["ctrl %"] if has["control_accuracy"] else []
+    columns += [f"ctrl {label.removeprefix('acc ')}"] if has["control_accuracy"] else []
     columns += ["ms p50"] if has["latency_ms_p50"] else []
     for name in [*columns, "decision", "time"]:
         table.add_column(name, justify="left" if name == "decision" else "right", no_wrap=True)
