@@ -47,12 +47,13 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return {prefix: json.dumps(data) if isinstance(data, list) else str(data)}
 
 
-def attempt_metrics(row: dict[str, Any], when: int) -> list[Any]:
+def attempt_metrics(row: dict[str, Any], when: int, metric: str = "accuracy") -> list[Any]:
+    """An attempt's metrics; the task's carry its name (``val_perplexity`` for a language model)."""
     from mlflow.entities import Metric
 
     prefix = "" if row["status"] == "accepted" else "rolled_back/"
     return [
-        Metric(prefix + key, float(row[key]), when, row["round"])
+        Metric(prefix + views.metric_key(key, metric), float(row[key]), when, row["round"])
         for key in METRICS
         if row.get(key) is not None
     ]
@@ -117,14 +118,16 @@ class MlflowTracker(NullReporter):
         now = int(time.time() * 1000)
         params: list[Any] = []
         metrics: list[Any] = []
+        metric = views.metric_of_run(store, self.run_id)
         if done is None:  # a new MLflow run: the schedule and the dense baseline first
             flat = flatten(self.schedule.canonical())
             params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
-            metrics = _baseline(row, now)
+            metrics = _baseline(row, now, metric["name"])
         start = int(done or 0)
         for r in rows[start:]:
-            metrics += attempt_metrics(r, now)
-        tags = [RunTag(LOGGED, str(len(rows)))]
+            metrics += attempt_metrics(r, now, metric["name"])
+        tags = [RunTag(LOGGED, str(len(rows))), RunTag("iterprune.metric", metric["name"])]
+        tags += [RunTag("iterprune.higher_is_better", str(metric["higher_is_better"]).lower())]
         if ended is not None:
             tags += [RunTag("iterprune.status", ended[0]), RunTag("iterprune.reason", ended[1])]
         mid = mlflow_run.info.run_id
@@ -177,12 +180,12 @@ def _artifacts(uri: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
-def _baseline(row: dict[str, Any], when: int) -> list[Any]:
+def _baseline(row: dict[str, Any], when: int, metric: str = "accuracy") -> list[Any]:
     from mlflow.entities import Metric
 
     values = {
-        "val_accuracy": row.get("baseline_accuracy"),
-        "test_accuracy": row.get("baseline_test_accuracy"),
+        views.metric_key("val_accuracy", metric): row.get("baseline_accuracy"),
+        views.metric_key("test_accuracy", metric): row.get("baseline_test_accuracy"),
         "params": row.get("baseline_params"),
         "sparsity": 0.0,
         "latency_ms_p50": row.get("baseline_latency_ms_p50"),

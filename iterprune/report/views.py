@@ -77,6 +77,12 @@ def metric_of_run(store: Store, run: str) -> dict[str, Any]:
     return json.loads(row["metric"]) if row.get("metric") else load_schedule(store, run).task.metric
 
 
+def metric_key(key: str, name: str) -> str:
+    """A field's name where it leaves the database (TensorBoard, MLflow): ``val_accuracy`` of a
+    run judged by perplexity is ``val_perplexity``; a classification run's keep their names."""
+    return key.replace("accuracy", name) if key.endswith("accuracy") else key
+
+
 def history(store: Store, run: str) -> dict[str, Any]:
     row = _run(store, run)
     schedule = load_schedule(store, run)

@@ -196,3 +196,30 @@ def test_lottery_mode_rewinds_a_language_model_and_its_control_is_a_perplexity(
     (row,) = json.loads(capsys.readouterr().out)["rounds"]
     # a byte model trained one round from random weights: between the dense model and chance
     assert row["val_accuracy"] < row["control_accuracy"] < 256
+
+
+def test_tensorboard_and_mlflow_name_the_metric_perplexity(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    report = {"tensorboard": "tb", "mlflow": {"tracking_uri": uri, "experiment": "lm"}}
+    doc = {**LM, "report": report, "prune": {"step": 0.5, "target_sparsity": 0.5}}
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(write(tmp_path / "lm.yaml", doc)), "--state-dir", state]) == 0
+    history = iterprune.Run("lm", state).history()
+    (events,) = (tmp_path / "tb" / "lm").iterdir()
+    board = EventAccumulator(str(events))
+    board.Reload()
+    tags = set(board.Tags()["scalars"])
+    assert {"round/val_perplexity", "round/test_perplexity"} <= tags
+    assert not any("accuracy" in tag for tag in tags)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("lm").experiment_id])
+    assert run.data.tags["iterprune.metric"] == "perplexity"
+    assert run.data.tags["iterprune.higher_is_better"] == "false"
+    steps = [
+        (m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_perplexity")
+    ]
+    assert steps == [(0, history["baseline_accuracy"]), (1, history["rounds"][0]["val_accuracy"])]
+    assert not any("accuracy" in key for key in run.data.metrics)

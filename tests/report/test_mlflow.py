@@ -83,11 +83,11 @@ def test_a_resumed_run_continues_its_mlflow_run_without_duplicates(
     real = tracking.attempt_metrics
     calls = {"n": 0}
 
-    def flaky(row, when):  # the first two syncs after a round die: as if killed before logging
+    def flaky(row, when, metric):  # the first two syncs after a round die: as if killed
         calls["n"] += 1
         if calls["n"] <= 2:
             raise ConnectionError("tracking server went away")
-        return real(row, when)
+        return real(row, when, metric)
 
     monkeypatch.setattr(tracking, "attempt_metrics", flaky)
     store = Store(tmp_path / "s")
