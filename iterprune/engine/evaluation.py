@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -194,7 +194,7 @@ def answers(
     torchrun, the whole split on rank 0 (None on the other ranks, which only answer their
     shard)."""
     if not isinstance(task, tasks.Classification):
-        return _score(model, loader, device, task)
+        return _scores(model, loader, device, group, task)
     mine = _answer(model, loader, device, group)
     if group is None:
         return mine
@@ -214,7 +214,13 @@ def score(
     """The task's metric as a score where higher is better (early stopping): accuracy, or
     minus the perplexity."""
     if not isinstance(task, tasks.Classification):
+        if group is not None:
+            group.sync_buffers(model)
         found = _score(model, loader, device, task)
+        if group is not None:  # every rank: the metric of the whole split (sums over ranks)
+            total, weight = group.sum([float(found.values.sum()), float(found.weights.sum())])
+            one = torch.tensor([total], dtype=torch.float64)
+            found = replace(found, values=one, weights=torch.tensor([weight], dtype=torch.float64))
         return found.value if found.higher_is_better else -found.value
     return accuracy(model, loader, device, group)
 
@@ -251,9 +257,40 @@ def _answer(
     return Answers(_cat(correct, torch.bool), _cat(labels, torch.int64))
 
 
+def _scores(
+    model: nn.Module, loader: Iterable, device: torch.device | str, group: Any, task: Any
+) -> Scores | None:
+    """The split's per-sample scores; under torchrun each rank scores its strided shard and
+    rank 0 puts them back in the split's order, with the digest one process would compute (of
+    every sample's targets, in order); None on the other ranks."""
+    if group is None:
+        return _score(model, loader, device, task)
+    group.sync_buffers(model)
+    rows: list[bytes] = []
+    mine = _score(model, loader, device, task, rows)
+    values, weights = group.collect(mine.values), group.collect(mine.weights)
+    parts = group.gather(rows)
+    if values is None or weights is None or parts is None:
+        return None
+    digest = mine.digest  # a factory's targets that are not one row per sample: rank 0's
+    if sum(len(part) for part in parts) == len(values):
+        ordered: list[bytes] = [b""] * len(values)
+        for rank, part in enumerate(parts):
+            ordered[rank :: len(parts)] = part
+        digest = hashlib.sha256(b"".join(ordered)).hexdigest()[:16]
+    return replace(mine, values=values, weights=weights, digest=digest)
+
+
 @torch.no_grad()
-def _score(model: nn.Module, loader: Iterable, device: torch.device | str, task: Any) -> Scores:
-    """Per-sequence NLL sums and token counts, and a digest of the token ids seen."""
+def _score(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device | str,
+    task: Any,
+    rows: list[bytes] | None = None,
+) -> Scores:
+    """Per-sample scores and weights (an LM: NLL sums and token counts), and a digest of the
+    targets seen; ``rows``, when given, receives each sample's target bytes."""
     model.eval()
     nll, tokens, digest = [], [], hashlib.sha256()
     with torch.random.fork_rng(devices=[]):
@@ -262,7 +299,10 @@ def _score(model: nn.Module, loader: Iterable, device: torch.device | str, task:
             found, count = task.scores(model, moved)
             nll.append(found.double().cpu())
             tokens.append(count.double().cpu())
-            digest.update(task.targets(moved).to(torch.int64).cpu().numpy().tobytes())
+            targets = task.targets(moved).to(torch.int64).cpu()
+            digest.update(targets.numpy().tobytes())
+            if rows is not None:
+                rows.extend(row.numpy().tobytes() for row in targets)
     model.train()
     perplexity = isinstance(task, tasks.LanguageModel)
     scores, weights = _cat(nll, torch.float64), _cat(tokens, torch.float64)

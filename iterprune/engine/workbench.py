@@ -52,8 +52,6 @@ class Workbench:
         s = self.schedule = schedule
         self.task = tasks.task_for(s.task, s.base_dir)
         self.metric = tasks.metric_of(self.task, s.task)
-        if group is not None and s.task.kind != "classification":
-            raise UserError(f"task kind {s.task.kind} cannot run under torchrun yet; run it alone")
         self.group = group
         self.threads = threads
         self.pin_threads()

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from helpers import checkpoint_state, merged, write
 from torch import nn
 
-from iterprune.engine import distributed, evaluation, examples, orders, sources, training
+from iterprune.engine import distributed, evaluation, examples, orders, sources, tasks, training
 from iterprune.errors import RanksDisagree
 from iterprune.state.runs import load_schedule
 from iterprune.state.store import Store
@@ -454,3 +454,52 @@ def test_ctrl_c_mid_round_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> 
     resumed = torchrun(state, "resume", "ctrlc")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "continuing round 1.1" in resumed.stdout
+
+
+def test_a_language_model_under_torchrun_is_scored_as_one_process_would(tmp_path: Path) -> None:
+    """Rank 0 puts the ranks' per-sequence NLL sums back in the split's order: the dense model's
+    scores, their digest and every accepted round's perplexity equal one process's over the
+    whole validation split (93 sequences: uneven shards)."""
+    doc = {
+        "name": "ddp-lm",
+        "seed": 0,
+        "threads": 1,
+        "task": {"kind": "language_model"},
+        "model": {"builtin": "tiny_gpt", "kwargs": {"width": 32, "depth": 1, "heads": 2}},
+        "data": {
+            "builtin": "python_source",
+            "kwargs": {"seq_len": 64, "max_bytes": 60000},
+            "batch_size": 16,
+        },
+        "pretrain": {"epochs": 2, "lr": 3.0e-3},
+        "prune": {"step": 0.3, "target_sparsity": 0.5},
+        "finetune": {"epochs": 1, "lr": 1.0e-3, "patience": 1},
+        "validate": {"max_drop": "5%"},
+    }
+    done = torchrun(tmp_path / "state", "start", str(write(tmp_path / "lm.yaml", doc)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = Store(tmp_path / "state")
+    run = store.run("ddp-lm")
+    assert run["status"] == "finished"
+    agreed = [e["message"] for e in store.events("ddp-lm") if e["kind"] == "ranks"]
+    assert agreed and all("all 2 ranks hold identical weights" in m for m in agreed)
+    dense = evaluation.Reference.from_row(run)
+    s = load_schedule(store, "ddp-lm")
+    _, val, _ = sources.build_loaders(s.data, s.seed, s.base_dir)
+    assert len(val.dataset) == dense.n and dense.n % 2 == 1
+    rounds = {r["round"]: r for r in store.rounds("ddp-lm") if r["status"] == "accepted"}
+    assert rounds
+    for row in store.checkpoints("ddp-lm"):
+        if row["kind"] not in ("dense", "accepted"):
+            continue
+        model = sources.fresh_model(s.model, s.seed, s.base_dir)
+        model.load_state_dict(checkpoint_state(tmp_path / "state", "ddp-lm", row["round"])["model"])
+        alone = evaluation.answers(model, val, task=tasks.LANGUAGE_MODEL)
+        if row["round"] == 0:
+            assert torch.allclose(alone.values, dense.scores.values, rtol=1e-6)
+            assert torch.equal(alone.weights, dense.scores.weights)
+            assert alone.digest == dense.labels
+            assert alone.value == pytest.approx(run["baseline_accuracy"], rel=1e-6)
+        else:
+            assert alone.value == pytest.approx(rounds[row["round"]]["val_accuracy"], rel=1e-6)
+    store.close()
