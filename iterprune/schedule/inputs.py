@@ -224,6 +224,12 @@ def _check_task(c: Checker, factory: str, kwargs: dict, base_dir: Path) -> None:
 def task_conflicts(c: Checker, s: Schedule) -> None:
     """What a language model run cannot take, and built-ins of the other kind of task."""
     m, d = s.model, s.data
+    v = s.validate
+    if s.task.kind == "classification" and not v.relative and v.max_drop > 100:
+        c.fail(
+            "validate.max_drop",
+            f"must be in [0, 100] accuracy points, or a percentage like 2%, got {v.max_drop:g}",
+        )
     hf = m.huggingface.kind if m.huggingface else None
     if (hf == "causal_lm") != (s.task.kind == "language_model") and hf is not None:
         want = "language_model" if hf == "causal_lm" else "classification"

@@ -226,9 +226,9 @@ KEYS = (
     Key("validate", "a mapping", "When a round is accepted.", None),
     Key(
         "validate.max_drop",
-        "a number in [0, 100], or a percentage like `2%`",
-        "What a round may lose against the dense model, on the validation split: accuracy "
-        "points, or (`2%`) a share of the dense model's accuracy.",
+        "a number ≥ 0 (≤ 100 for accuracy), or a percentage like `2%`",
+        "How much worse a round may be than the dense model, on validation, in the metric's "
+        "units (accuracy points; perplexity) or (`2%`) as a share of the dense model's.",
     ),
     Key(
         "validate.rule",
