@@ -36,7 +36,11 @@ MALFORMED = {
     ),
     "max_drop_negative": (
         VALID + "validate: {max_drop: -1}\n",
-        "validate.max_drop (line 5): must be in [0, 100]",
+        "validate.max_drop (line 5): must be ≥ 0 in the metric's units",
+    ),
+    "max_drop_past_all_accuracy": (
+        VALID + "validate: {max_drop: 150}\n",
+        "validate.max_drop (line 5): must be in [0, 100] accuracy points",
     ),
     "unknown_method": (
         VALID + "prune: {method: global_magnitud}\n",
