@@ -5,19 +5,11 @@ lacks, or a spec field has no key that sets it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from iterprune.schedule.key import SPEC, Key
+from iterprune.schedule.operating_keys import OPERATING_KEYS
+from iterprune.schedule.specs import PruneSpec
 
-SPEC: Any = object()  # the default is the spec field's of the same path
-
-
-@dataclass(frozen=True)
-class Key:
-    path: str  # dotted, as in an error message: prune.step
-    accepts: str  # what the validator accepts
-    help: str
-    default: Any = SPEC
-
+__all__ = ["KEYS", "SET_BY", "SPEC", "Key"]
 
 # Spec fields that a key of another name (or shape) sets.
 SET_BY = {
@@ -28,6 +20,7 @@ SET_BY = {
     "lottery.control_seeds": "lottery.control.seeds",
     "validate.relative": "validate.max_drop",
     "model.huggingface.kind": "model.huggingface.class",
+    "prune.calibration_batches": "prune.calibration.batches",
 }
 
 _FRACTION = "a number in (0, 1)"
@@ -180,9 +173,24 @@ KEYS = (
     Key("prune", "a mapping", "How each round prunes.", None),
     Key(
         "prune.method",
-        "`global_magnitude`, `lamp`, `layer_magnitude`, `random`, `channel`",
+        "`global_magnitude`, `lamp`, `layer_magnitude`, `random`, `channel`, `wanda`",
         "What is removed: the smallest weights over all layers, LAMP scores, the same share of "
-        "each layer, random weights, or whole channels (the model gets smaller).",
+        "each layer, random weights, whole channels (the model gets smaller), or the lowest "
+        "|weight| × input-feature norm (Wanda, measured on calibration batches).",
+    ),
+    Key(
+        "prune.group",
+        "`row`, `layer` or `global`",
+        "wanda: what loses the same share of its weights — each output row (the paper), each "
+        "layer — or one ranking over all layers (capped by `max_layer_sparsity`).",
+    ),
+    Key("prune.calibration", "a mapping", "wanda: the data its input norms are measured on.", None),
+    Key(
+        "prune.calibration.batches",
+        "an integer ≥ 1",
+        "Training batches, in the attempt's seeded order, run through the current model at the "
+        "start of every attempt.",
+        PruneSpec.calibration_batches,
     ),
     Key("prune.step", _FRACTION, "The share of the *remaining* weights removed per round."),
     Key("prune.target_sparsity", _FRACTION, "The run ends when it is reached."),
@@ -267,46 +275,6 @@ KEYS = (
         "`last` or `all`",
         "last: the dense model and the newest accepted round; all: every accepted round.",
     ),
-    Key("when", "a mapping", "When rounds run (operating: not part of the run's identity).", None),
-    Key(
-        "when.window",
-        "a 5-field cron expression",
-        "Rounds run only in the minutes it matches (day of week: 0 or 7 is Sunday).",
-    ),
-    Key("when.timezone", "an IANA name, e.g. `Europe/Berlin`", "Of the window.", "UTC"),
-    Key(
-        "when.window_policy",
-        "`finish` or `pause`",
-        "A round running when the window closes: finish it, or pause it at once with a checkpoint.",
-    ),
-    Key(
-        "when.pause_between_rounds",
-        "a duration (`30s`, `10m`, `2h`)",
-        "A pause after each round.",
-        None,
-    ),
-    Key(
-        "when.checkpoint_every",
-        "a duration or a number of batches",
-        "Mid-round checkpoints inside fine-tuning; unset: only when stopped or paused.",
-        None,
-    ),
-    Key(
-        "benchmark",
-        "a mapping",
-        "Inference latency after the baseline and every accepted round (operating).",
-        None,
-    ),
-    Key("benchmark.batch_size", "an integer ≥ 1", "Batch of random input."),
-    Key(
-        "benchmark.input_shape",
-        "a list of integers",
-        "One example's shape, e.g. `[3, 224, 224]`; also the default of `export --input-shape`.",
-    ),
-    Key(
-        "benchmark.iterations", "an integer ≥ 1", "Timed batches; p50 and p99 in ms go to history."
-    ),
-    Key("benchmark.warmup", "an integer ≥ 0", "Untimed batches first."),
     Key(
         "lottery",
         "a mapping",
@@ -333,18 +301,5 @@ KEYS = (
         "Fresh initialisations per round; history keeps their mean and spread.",
         1,
     ),
-    Key("report", "a mapping", "Where else a run reports (operating).", None),
-    Key(
-        "report.tensorboard",
-        "a directory, relative to the schedule",
-        "Scalars per round and per-layer sparsity histograms in `DIR/<run>` (extra `tensorboard`).",
-    ),
-    Key(
-        "report.mlflow",
-        "a mapping",
-        "MLflow tracking: one MLflow run per run (extra `mlflow`).",
-        None,
-    ),
-    Key("report.mlflow.tracking_uri", "a tracking URI", "Unset: `$MLFLOW_TRACKING_URI`."),
-    Key("report.mlflow.experiment", "a name", "The MLflow experiment."),
+    *OPERATING_KEYS,
 )

@@ -8,7 +8,6 @@ benchmark, report) in ``operating.py``.
 from __future__ import annotations
 
 import math
-
 import re
 from pathlib import Path
 
@@ -35,7 +34,8 @@ from iterprune.schedule.specs import (
 )
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-METHODS = ("global_magnitude", "lamp", "layer_magnitude", "random", "channel")
+METHODS = ("global_magnitude", "lamp", "layer_magnitude", "random", "channel", "wanda")
+WANDA_GROUPS = ("row", "layer", "global")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -73,7 +73,10 @@ def _prune(c: Checker, raw: dict) -> PruneSpec:
     p = c.section(
         raw,
         "prune",
-        ("method", "step", "target_sparsity", "exclude", "scope", "max_layer_sparsity"),
+        (
+            *("method", "step", "target_sparsity", "exclude", "scope", "max_layer_sparsity"),
+            *("group", "calibration"),
+        ),
     )
     exclude = p.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
@@ -90,15 +93,27 @@ def _prune(c: Checker, raw: dict) -> PruneSpec:
                 p, "max_layer_sparsity", "prune", 0.99, check=lambda v: 0 < v <= 1, rule="in (0, 1]"
             )
         ),
+        group=c.text(p, "group", "prune", "row", WANDA_GROUPS) or "row",
+        calibration_batches=_calibration(c, p),
     )
     if "scope" in p and spec.method != "channel":
         c.fail("prune.scope", f"applies to method channel only, not {spec.method}")
-    if "max_layer_sparsity" in p and spec.method not in GLOBAL_METHODS:
+    if "max_layer_sparsity" in p and not spec.ranks_globally:
         c.fail(
             "prune.max_layer_sparsity",
-            f"caps the global methods ({', '.join(GLOBAL_METHODS)}), not {spec.method}",
+            f"caps the global methods ({', '.join(GLOBAL_METHODS)}, wanda with group global), "
+            f"not {spec.method}" + (f" with group {spec.group}" if spec.method == "wanda" else ""),
         )
+    for key in ("group", "calibration"):
+        if key in p and spec.method != "wanda":
+            c.fail(f"prune.{key}", f"applies to method wanda only, not {spec.method}")
     return spec
+
+
+def _calibration(c: Checker, p: dict) -> int:
+    """``prune.calibration: {batches: 8}``: the training batches Wanda measures inputs on."""
+    section = c.section(p, "calibration", ("batches",), "prune")
+    return c.count(section, "batches", "prune.calibration", 8)
 
 
 def _amp(c: Checker, f: dict) -> str:
@@ -149,7 +164,9 @@ def _max_drop(c: Checker, v: dict) -> tuple[float, bool]:
     # in the metric's units: at most 100 for accuracy, which task_conflicts checks once the
     # task is known
     in_range = lambda x: 0 <= x < math.inf  # noqa: E731
-    rule = "≥ 0 in the metric's units (accuracy points), or a percentage of the dense model's like 2%"
+    rule = (
+        "≥ 0 in the metric's units (accuracy points), or a percentage of the dense model's like 2%"
+    )
     return c.number(v, "max_drop", "validate", 1.0, check=in_range, rule=rule), False
 
 

@@ -110,11 +110,18 @@ class PruneSpec:
     exclude: tuple[str, ...] = ()
     scope: str = "global"  # channel: rank channels over the whole model, or per layer
     max_layer_sparsity: float = 0.99  # global methods: no layer pruned past this (1: no cap)
+    group: str = "row"  # wanda: what loses the same share: each output row, layer, or global
+    calibration_batches: int = 8  # wanda: training batches whose inputs are measured
+
+    @property
+    def ranks_globally(self) -> bool:
+        """One ranking over all layers (capped by max_layer_sparsity)."""
+        return self.method in GLOBAL_METHODS or (self.method == "wanda" and self.group == "global")
 
     @property
     def layer_cap(self) -> float:
         """The sparsity no layer goes past under this method (1: none)."""
-        return self.max_layer_sparsity if self.method in GLOBAL_METHODS else 1.0
+        return self.max_layer_sparsity if self.ranks_globally else 1.0
 
 
 @dataclass(frozen=True)
