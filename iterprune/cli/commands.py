@@ -23,10 +23,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     s = schedule.load(args.schedule)
     p = s.prune
-    source = s.model.builtin or s.model.torchvision or s.model.factory
+    m = s.model
+    source = m.builtin or m.torchvision or m.factory or getattr(m.huggingface, "path", None)
+    rounds = f"{p.step:.0%} per round to {p.target_sparsity:.0%}"
+    if p.n_m is not None:
+        n, m = p.n_m
+        steps = " → ".join(f"{k}:{m}" for k in range(m - 1, n - 1, -1))
+        rounds = (
+            f"to the {p.pattern} pattern ({steps}: one weight per group of {m} a round; "
+            "prune.step and the step controller are not used, a rolled-back round is retried as "
+            "it was)"
+        )
+    budget = s.validate.describe(s.task.metric["name"])
     print(
-        f"{args.schedule}: OK — run '{s.name}', model {source}, {p.method} pruning "
-        f"{p.step:.0%} per round to {p.target_sparsity:.0%}, budget {s.validate.describe(s.task.metric['name'])}"
+        f"{args.schedule}: OK — run '{s.name}', model {source}, {p.method} pruning {rounds}, "
+        f"budget {budget}"
     )
     warning = _resolution_warning(s)
     if warning:

@@ -43,6 +43,7 @@ class Rules:
     recover_epochs: int = 0
     grow_after: int = 0  # 0: the step never grows back
     grow: float = 1.0
+    pattern: str | None = None  # "N:M": rounds follow the pattern, not the step
 
     @classmethod
     def of(cls, schedule: Schedule, baseline: float | None = None) -> Rules:
@@ -62,6 +63,7 @@ class Rules:
             recover_epochs=r.recover_epochs,
             grow_after=r.grow_after,
             grow=r.grow,
+            pattern=schedule.prune.pattern,
         )
 
 
@@ -76,6 +78,7 @@ class Position:
     rolled_back: int = 0  # attempts of the next round that were rolled back already
     streak: int = 0  # rounds accepted in a row since the step last changed
     room: int | None = None  # weights the layer caps still let the method remove (None: no caps)
+    pattern_room: int | None = None  # N:M: weights the next round removes (one per full group)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,16 @@ def amount_to_prune(alive: int, total: int, step: float, target_sparsity: float)
 
 def next_attempt(rules: Rules, pos: Position) -> Attempt | Finish:
     """The next attempt, or why the run is finished."""
+    if rules.pattern is not None and pos.pattern_room is not None:
+        if pos.pattern_room == 0:
+            return Finish(f"the {rules.pattern} pattern holds in every layer it applies to")
+        return Attempt(
+            round=pos.accepted_round + 1,
+            attempt=pos.rolled_back + 1,
+            step=pos.pattern_room / pos.alive,
+            n_prune=pos.pattern_room,
+            target_sparsity=1 - (pos.alive - pos.pattern_room) / pos.total,
+        )
     if pos.alive <= target_alive(pos.total, rules.target_sparsity):
         return Finish(f"target sparsity {100 * rules.target_sparsity:g}% reached")
     if pos.step < rules.min_step - EPS:
@@ -196,6 +209,8 @@ def judge(
     finish = None
     if attempt.attempt > rules.retries:
         finish = f"frontier reached: round {attempt.round} failed {attempt.attempt} attempts"
+    elif rules.pattern is not None:  # the same round again: a pattern has no smaller step
+        next_step = attempt.step
     elif next_step < rules.min_step - EPS:
         finish = (
             f"frontier reached: the next step ({next_step:.4f}) would be under "

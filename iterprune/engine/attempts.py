@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from iterprune.core import channels, decisions, pruning, rng, wanda
-from iterprune.engine import calibration, evaluation, orders, recipe, training
+from iterprune.core import channels, decisions, pruning, rng
+from iterprune.engine import evaluation, masks, orders, recipe, training
 from iterprune.engine.reporter import Narrator
 from iterprune.engine.workbench import Workbench
 from iterprune.errors import IterpruneError
@@ -152,19 +152,8 @@ class Attempts:
         if bench.channel:
             fraction = channels.round_fraction(plan.step, bench.alive(accepted), target_alive)
             mask = bench.remove_channels(fraction)
-        elif s.prune.method == "wanda":
-            mask = self._wanda(plan, accepted)
         else:
-            seed = rng.derive_seed(s.seed, plan.round, plan.attempt)
-            generator = torch.Generator().manual_seed(seed)
-            mask = pruning.prune(
-                bench.params,
-                accepted,
-                plan.n_prune,
-                s.prune.method,
-                generator,
-                s.prune.max_layer_sparsity,
-            )
+            mask = masks.next_mask(bench, plan, accepted)
         if not bench.channel:
             expected = pruning.count_alive(accepted) - plan.n_prune
             pruning.check_sparsity(mask, expected, s.prune.method)
@@ -173,15 +162,6 @@ class Attempts:
             bench.new_optimizer()  # the method resets the optimizer too
         pruning.apply(bench.params, mask)
         return mask
-
-    def _wanda(self, plan: decisions.Attempt, accepted: pruning.Mask) -> pruning.Mask:
-        """Wanda's mask: input norms measured on the current model, then scores by group."""
-        b, p = self.bench, self.schedule.prune
-        seed = rng.derive_seed(self.schedule.seed, plan.round, plan.attempt, "calibration")
-        data = (b.train_loader, p.calibration_batches, seed, b.device, b.task)
-        scales, flipped = calibration.input_scales(b.model, b.params, *data)
-        cap = p.max_layer_sparsity
-        return wanda.prune(b.params, accepted, plan.n_prune, scales, p.group, flipped, cap)
 
     def _continue(
         self, plan: decisions.Attempt, seed: int, row: dict[str, Any], state: dict[str, Any]

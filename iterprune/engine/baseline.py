@@ -139,7 +139,7 @@ def record(snapshots: Snapshots, bench: Workbench, found: Baseline, total: int) 
         "phase": "prune",
         **{f"baseline_{k}": v for k, v in found.latency.items()},
     }
-    layers = pruning.layer_stats(bench.model, bench.exclude)
+    layers = bench.layer_stats()
     store.record_baseline(run_id, run_fields, layers, written)
     return mask
 

@@ -100,6 +100,8 @@ class Runner:
             self.bench, self.ranks, self.narrator, self.snapshots, flags, self._set_phase
         )
         self.store.update_run(self.run_id, status="running", error=None)
+        for warning in self.bench.warnings:
+            self._warn("pattern", warning)
         if not self.bench.params:
             raise UserError(
                 "the model has no prunable Conv or Linear weights (check prune.exclude)"
@@ -183,7 +185,7 @@ class Runner:
             return self._interrupted(plan)
         fields.update(self.attempts.control(plan, done.mask), finished_at=now())
         self.attempts.verify(plan, done.mask)
-        layers = pruning.layer_stats(self.bench.model, self.bench.exclude)
+        layers = self.bench.layer_stats()
         fields["duration_s"] = time.perf_counter() - started
         if isinstance(verdict, decisions.Accept):
             return self._accept(plan, verdict, done, fields, layers)
@@ -221,6 +223,7 @@ class Runner:
             rolled_back=rolled_back,
             streak=row["streak"] or 0,
             room=self.bench.room(self.accepted.mask),
+            pattern_room=self.bench.pattern_room(self.accepted.mask),
         )
 
     def _accept(

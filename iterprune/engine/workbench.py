@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from iterprune.core import channels, decisions, latency, pruning, rng, selection
+from iterprune.core import channels, decisions, latency, patterns, pruning, rng, selection, wanda
 from iterprune.engine import evaluation, recipe, sources, tasks, training
 from iterprune.engine.distributed import Group, shard
 from iterprune.errors import UserError
@@ -70,6 +70,8 @@ class Workbench:
         self.channel = s.prune.method == "channel"
         self.params = pruning.prunable_parameters(self.model, self.exclude)
         self.optimizer = self.new_optimizer()
+        self.warnings: list[str] = []  # for the run's log, once it has one
+        self.pattern_layers = self._pattern_layers()
 
     @property
     def exclude(self) -> tuple[str, ...]:
@@ -135,6 +137,56 @@ class Workbench:
         """The fewest weights each layer keeps (prune.max_layer_sparsity, global methods)."""
         sizes = {n: p.numel() for n, p in self.params.items()}
         return decisions.floors(sizes, self.schedule.prune.layer_cap)
+
+    @cached_property
+    def flipped(self) -> frozenset[str]:
+        """Weights stored ``[in, out]`` (GPT-2's Conv1D)."""
+        named = {f"{n}.weight": m for n, m in self.model.named_modules()}
+        return frozenset(n for n in self.params if wanda.transposed(named[n]))
+
+    def _pattern_layers(self) -> set[str]:
+        """The layers that can hold ``prune.pattern`` (fan-in a multiple of M); the others are
+        skipped with a warning, or refused under ``prune.strict``."""
+        found = self.schedule.prune.n_m
+        if found is None:
+            return set()
+        m, p = found[1], self.schedule.prune
+        fit = {n for n, w in self.params.items() if patterns.fits(w.shape, m, n in self.flipped)}
+        skipped = [n.removesuffix(".weight") for n in self.params if n not in fit]
+        if skipped and p.strict:
+            raise UserError(
+                f"prune.pattern {p.pattern}: the fan-in of {', '.join(skipped[:8])} is not a "
+                f"multiple of {m} (prune.strict: true); exclude them or drop strict"
+            )
+        if skipped:
+            self.warnings.append(
+                f"prune.pattern {p.pattern} skips {', '.join(skipped[:8])}"
+                + (f" and {len(skipped) - 8} more" if len(skipped) > 8 else "")
+                + f": their fan-in is not a multiple of {m}; they stay dense"
+            )
+        return fit
+
+    def pattern_room(self, mask: pruning.Mask) -> int | None:
+        """N:M: the weights the next round removes; None without a pattern."""
+        found = self.schedule.prune.n_m
+        if found is None:
+            return None
+        return patterns.room(mask, found[0], found[1], self.pattern_layers, self.flipped)
+
+    def layer_stats(self) -> list[dict[str, Any]]:
+        """Per prunable layer: parameters, non-zeros and sparsity, measured on the weights; with
+        ``prune.pattern``, whether it holds there (``holds``, ``no``, or ``skipped``)."""
+        rows = pruning.layer_stats(self.model, self.exclude)
+        found = self.schedule.prune.n_m
+        for row in rows if found is not None else []:
+            name = f"{row['layer']}.weight"
+            held = name in self.pattern_layers and patterns.holds(
+                self.params[name].detach() != 0, *found, name in self.flipped
+            )
+            row["pattern"] = (
+                "skipped" if name not in self.pattern_layers else "holds" if held else "no"
+            )
+        return rows
 
     def room(self, mask: pruning.Mask) -> int | None:
         """Weights the layer caps still let a global method remove; None without caps."""

@@ -128,17 +128,20 @@ def show(store: Store, run: str, round_: int | None = None) -> dict[str, Any]:
         chosen = next((r for r in attempts if r["status"] == "accepted"), attempts[-1])
         attempt = chosen["attempt"]
     layers = store.layers(run, round_, attempt)
-    cap = load_schedule(store, run).prune.layer_cap
+    prune = load_schedule(store, run).prune
+    cap, pattern = prune.layer_cap, prune.pattern
     floor = decisions.floors({r["layer"]: r["params"] for r in layers}, cap)
     return {
         "run": run,
         "round": round_,
         "attempt": attempt,
         "max_layer_sparsity": cap,
+        **({"pattern": pattern} if pattern else {}),
         "layers": [
             {
                 **{k: r[k] for k in ("layer", "params", "nonzero", "sparsity")},
                 "capped": decisions.capped(r["nonzero"], floor[r["layer"]]),
+                **({"pattern": r.get("pattern")} if pattern else {}),
             }
             for r in layers
         ],

@@ -184,6 +184,15 @@ KEYS = (
         "wanda: what loses the same share of its weights — each output row (the paper), each "
         "layer — or one ranking over all layers (capped by `max_layer_sparsity`).",
     ),
+    Key(
+        "prune.pattern",
+        '`"N:M"`, e.g. `"2:4"`',
+        "At most N of every M consecutive weights of a row survive (2:4 runs faster on NVIDIA "
+        "GPUs). Rounds remove one weight per group (4:4 → 3:4 → 2:4) by magnitude or wanda "
+        "scores; the target is 1 − N/M and `step` is not used. Layers whose fan-in is not a "
+        "multiple of M stay dense, with a warning.",
+    ),
+    Key("prune.strict", "`true` or `false`", "pattern: a layer that cannot hold it is an error."),
     Key("prune.calibration", "a mapping", "wanda: the data its input norms are measured on.", None),
     Key(
         "prune.calibration.batches",

@@ -112,6 +112,15 @@ class PruneSpec:
     max_layer_sparsity: float = 0.99  # global methods: no layer pruned past this (1: no cap)
     group: str = "row"  # wanda: what loses the same share: each output row, layer, or global
     calibration_batches: int = 8  # wanda: training batches whose inputs are measured
+    pattern: str | None = None  # "N:M": at most N of every M consecutive weights of a row
+    strict: bool = False  # pattern: a layer that cannot hold it is an error, not skipped
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        if self.pattern is None:
+            return None
+        n, m = (int(x) for x in self.pattern.split(":"))
+        return n, m
 
     @property
     def ranks_globally(self) -> bool:

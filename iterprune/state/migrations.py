@@ -157,3 +157,10 @@ def _run_metric(db: Database) -> None:
     """The metric a run is judged by (name, unit, direction), as its task said at the baseline:
     a task factory names its own."""
     db["runs"].add_column("metric", str)
+
+
+@migrations(name="0014_layer_pattern")
+def _layer_pattern(db: Database) -> None:
+    """Whether an N:M pattern (``prune.pattern``) holds in each layer: holds, no, or skipped (its
+    fan-in is not a multiple of M); NULL for a run without a pattern."""
+    db["layers"].add_column("pattern", str)

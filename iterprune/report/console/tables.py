@@ -187,6 +187,10 @@ def layers_table(doc: dict[str, Any]) -> Table:
         bar = "█" * round(r["sparsity"] * 20)
         if r.get("capped"):
             bar += f"  [yellow]capped at {doc['max_layer_sparsity']:.0%}[/]"
+        if r.get("pattern"):  # prune.pattern: whether each layer holds it
+            style = {"holds": "green", "no": "yellow"}.get(r["pattern"], "dim")
+            word = {"holds": "holds", "no": "not yet", "skipped": "skipped (fan-in)"}[r["pattern"]]
+            bar += f"  [{style}]{doc['pattern']} {word}[/]"
         table.add_row(r["layer"], f"{r['params']:,}", f"{r['nonzero']:,}", frac(r["sparsity"]), bar)
     return table
 
