@@ -217,7 +217,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--input-shape must look like 3,224,224, got {args.input_shape!r}"
             ) from None
-    doc = export.export(store, args.run, args.round, Path(args.out), args.format, shape)
+    doc = export.export(store, args.run, args.round, Path(args.out), args.format, shape, args.dtype)
     ratio = doc["bytes"] / doc["dense_state_dict_bytes"]
     percent = "%" if doc["metric"]["name"] == "accuracy" else ""
     print(
@@ -229,6 +229,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"size {doc['bytes'] / 2**20:.2f} MiB; the dense state_dict is "
         f"{doc['dense_state_dict_bytes'] / 2**20:.2f} MiB ({ratio:.0%})"
     )
+    if "converted" in doc:
+        print(
+            f"2:4 sparse Linear layers: {', '.join(doc['converted'])}; kept dense: "
+            f"{', '.join(doc['dense']) or 'none'}; max output error {doc['max_abs_error']:.3g}"
+        )
     return EXIT_OK
 
 

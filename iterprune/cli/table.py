@@ -39,7 +39,8 @@ LEASE = (
     },
 )
 FORMATS = "pt/safetensors: a plain state_dict; sparse: bit-packed mask + values; "
-FORMATS += "onnx: a graph for Netron / ONNX Runtime; pt2: a torch.export program"
+FORMATS += "onnx: a graph for Netron / ONNX Runtime; pt2: a torch.export program; "
+FORMATS += "semi_structured: 2:4 Linear weights as sparse tensors for NVIDIA GPUs (needs CUDA)"
 
 
 def _flag(name: str, help_text: str) -> Arg:
@@ -118,7 +119,8 @@ COMMANDS = [
              _flag("--serve", "stop iterprune serve (its current run checkpoints first)"))),
     Command(
         "export",
-        "write a round's weights for use without iterprune (pt, pt2, safetensors, sparse, onnx)",
+        "write a round's weights for use without iterprune (pt, pt2, safetensors, sparse, onnx, "
+        "semi_structured)",
         ("iterprune export digits-cnn --round best --format sparse --out digits.sparse.pt",),
         "commands:cmd_export",
         (RUN, STATE,
@@ -126,9 +128,11 @@ COMMANDS = [
                  "sparsest)", default="last"),
          _option("--out", "PATH", "the file to write", required=True),
          _option("--format", "FORMAT", FORMATS, default="pt",
-                 choices=["pt", "pt2", "safetensors", "sparse", "onnx"]),
+                 choices=["pt", "pt2", "safetensors", "sparse", "onnx", "semi_structured"]),
          _option("--input-shape", "C,H,W", "onnx/pt2: the shape of one example (default: the "
-                 "schedule's benchmark)")),
+                 "schedule's benchmark)"),
+         _option("--dtype", "DTYPE", "semi_structured: float16 or bfloat16", default="float16",
+                 choices=["float16", "bfloat16"])),
     ),
     Command("plot", "accuracy vs sparsity of every attempt, and per-layer sparsity, as a PNG",
             ("iterprune plot digits-cnn --out digits.png",), "commands:cmd_plot",

@@ -11,12 +11,12 @@ import torch
 
 from iterprune.core import pruning
 from iterprune.errors import UserError
-from iterprune.report import views
+from iterprune.report import semi_structured, views
 from iterprune.state import checkpoints
 from iterprune.state.store import Store
 
 SPARSE_FORMAT = "iterprune-sparse/1"
-FORMATS = ("pt", "pt2", "safetensors", "sparse", "onnx")
+FORMATS = ("pt", "pt2", "safetensors", "sparse", "onnx", "semi_structured")
 
 
 def choose_round(store: Store, run: str, which: str) -> dict[str, Any]:
@@ -212,15 +212,25 @@ def export(
     out: Path,
     fmt: str,
     input_shape: tuple[int, ...] | None = None,
+    dtype: str = "float16",
 ) -> dict[str, Any]:
     """Export one round of a run; a summary of what was written."""
+    if fmt == "semi_structured":
+        semi_structured.require_cuda()  # before anything is read
     chosen = choose_round(store, run, which)
     ckpt = chosen["checkpoint"]
     state = checkpoints.load(store.state_dir / ckpt["path"], ckpt["sha256"])
     model = example = None
-    if fmt in ("onnx", "pt2") or state.get("architecture"):
-        model, example = _architecture(store, run, input_shape, fmt in ("onnx", "pt2"))
-    size = write(state, out, fmt, model, example)
+    traced = fmt in ("onnx", "pt2", "semi_structured")
+    if traced or state.get("architecture"):
+        model, example = _architecture(store, run, input_shape, traced)
+    extra: dict[str, Any] = {}
+    if fmt == "semi_structured":
+        _fill(model, state, baked_state(state))
+        extra = semi_structured.write(model, example, out, dtype)
+        size = out.stat().st_size
+    else:
+        size = write(state, out, fmt, model, example)
     dense_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
     row = chosen["row"] or {}
     return {
@@ -233,6 +243,7 @@ def export(
         "sparsity": row.get("sparsity", 0.0),
         "val_accuracy": row.get("val_accuracy", (store.run(run) or {}).get("baseline_accuracy")),
         "metric": views.metric_of_run(store, run),
+        **extra,
     }
 
 
