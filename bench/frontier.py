@@ -11,7 +11,8 @@ first; its dense model is every method's starting point, and the fine-tuning epo
 - fixed step: 10% of the remaining weights per round, no validation, the budget spread evenly
   over the rounds it takes to reach the target;
 - iterprune: the schedule below (20% steps, rule estimate); iterprune confident: rule confident;
-  iterprune lamp: rule estimate with ``prune.method: lamp``. iterprune's runs keep the default
+  iterprune lamp: rule estimate with ``prune.method: lamp``; iterprune wanda: rule estimate with
+  ``prune.method: wanda`` (group row, 8 calibration batches). iterprune's runs keep the default
   ``prune.max_layer_sparsity`` (0.99); the baselines prune with one uncapped threshold.
 
 Every method picks its final model on validation only — the sparsest model within the budget on
@@ -51,11 +52,15 @@ SCHEDULE: dict[str, Any] = {
     "finetune": {"epochs": 2, "optimizer": "adam", "lr": 1.0e-3},
     "validate": {"max_drop": BUDGET},
 }
-METHODS = ("by hand", "fixed step", "iterprune", "iterprune confident", "iterprune lamp")
+METHODS = (
+    *("by hand", "fixed step", "iterprune", "iterprune confident", "iterprune lamp"),
+    "iterprune wanda",
+)
 RUNS = {  # iterprune's rows: (validate.rule, prune.method)
     "iterprune": ("estimate", "global_magnitude"),
     "iterprune confident": ("confident", "global_magnitude"),
     "iterprune lamp": ("estimate", "lamp"),
+    "iterprune wanda": ("estimate", "wanda"),  # the default group: each output row
 }
 
 
