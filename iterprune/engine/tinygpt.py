@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from iterprune.errors import UserError
+
 
 class Block(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
@@ -63,7 +65,7 @@ class TinyGPT(nn.Module):
     ) -> torch.Tensor:
         t = input_ids.shape[1]
         if t > self.context:
-            raise ValueError(f"a sequence of {t} tokens is longer than the context, {self.context}")
+            raise UserError(f"a sequence of {t} tokens is longer than the context, {self.context}")
         x = self.tokens(input_ids) + self.positions(torch.arange(t, device=input_ids.device))
         for block in self.blocks:
             x = block(x, attention_mask)

@@ -65,6 +65,7 @@ def runs(store: Store) -> list[dict[str, Any]]:
             "baseline_test_accuracy": r["baseline_test_accuracy"],
             "updated_at": r["updated_at"],
             "disk_bytes": r["disk_bytes"],
+            "metric": json.loads(r["metric"])["name"] if r.get("metric") else "accuracy",
         }
         for r in store.runs()
     ]

@@ -252,6 +252,7 @@ def task_conflicts(c: Checker, s: Schedule) -> None:
     }
     for path in (p for p, bad in refused.items() if bad):
         c.fail(path, f"not available for task kind language_model ({_WHY[path]})")
+    _context(c, s)
     if s.benchmark is not None and len(s.benchmark.input_shape) != 1:
         c.fail(
             "benchmark.input_shape",
@@ -260,6 +261,27 @@ def task_conflicts(c: Checker, s: Schedule) -> None:
     for path, name in (("model.builtin", m.builtin), ("data.builtin", d.builtin)):
         if name is not None and name not in LANGUAGE_ONLY:
             c.fail(path, f"{name} is a classification built-in, not a language model's")
+
+
+def _context(c: Checker, s: Schedule) -> None:
+    """A sequence no longer than the model's context, where both are known from the schedule:
+    tiny_gpt's ``context`` (default 128) or a Hugging Face config's positions."""
+    d, m = s.data, s.model
+    seq_len = d.text.seq_len if d.text else d.kwargs.get("seq_len", 128) if d.builtin else None
+    context, where = None, "model.kwargs.context"
+    if m.builtin == "tiny_gpt":
+        context = m.kwargs.get("context", 128)
+    elif m.huggingface is not None:
+        config = (Path(s.base_dir) / m.huggingface.path).expanduser() / "config.json"
+        try:
+            found = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found = {}
+        context = found.get("n_positions") or found.get("max_position_embeddings")
+        where = "model.huggingface.path"
+    if isinstance(seq_len, int) and isinstance(context, int) and seq_len > context:
+        path = "data.text.seq_len" if d.text else "data.kwargs.seq_len"
+        c.fail(path, f"{seq_len} tokens is longer than the model's context, {context} ({where})")
 
 
 _WHY = {

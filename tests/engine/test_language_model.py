@@ -74,7 +74,7 @@ def test_padding_and_ignored_labels_are_not_predicted() -> None:
 
 
 def test_a_sequence_longer_than_the_context_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="longer than the context, 16"):
+    with pytest.raises(UserError, match="longer than the context, 16"):
         model()(torch.zeros(1, 17, dtype=torch.long))
 
 
@@ -96,6 +96,10 @@ def test_the_standard_library_splits_by_file_name_stably() -> None:
         ({"prune": {"method": "channel"}}, "channel mode is for classification"),
         ({"data": {"builtin": "digits"}}, "digits is a classification built-in"),
         ({"task": {"kind": "regression"}}, "task.kind"),
+        (
+            {"model": {"builtin": "tiny_gpt", "kwargs": {"context": 32}}},
+            "data.kwargs.seq_len.*64 tokens is longer than the model's context, 32",
+        ),
         ({"benchmark": {"batch_size": 2}}, "input is token ids: give \\[sequence length\\]"),
         ({"task": None}, "tiny_gpt is a language model's: add task"),
     ],

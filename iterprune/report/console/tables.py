@@ -96,22 +96,30 @@ def interval(low: float | None, high: float | None) -> str:
     return "—" if low is None or high is None else f"[{low:+.1f}, {high:+.1f}]"
 
 
+def _in_units(row: dict[str, Any]) -> Any:
+    """A field of a runs row in its run's metric: ``98.33%``, ``4.21 ppl``."""
+    name = row.get("metric", "accuracy")
+    unit = "%" if name == "accuracy" else " ppl" if name == "perplexity" else f" {name}"
+    return lambda key: "—" if row.get(key) is None else pct(row[key]) + unit
+
+
 def runs_table(runs: list[dict[str, Any]]) -> Table:
     table = plain_table("runs")
     test = any(r.get("test_accuracy") is not None for r in runs)
-    names = ["run", "status", "rounds", "sparsity", "val %", "baseline"]
-    names += ["test %", "baseline test"] if test else []
+    names = ["run", "status", "rounds", "sparsity", "val", "baseline"]
+    names += ["test", "baseline test"] if test else []
     for name in [*names, "disk", "updated"]:
         table.add_column(name, justify="left" if name in ("run", "status", "updated") else "right")
     for r in runs:
-        cells = [pct(r.get("test_accuracy")), pct(r.get("baseline_test_accuracy"))] if test else []
+        value = _in_units(r)
+        cells = [value("test_accuracy"), value("baseline_test_accuracy")] if test else []
         table.add_row(
             r["run"],
             Text(r["status"], style={"finished": "green", "failed": "red"}.get(r["status"], "")),
             str(r["rounds"]),
             frac(r["sparsity"]),
-            pct(r["val_accuracy"]),
-            pct(r["baseline_accuracy"]),
+            value("val_accuracy"),
+            value("baseline_accuracy"),
             *cells,
             _size(r.get("disk_bytes") or 0),
             (r["updated_at"] or "")[5:16].replace("T", " "),
