@@ -30,7 +30,7 @@ from iterprune.engine import evaluation, recipe, training
 from iterprune.engine.distributed import Group, digest
 from iterprune.engine.workbench import Workbench
 from iterprune.errors import IterpruneError, PeerLost, RanksDisagree
-from iterprune.schedule.specs import from_canonical
+from iterprune.schedule.stored import from_canonical
 from iterprune.state import faults
 
 

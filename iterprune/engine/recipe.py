@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from iterprune.core import pruning, rng
-from iterprune.engine import evaluation, sources, tasks, training
+from iterprune.engine import distillation, evaluation, sources, tasks, training
 from iterprune.schedule.specs import FinetuneSpec, Schedule
 
 
@@ -34,8 +34,9 @@ def options(
 ) -> training.Options:
     """Training options for one round under ``mask``: schedule, early stopping, batch cap."""
     validate = None
+    judged = task.task if isinstance(task, distillation.Distilled) else task  # by its metric
     if f.patience:
-        validate = lambda: evaluation.score(model, val_loader, device, group, task)  # noqa: E731
+        validate = lambda: evaluation.score(model, val_loader, device, group, judged)  # noqa: E731
     return training.Options(
         task=task,
         enforcer=training.MaskEnforcer(params, mask),

@@ -23,7 +23,7 @@ from iterprune.core import decisions, pruning
 from iterprune.engine import attempts, baseline, evaluation, orders, resumption
 from iterprune.engine.reporter import Narrator, NullReporter, Reporter, outcome_text, recovery_note
 from iterprune.engine.workbench import Workbench
-from iterprune.errors import UnknownRun, UserError
+from iterprune.errors import UnknownRun
 from iterprune.schedule.specs import WhenSpec
 from iterprune.state.runs import load_schedule
 from iterprune.state.snapshots import Snapshots
@@ -102,10 +102,6 @@ class Runner:
         self.store.update_run(self.run_id, status="running", error=None)
         for warning in self.bench.warnings:
             self._warn("pattern", warning)
-        if not self.bench.params:
-            raise UserError(
-                "the model has no prunable Conv or Linear weights (check prune.exclude)"
-            )
         self.total = row["baseline_params"] or sum(p.numel() for p in self.bench.params.values())
         self.reporter.run_started(self._info())
         fresh = row["baseline_accuracy"] is None
@@ -115,6 +111,7 @@ class Runner:
             begun = resumption.resume(self.bench, self.snapshots, self.narrator, self.ranks)
         if begun is not None:  # None: stopped during pretraining, nothing to keep
             self.accepted, self.rewind = begun
+            self.bench.teach_from(self.accepted, lambda: self.snapshots.newest_valid(0)[1])
             row = self._row()
             self.dense = evaluation.Reference.from_row(row)
             self.rules = decisions.Rules.of(self.schedule, row["baseline_accuracy"])
@@ -258,6 +255,7 @@ class Runner:
             )
         )
         self.accepted = attempts.Accepted.of(r, bench, done.mask)
+        bench.teach_from(self.accepted, lambda: {})  # teacher: last follows the accepted round
         if self.schedule.checkpoints.keep == "last":
             self.snapshots.forget(self.store.drop_superseded(self.run_id))
         self.narrator.round_done(r, a, fields, layers)

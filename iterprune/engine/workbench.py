@@ -8,6 +8,7 @@ workbench holds the model that is being pruned; the runner decides what happens 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from iterprune.core import channels, decisions, latency, patterns, pruning, rng, selection, wanda
-from iterprune.engine import evaluation, recipe, sources, tasks, training
+from iterprune.engine import distillation, evaluation, recipe, sources, tasks, training
 from iterprune.engine.distributed import Group, shard
 from iterprune.errors import UserError
 from iterprune.schedule.specs import BenchmarkSpec, Schedule
@@ -69,9 +70,17 @@ class Workbench:
         self.train_loader, self.val_loader, self.test_loader = train, val, test
         self.channel = s.prune.method == "channel"
         self.params = pruning.prunable_parameters(self.model, self.exclude)
+        if not self.params:
+            raise UserError(
+                "the model has no prunable Conv or Linear weights (check prune.exclude)"
+            )
         self.optimizer = self.new_optimizer()
         self.warnings: list[str] = []  # for the run's log, once it has one
         self.pattern_layers = self._pattern_layers()
+        self.teacher: nn.Module | None = None  # finetune.distill: see teach()
+        self._taught: object = None
+        if group is not None and s.finetune.distill is not None:
+            raise UserError("finetune.distill cannot run under torchrun yet; run it alone")
 
     @property
     def exclude(self) -> tuple[str, ...]:
@@ -226,6 +235,38 @@ class Workbench:
         loader = self.val_loader if split == "val" else self.test_loader
         return evaluation.answers(self.model, loader, self.device, self.group, self.task)
 
+    def teach(self, state: dict[str, torch.Tensor], architecture: dict | None = None) -> None:
+        """The teacher of ``finetune.distill`` holds ``state``: built once per process, on this
+        device, frozen; its weights reloaded only when ``state`` is another object."""
+        s = self.schedule
+        if s.finetune.distill is None or state is self._taught:
+            return
+        fresh = lambda: sources.fresh_model(s.model, s.seed, s.base_dir)  # noqa: E731
+        model = channels.fit(self.teacher or fresh(), state, architecture, fresh)
+        self.teacher = distillation.freeze(model.to(self.device))
+        self._taught = state
+
+    def teach_from(self, accepted: Any, dense: Callable[[], dict[str, Any]]) -> None:
+        """Point the teacher at the accepted round (``teacher: last``) or, once per process, at
+        the dense model: the accepted state at round 0, else ``dense()`` (its checkpoint)."""
+        d = self.schedule.finetune.distill
+        if d is None or (d.teacher == "dense" and self.teacher is not None):
+            return
+        if d.teacher == "last" or accepted.round == 0:
+            self.teach(accepted.model, accepted.architecture)
+        else:
+            state = dense()
+            self.teach(state["model"], state.get("architecture"))
+
+    @property
+    def training_task(self) -> Any:
+        """What fine-tuning minimises: the task, or the task distilled from the teacher."""
+        d = self.schedule.finetune.distill
+        if d is None:
+            return self.task
+        assert self.teacher is not None, "teach() before fine-tuning with a teacher"
+        return distillation.Distilled(self.task, self.teacher, d.weight, d.temperature)
+
     def finetune(
         self, mask: pruning.Mask, epochs: int | None = None, **extra: Any
     ) -> training.TrainResult:
@@ -241,7 +282,7 @@ class Workbench:
             self.device,
             epochs,
             group=self.group,
-            task=self.task,
+            task=self.training_task,
             **extra,
         )
 

@@ -225,6 +225,14 @@ def task_conflicts(c: Checker, s: Schedule) -> None:
     """What a language model run cannot take, and built-ins of the other kind of task."""
     m, d = s.model, s.data
     v = s.validate
+    if s.finetune.distill is not None and s.lottery is not None:
+        c.fail(
+            "finetune.distill",
+            "not with lottery mode: a lottery ticket is the rewound weights trained on the task "
+            "alone; a teacher would change what the experiment tests",
+        )
+    if s.finetune.distill is not None and s.task.kind == "factory":
+        c.fail("finetune.distill", "needs logits to compare; a task factory's outputs are its own")
     if s.task.kind == "classification" and not v.relative and v.max_drop > 100:
         c.fail(
             "validate.max_drop",

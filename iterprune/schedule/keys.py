@@ -240,6 +240,21 @@ KEYS = (
         "after N without improvement, keep the best epoch.",
     ),
     Key("finetune.max_batches_per_epoch", "an integer ≥ 1", "Bounds huge epochs."),
+    Key(
+        "finetune.distill",
+        "a mapping",
+        "Fine-tune with a teacher: loss = (1 − weight) · task loss + weight · T² · KL(teacher ‖ "
+        "student) on the logits (per token for a language model). Absent: off. Costs one more "
+        "forward per batch and one more copy of the weights.",
+        None,
+    ),
+    Key("finetune.distill.weight", "a number in (0, 1]", "The teacher's share; 1: no labels."),
+    Key("finetune.distill.temperature", "a number > 0", "T: softens both distributions."),
+    Key(
+        "finetune.distill.teacher",
+        "`dense` or `last`",
+        "The dense model (round 0), or the last accepted round.",
+    ),
     Key("validate", "a mapping", "When a round is accepted.", None),
     Key(
         "validate.max_drop",

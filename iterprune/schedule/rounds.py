@@ -7,11 +7,11 @@ benchmark, report) in ``operating.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from pathlib import Path
 
+from iterprune.schedule import prune as prune_section
 from iterprune.schedule.checker import Checker, Doc, describe
 from iterprune.schedule.inputs import data_section, model_section, task_conflicts, task_section
 from iterprune.schedule.operating import (
@@ -21,10 +21,10 @@ from iterprune.schedule.operating import (
     when_section,
 )
 from iterprune.schedule.specs import (
-    GLOBAL_METHODS,
     GROW,
     GROW_AFTER,
     RECOVER_EPOCHS,
+    DistillSpec,
     FinetuneSpec,
     LotterySpec,
     PretrainSpec,
@@ -35,8 +35,6 @@ from iterprune.schedule.specs import (
 )
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-METHODS = ("global_magnitude", "lamp", "layer_magnitude", "random", "channel", "wanda")
-WANDA_GROUPS = ("row", "layer", "global")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -47,7 +45,7 @@ TOP_KEYS = (
 )
 FINETUNE_KEYS = (
     *("epochs", "optimizer", "lr", "weight_decay", "momentum", "nesterov", "lr_schedule"),
-    *("amp", "patience", "max_batches_per_epoch"),
+    *("amp", "patience", "max_batches_per_epoch", "distill"),
 )
 ROLLBACK_KEYS = ("retries", "shrink", "min_step", "recover_epochs", "grow_after", "grow")
 RULES = ("estimate", "confident")
@@ -58,100 +56,12 @@ PHASES_REFUSED = (
 )
 
 
-def _fraction(c: Checker, raw: dict, key: str, path: str, default: float) -> float:
-    return c.number(raw, key, path, default, check=lambda v: 0 < v < 1, rule="in (0, 1)")
-
-
 def _pretrain(c: Checker, raw: dict) -> PretrainSpec:
     p = c.section(raw, "pretrain", ("epochs", "lr"))
     return PretrainSpec(
         epochs=c.count(p, "epochs", "pretrain", 15, minimum=0),
         lr=c.number(p, "lr", "pretrain", 1e-3, check=lambda x: x > 0, rule="> 0"),
     )
-
-
-def _prune(c: Checker, raw: dict) -> PruneSpec:
-    p = c.section(
-        raw,
-        "prune",
-        (
-            *("method", "step", "target_sparsity", "exclude", "scope", "max_layer_sparsity"),
-            *("group", "calibration", "pattern", "strict"),
-        ),
-    )
-    exclude = p.get("exclude") or []
-    if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
-        c.fail("prune.exclude", f"must be a list of module-name patterns, got {describe(exclude)}")
-        exclude = []
-    spec = PruneSpec(
-        method=c.text(p, "method", "prune", "global_magnitude", METHODS) or "global_magnitude",
-        step=_fraction(c, p, "step", "prune", 0.10),
-        target_sparsity=_fraction(c, p, "target_sparsity", "prune", 0.90),
-        exclude=tuple(exclude),
-        scope=c.text(p, "scope", "prune", "global", ("global", "layer")) or "global",
-        max_layer_sparsity=float(
-            c.number(
-                p, "max_layer_sparsity", "prune", 0.99, check=lambda v: 0 < v <= 1, rule="in (0, 1]"
-            )
-        ),
-        group=c.text(p, "group", "prune", "row", WANDA_GROUPS) or "row",
-        calibration_batches=_calibration(c, p),
-        strict=c.boolean(p, "strict", "prune", False),
-    )
-    if p.get("pattern") is not None:
-        spec = _pattern(c, p, spec)
-    if "strict" in p and "pattern" not in p:
-        c.fail("prune.strict", "applies to prune.pattern only")
-    if "scope" in p and spec.method != "channel":
-        c.fail("prune.scope", f"applies to method channel only, not {spec.method}")
-    if "max_layer_sparsity" in p and not spec.ranks_globally:
-        c.fail(
-            "prune.max_layer_sparsity",
-            f"caps the global methods ({', '.join(GLOBAL_METHODS)}, wanda with group global), "
-            f"not {spec.method}" + (f" with group {spec.group}" if spec.method == "wanda" else ""),
-        )
-    for key in ("group", "calibration"):
-        if key in p and spec.method != "wanda":
-            c.fail(f"prune.{key}", f"applies to method wanda only, not {spec.method}")
-    return spec
-
-
-PATTERN_METHODS = ("global_magnitude", "layer_magnitude", "lamp", "wanda")
-
-
-def _pattern(c: Checker, p: dict, spec: PruneSpec) -> PruneSpec:
-    """``pattern: "2:4"``: rounds remove one weight per group of M until N are left, so the
-    target is 1 - N/M and the step is not the schedule's."""
-    found = _n_m(p["pattern"])
-    if found is None:
-        c.fail("prune.pattern", f'must be "N:M" with 0 < N < M, like "2:4", got {p["pattern"]!r}')
-        return spec
-    n, m = found
-    if spec.method not in PATTERN_METHODS:
-        c.fail("prune.pattern", f"needs a magnitude or wanda method, not {spec.method}")
-    for key in ("step", "target_sparsity"):
-        if key in p:
-            c.fail(
-                f"prune.{key}",
-                f"not with a pattern: each round removes one weight of every group of {m} until "
-                f"{n} are left (target {1 - n / m:g})",
-            )
-    return dataclasses.replace(spec, pattern=f"{n}:{m}", step=1 / m, target_sparsity=1 - n / m)
-
-
-def _n_m(text: object) -> tuple[int, int] | None:
-    """``"2:4"`` → (2, 4); None unless ``0 < N < M``."""
-    parts = str(text).split(":")
-    if len(parts) != 2 or not all(x.strip().isdigit() for x in parts):
-        return None
-    n, m = (int(x) for x in parts)
-    return (n, m) if 0 < n < m else None
-
-
-def _calibration(c: Checker, p: dict) -> int:
-    """``prune.calibration: {batches: 8}``: the training batches Wanda measures inputs on."""
-    section = c.section(p, "calibration", ("batches",), "prune")
-    return c.count(section, "batches", "prune.calibration", 8)
 
 
 def _amp(c: Checker, f: dict) -> str:
@@ -180,10 +90,27 @@ def _finetune(c: Checker, raw: dict) -> FinetuneSpec:
         amp=_amp(c, f),
         patience=c.count(f, "patience", "finetune", None),
         max_batches_per_epoch=c.count(f, "max_batches_per_epoch", "finetune", None),
+        distill=_distill(c, f),
     )
     if spec.nesterov and spec.optimizer != "sgd":
         c.fail("finetune.nesterov", f"applies to optimizer sgd only, not {spec.optimizer}")
     return spec
+
+
+def _distill(c: Checker, f: dict) -> DistillSpec | None:
+    """``distill: {weight: 0.5, temperature: 2.0, teacher: dense}`` (absent: off)."""
+    if f.get("distill") is None:
+        return None
+    d = c.section(f, "distill", ("weight", "temperature", "teacher"), "finetune")
+    return DistillSpec(
+        weight=c.number(
+            d, "weight", "finetune.distill", 0.5, check=lambda v: 0 < v <= 1, rule="in (0, 1]"
+        ),
+        temperature=c.number(
+            d, "temperature", "finetune.distill", 2.0, check=lambda v: v > 0, rule="> 0"
+        ),
+        teacher=c.text(d, "teacher", "finetune.distill", "dense", ("dense", "last")) or "dense",
+    )
 
 
 def _max_drop(c: Checker, v: dict) -> tuple[float, bool]:
@@ -225,8 +152,8 @@ def _rollback(c: Checker, raw: dict, prune: PruneSpec) -> RollbackSpec:
     r = c.section(raw, "rollback", ROLLBACK_KEYS)
     spec = RollbackSpec(
         retries=c.count(r, "retries", "rollback", 3, minimum=0),
-        shrink=_fraction(c, r, "shrink", "rollback", 0.5),
-        min_step=_fraction(c, r, "min_step", "rollback", 0.01),
+        shrink=prune_section.fraction(c, r, "shrink", "rollback", 0.5),
+        min_step=prune_section.fraction(c, r, "min_step", "rollback", 0.01),
         recover_epochs=c.count(r, "recover_epochs", "rollback", RECOVER_EPOCHS, minimum=0),
         grow_after=c.count(r, "grow_after", "rollback", GROW_AFTER, minimum=0),
         grow=c.number(r, "grow", "rollback", GROW, check=lambda x: 1 <= x <= 10, rule="in [1, 10]"),
@@ -306,7 +233,7 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
     c.unknown_keys(raw, TOP_KEYS, "")
     name, device = _identity(c, raw, default_name)
     model, data = model_section(c, raw, base_dir), data_section(c, raw, base_dir)
-    pretrain, prune = _pretrain(c, raw), _prune(c, raw)
+    pretrain, prune = _pretrain(c, raw), prune_section.section(c, raw)
     schedule = Schedule(
         name=name,
         seed=c.count(raw, "seed", "", 0, minimum=0),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +133,15 @@ class PruneSpec:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    """``finetune.distill``: the fine-tuning loss also follows a teacher's outputs."""
+
+    weight: float = 0.5  # of the teacher's term; 1: labels are not used
+    temperature: float = 2.0
+    teacher: str = "dense"  # or "last": the last accepted round
+
+
+@dataclass(frozen=True)
 class FinetuneSpec:
     epochs: int = 2
     optimizer: str = "adam"
@@ -145,6 +153,7 @@ class FinetuneSpec:
     amp: str = "auto"  # auto | on | off
     patience: int | None = None
     max_batches_per_epoch: int | None = None
+    distill: DistillSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -299,50 +308,3 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return dataclasses.MISSING
-
-
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """A spec dataclass from plain data (as ``canonical()`` stores it), nested specs included.
-
-    Nested spec types come from the field annotations; lists become tuples; keys an older
-    version did not store get their defaults.
-    """
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        nested = next(
-            (
-                t
-                for t in (hints[f.name], *typing.get_args(hints[f.name]))
-                if dataclasses.is_dataclass(t)
-            ),
-            None,
-        )
-        if nested is not None and isinstance(value, dict):
-            value = from_dict(nested, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[f.name] = value
-    return cls(**values)
-
-
-def from_canonical(data: dict[str, Any], base_dir: str = ".") -> Schedule:
-    """Rebuild a Schedule from ``Schedule.canonical()`` (as stored with a run); fields a run
-    stored by an older release lacks get their defaults."""
-    return from_dict(Schedule, {**data, "base_dir": base_dir})
-
-
-def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable list of what changed between two canonical schedules."""
-    out: list[str] = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}.{key}" if prefix else key
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(differences(a, b, path))
-        elif a != b:
-            out.append(f"{path}: {a!r} -> {b!r}")
-    return out

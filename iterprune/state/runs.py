@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from iterprune.errors import RunConflict, UnknownRun
-from iterprune.schedule.specs import OPERATING, Schedule, differences, from_canonical
+from iterprune.schedule.specs import OPERATING, Schedule
+from iterprune.schedule.stored import differences, from_canonical
 from iterprune.state.store import Store, dumps
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from iterprune.errors import ScheduleError, UserError
 from iterprune.schedule import parsing as schedule
-from iterprune.schedule import specs
+from iterprune.schedule import specs, stored
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,7 +228,7 @@ def test_fingerprint_ignores_comments_but_not_values() -> None:
     b = schedule.parse("# a comment\n" + VALID + "seed: 1  # same\n")
     c = schedule.parse(VALID + "seed: 2\n")
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
-    assert specs.differences(a.canonical(), c.canonical()) == ["seed: 1 -> 2"]
+    assert stored.differences(a.canonical(), c.canonical()) == ["seed: 1 -> 2"]
 
 
 def test_fingerprint_leaves_out_fields_at_their_defaults() -> None:
@@ -283,7 +283,7 @@ def test_canonical_round_trips(tmp_path: Path) -> None:
     )
     s = schedule.parse(text)
     assert s.finetune.amp == "off" and s.when.checkpoint_every_s == 600
-    assert specs.from_canonical(s.canonical()) == s
+    assert stored.from_canonical(s.canonical()) == s
 
 
 def test_factory_is_imported_from_the_schedule_directory(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ model: {builtin: digits_cnn, kwargs: {}, huggingface: {path: hf, class: causal_l
 data: {builtin: digits, imagefolder: {train: a, val: b}, text: {train: a}, batch_size: 8}
 pretrain: {epochs: 1}
 prune: {method: wanda, calibration: {batches: 2}, pattern: "2:4", strict: true}
-finetune: {epochs: 1}
+finetune: {epochs: 1, distill: {weight: 0.5}}
 validate: {max_drop: 1.0}
 rollback: {retries: 1}
 checkpoints: {keep: last}
