@@ -12,8 +12,10 @@ first; its dense model is every method's starting point, and the fine-tuning epo
   over the rounds it takes to reach the target;
 - iterprune: the schedule below (20% steps, rule estimate); iterprune confident: rule confident;
   iterprune lamp: rule estimate with ``prune.method: lamp``; iterprune wanda: rule estimate with
-  ``prune.method: wanda`` (group row, 8 calibration batches). iterprune's runs keep the default
-  ``prune.max_layer_sparsity`` (0.99); the baselines prune with one uncapped threshold.
+  ``prune.method: wanda`` (group row, 8 calibration batches); iterprune distill: rule estimate
+  with ``finetune.distill: {weight: 0.5, temperature: 2.0}`` (the dense model as teacher).
+  iterprune's runs keep the default ``prune.max_layer_sparsity`` (0.99); the baselines prune with
+  one uncapped threshold.
 
 Every method picks its final model on validation only — the sparsest model within the budget on
 validation (for iterprune: its last accepted round) — and is scored on test: the chosen model's
@@ -54,23 +56,26 @@ SCHEDULE: dict[str, Any] = {
 }
 METHODS = (
     *("by hand", "fixed step", "iterprune", "iterprune confident", "iterprune lamp"),
-    "iterprune wanda",
+    *("iterprune wanda", "iterprune distill"),
 )
-RUNS = {  # iterprune's rows: (validate.rule, prune.method)
-    "iterprune": ("estimate", "global_magnitude"),
-    "iterprune confident": ("confident", "global_magnitude"),
-    "iterprune lamp": ("estimate", "lamp"),
-    "iterprune wanda": ("estimate", "wanda"),  # the default group: each output row
+RUNS = {  # iterprune's rows: (validate.rule, prune.method, finetune.distill)
+    "iterprune": ("estimate", "global_magnitude", None),
+    "iterprune confident": ("confident", "global_magnitude", None),
+    "iterprune lamp": ("estimate", "lamp", None),
+    "iterprune wanda": ("estimate", "wanda", None),  # the default group: each output row
+    "iterprune distill": ("estimate", "global_magnitude", {"weight": 0.5, "temperature": 2.0}),
 }
 
 
 def run_iterprune(seed: int, name: str, work: Path, changes: dict) -> dict[str, Any]:
     """One iterprune run; its choice, its budget in epochs, and its dense model."""
-    rule, method = RUNS[name]
-    doc = {**SCHEDULE, "name": f"frontier-{rule}-{method}".replace("_", "-"), "seed": seed}
+    rule, method, distill = RUNS[name]
+    doc = {**SCHEDULE, "name": name.replace(" ", "-"), "seed": seed}
     doc["data"] = {**SCHEDULE["data"], **SPLIT}
     doc["validate"] = {**SCHEDULE["validate"], "rule": rule}
     doc["prune"] = {**SCHEDULE["prune"], "method": method}
+    if distill:
+        doc["finetune"] = {**SCHEDULE["finetune"], "distill": distill}
     for key, value in changes.items():
         section, field = key.split(".")
         doc[section] = {**doc.get(section, {}), field: value}
@@ -232,6 +237,15 @@ def checks(results: dict[str, dict[str, list]]) -> None:
     print(
         f"  iterprune confident: worst test drop {worst:+.2f} (need <= 1.00), mean chosen "
         f"sparsity {sure_sparsity:.2f}% (need >= 95%)"
+    )
+    taught = results["iterprune distill"]
+    as_sparse = mean(taught["sparsity"]) >= mean(ours["sparsity"]) - 1e-9
+    no_worse = mean(taught["test_drop"]) <= mean(ours["test_drop"]) + 1e-9
+    print(
+        f"  iterprune distill vs iterprune, on the mean: as sparse {'yes' if as_sparse else 'NO'}"
+        f" ({100 * mean(taught['sparsity']):.2f}% vs {100 * mean(ours['sparsity']):.2f}%), test "
+        f"drop no higher {'yes' if no_worse else 'NO'} ({mean(taught['test_drop']):+.2f} vs "
+        f"{mean(ours['test_drop']):+.2f})"
     )
 
 

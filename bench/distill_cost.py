@@ -1,0 +1,94 @@
+"""What a teacher costs: fine-tuning time per epoch with and without ``finetune.distill``, on the
+digits CNN of ``schedules/digits.yaml`` and the tiny language model of ``schedules/tiny-lm.yaml``
+(their models as built, untrained — this times, it does not judge — as teachers, 50% of the
+weights pruned by global magnitude), interleaved
+epochs, median of ``--repeats``. Target: ≤ 1.5× on a CPU. Memory: one more copy of the weights
+(no gradients, no optimizer state), printed beside it.
+
+    python bench/distill_cost.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import iterprune.api
+from iterprune.core import decisions, pruning
+from iterprune.engine import distillation, sources, tasks, training
+
+HERE = Path(__file__).resolve().parent
+
+
+def setting(name: str) -> tuple[Any, torch.nn.Module, Any, Any]:
+    doc = yaml.safe_load((HERE.parent / "schedules" / name).read_text())
+    schedule, _ = iterprune.api.load(doc)
+    task = tasks.task_for(schedule.task, schedule.base_dir)
+    model = sources.build_model(schedule.model, schedule.seed, schedule.base_dir)
+    train, _, _ = sources.build_loaders(schedule.data, schedule.seed, schedule.base_dir)
+    return schedule, model, train, task
+
+
+def epoch_seconds(model, train, task, mask, params) -> float:
+    options = training.Options(enforcer=training.MaskEnforcer(params, mask), task=task)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    start = time.perf_counter()
+    training.train(model, train, optimizer, 1, options)
+    return time.perf_counter() - start
+
+
+def measure(name: str, repeats: int) -> dict[str, float]:
+    schedule, dense, train, task = setting(name)
+    teacher = distillation.freeze(copy.deepcopy(dense))
+    student = copy.deepcopy(dense)
+    params = pruning.prunable_parameters(student, task.exclude)
+    mask = pruning.dense_mask(params)
+    total = pruning.count_alive(mask)
+    mask = pruning.prune(params, mask, total - decisions.target_alive(total, 0.5))
+    pruning.apply(params, mask)
+    distilled = distillation.Distilled(task, teacher, 0.5, 2.0)
+    plain_s, taught_s = [], []
+    for _ in range(repeats):
+        plain_s.append(epoch_seconds(student, train, task, mask, params))
+        taught_s.append(epoch_seconds(student, train, distilled, mask, params))
+    weights = sum(p.numel() * p.element_size() for p in teacher.parameters())
+    plain, taught = statistics.median(plain_s), statistics.median(taught_s)
+    return {
+        "plain_s": plain,
+        "distill_s": taught,
+        "ratio": taught / plain,
+        "teacher_mb": weights / 2**20,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"fine-tuning seconds per epoch, median of {args.repeats}, 2 threads (CPU)")
+    print(f"{'model':<22}{'plain s':>10}{'distill s':>11}{'ratio':>8}{'teacher MB':>12}")
+    rows = {}
+    for label, name in (("digits CNN", "digits.yaml"), ("tiny LM", "tiny-lm.yaml")):
+        found = measure(name, args.repeats)
+        rows[label] = found
+        print(
+            f"{label:<22}{found['plain_s']:>10.2f}{found['distill_s']:>11.2f}"
+            f"{found['ratio']:>7.2f}x{found['teacher_mb']:>12.2f}",
+            flush=True,
+        )
+    worst = max(r["ratio"] for r in rows.values())
+    print(f"target <= 1.5x: {'met' if worst <= 1.5 else 'NOT met'} (worst {worst:.2f}x)")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
