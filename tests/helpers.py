@@ -51,6 +51,27 @@ SPARSE_RUN: dict[str, Any] = {
 }
 
 
+LM_RUN: dict[str, Any] = {  # a tiny language model on a slice of the standard library
+    "name": "lm",
+    "seed": 0,
+    "threads": 1,
+    "task": {"kind": "language_model"},
+    "model": {
+        "builtin": "tiny_gpt",
+        "kwargs": {"width": 32, "depth": 1, "heads": 2, "context": 64},
+    },
+    "data": {
+        "builtin": "python_source",
+        "kwargs": {"seq_len": 64, "max_bytes": 60000},
+        "batch_size": 16,
+    },
+    "pretrain": {"epochs": 2, "lr": 3.0e-3},
+    "prune": {"step": 0.3, "target_sparsity": 0.5},
+    "finetune": {"epochs": 1, "lr": 1.0e-3},
+    "validate": {"max_drop": "5%"},
+}
+
+
 def merged(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """``base`` with ``changes`` merged in, section by section (a deep copy; base is untouched).
     A change of None removes the key."""

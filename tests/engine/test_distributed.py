@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import checkpoint_state, merged, write
+from helpers import LM_RUN, checkpoint_state, merged, write
 from torch import nn
 
 from iterprune.engine import distributed, evaluation, examples, orders, sources, tasks, training
@@ -460,22 +460,7 @@ def test_a_language_model_under_torchrun_is_scored_as_one_process_would(tmp_path
     """Rank 0 puts the ranks' per-sequence NLL sums back in the split's order: the dense model's
     scores, their digest and every accepted round's perplexity equal one process's over the
     whole validation split (93 sequences: uneven shards)."""
-    doc = {
-        "name": "ddp-lm",
-        "seed": 0,
-        "threads": 1,
-        "task": {"kind": "language_model"},
-        "model": {"builtin": "tiny_gpt", "kwargs": {"width": 32, "depth": 1, "heads": 2}},
-        "data": {
-            "builtin": "python_source",
-            "kwargs": {"seq_len": 64, "max_bytes": 60000},
-            "batch_size": 16,
-        },
-        "pretrain": {"epochs": 2, "lr": 3.0e-3},
-        "prune": {"step": 0.3, "target_sparsity": 0.5},
-        "finetune": {"epochs": 1, "lr": 1.0e-3, "patience": 1},
-        "validate": {"max_drop": "5%"},
-    }
+    doc = merged(LM_RUN, name="ddp-lm", finetune={"patience": 1})
     done = torchrun(tmp_path / "state", "start", str(write(tmp_path / "lm.yaml", doc)))
     assert done.returncode == 0, done.stdout + done.stderr
     store = Store(tmp_path / "state")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import checkpoint_state, write
+from helpers import LM_RUN, checkpoint_state, write
 from torch.nn import functional
 
 import iterprune
@@ -21,25 +21,7 @@ from iterprune.engine import corpus, tasks, tinygpt
 from iterprune.errors import ScheduleError, UserError
 from iterprune.schedule import parsing
 
-LM: dict = {
-    "name": "lm",
-    "seed": 0,
-    "threads": 1,
-    "task": {"kind": "language_model"},
-    "model": {
-        "builtin": "tiny_gpt",
-        "kwargs": {"width": 32, "depth": 1, "heads": 2, "context": 64},
-    },
-    "data": {
-        "builtin": "python_source",
-        "kwargs": {"seq_len": 64, "max_bytes": 60000},
-        "batch_size": 16,
-    },
-    "pretrain": {"epochs": 2, "lr": 3.0e-3},
-    "prune": {"step": 0.3, "target_sparsity": 0.5},
-    "finetune": {"epochs": 1, "lr": 1.0e-3},
-    "validate": {"max_drop": "5%"},
-}
+LM = LM_RUN
 
 
 def model() -> torch.nn.Module:
