@@ -55,8 +55,18 @@ class PruneError(IterpruneError):
     """A prune did not reach the sparsity it was asked for."""
 
 
+class StateWriteError(IterpruneError):
+    """The state database could not be written (disk full, read-only, gone); nothing was kept."""
+
+
 class CheckpointWriteError(IterpruneError):
     """A checkpoint could not be written (disk full, permissions, I/O error)."""
+
+
+class StateDamaged(IterpruneError):
+    """The state database is not one iterprune can read (not a database at all)."""
+
+    exit_code = EXIT_DAMAGED
 
 
 class CheckpointCorrupt(IterpruneError):

@@ -6,10 +6,12 @@ row that points to it can be committed afterwards and never points at half a fil
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import queue
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +95,9 @@ def save(obj: Any, path: Path) -> Written:
         faults.point("checkpoint_renamed")
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
         tmp.unlink(missing_ok=True)
-        raise CheckpointWriteError(f"could not write checkpoint {path}: {exc}") from exc
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path}: {_cause(exc, path)}"
+        ) from exc
     return Written(path=path, sha256=sha256, bytes=writer.size)
 
 
@@ -125,3 +129,22 @@ def sweep(directory: Path, keep: set[Path]) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def _cause(exc: BaseException, path: Path) -> str:
+    """In words: a full disk is said to be one (torch.save's own message, "unexpected pos ...",
+    does not say so), as are a read-only or forbidden directory; else the error itself."""
+    errno_ = getattr(exc, "errno", None)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if errno_ == errno.ENOSPC or (
+        isinstance(exc, RuntimeError) and free is not None and free < 1 << 20
+    ):
+        return "no space left on device; free some space, then `iterprune resume` continues the run"
+    if errno_ == errno.EROFS:
+        return "read-only file system"
+    if errno_ in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return str(exc)

@@ -13,6 +13,14 @@ migrations = Migrations("iterprune")
 _TYPES = {"str": str, "int": int, "float": float}
 
 
+def newer_steps(db: Database) -> list[str]:
+    """Schema steps the database has and this release does not know: a newer iterprune wrote it."""
+    if not db[migrations.migrations_table].exists():
+        return []
+    known = {m.name for m in migrations._migrations}
+    return [m.name for m in migrations.applied(db) if m.name not in known]
+
+
 def _create(db: Database, table: str, columns: str, **options: object) -> None:
     """Create ``table`` from ``name:type`` words, in order."""
     pairs = (word.split(":") for word in columns.split())

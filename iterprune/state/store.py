@@ -25,8 +25,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from iterprune.state import faults
-from iterprune.state.migrations import migrations
+from iterprune.state import diagnosis, faults
+from iterprune.state.migrations import migrations, newer_steps
 
 DB_NAME = "iterprune.db"
 
@@ -39,21 +39,24 @@ class Store:
     """One connection to ``<state>/iterprune.db``; open one per process (or thread)."""
 
     def __init__(self, state_dir: Path | str, *, create: bool = True) -> None:
-        self.state_dir = Path(state_dir)
-        if create:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.state_dir / DB_NAME
-        conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
-        self.db = Database(conn)
-        self.db.execute("PRAGMA synchronous=FULL")  # per connection: set on every open
-        self.db.execute("PRAGMA foreign_keys=ON")
-        if self.db.journal_mode != "wal" or migrations.pending(self.db):
-            self._set_up()
+        self.state_dir, self.path = Path(state_dir), Path(state_dir) / DB_NAME
+        try:  # a machine's fault (not a database, read-only, locked) becomes words, not a traceback
+            if create:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+            self.db = Database(conn)
+            self.db.execute("PRAGMA synchronous=FULL")  # per connection: set on every open
+            self.db.execute("PRAGMA foreign_keys=ON")
+            if newer := newer_steps(self.db):
+                raise diagnosis.newer(self.path, newer)
+            if self.db.journal_mode != "wal" or migrations.pending(self.db):
+                self._set_up()
+        except (sqlite3.Error, OSError) as exc:
+            raise diagnosis.explain(exc, self.path) from None
 
     def _set_up(self) -> None:
-        """WAL mode and the schema, one process at a time: two processes opening a new database
-        at once (a run starting while ``status`` polls) otherwise fail with "database is locked"
-        (10 of 10 trials with 4 processes)."""
+        """WAL mode and the schema, one process at a time: two processes opening a new database at
+        once (a run starting while ``status`` polls) otherwise fail with "database is locked"."""
         lock = self.state_dir / "locks" / "schema.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "a") as f:
@@ -81,8 +84,9 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        faults.point("db_commit")
-        conn.execute("COMMIT")
+        with diagnosis.committing(conn, self.path, sqlite3.OperationalError):
+            faults.point("db_commit")
+            conn.execute("COMMIT")
 
     # --- runs ---------------------------------------------------------------------------------
 
