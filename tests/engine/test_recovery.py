@@ -105,10 +105,10 @@ def test_disk_full_at_a_checkpoint_write_stops_cleanly_and_resumes(
     monkeypatch.setattr(torch, "save", save)
     assert start(path, state) == 1
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "Traceback" not in err
+    assert "no space left on device" in err and "Traceback" not in err
     store = Store(state)
     run = store.run("tiny")
-    assert run["status"] == "failed" and "No space left" in run["error"]
+    assert run["status"] == "failed" and "no space left on device" in run["error"]
     assert run["accepted_round"] == 1
     assert [c["round"] for c in store.checkpoints("tiny")] == [0, 1]
     store.close()
