@@ -255,9 +255,13 @@ class _Service:
 
     def heartbeat(self) -> None:
         run = self.run
-        if not run.stop.is_set() and not self.beat_store.heartbeat(
-            run.run_id, self.pid, self.host, time.time(), run.progress()
-        ):
+        try:
+            held = run.stop.is_set() or self.beat_store.heartbeat(
+                run.run_id, self.pid, self.host, time.time(), run.progress()
+            )
+        except IterpruneError:  # a full disk: the run's own next write stops it, with the reason
+            held = True
+        if not held:
             row = self.beat_store.run(run.run_id) or {}
             if not row.get("stop_requested"):
                 message = f"pid {self.pid} lost the lease of run '{run.run_id}'"

@@ -7,7 +7,8 @@ Workers that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) ignore it: 
 ``recover_batch`` (an attempt's recovery),
 ``tracking_sync`` (MLflow: an attempt committed, not yet logged), ``checkpoint_write`` (temp file
 written, not yet renamed), ``checkpoint_renamed`` (file in place, row
-not yet committed), ``db_commit`` (inside a transaction, before COMMIT). Unset, a point costs one
+not yet committed), ``db_commit`` (inside a transaction, before COMMIT; the daemon's lease
+heartbeat, in its own thread, is ``heartbeat_commit``). Unset, a point costs one
 dictionary lookup.
 
 ``ITERPRUNE_ENOSPC_AT=POINT[:N]`` raises ``OSError(ENOSPC)`` instead, as a full disk does, the

@@ -70,7 +70,7 @@ class Store:
         self.db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Database]:
+    def transaction(self, point: str = "db_commit") -> Iterator[Database]:
         """One state change. ``BEGIN IMMEDIATE`` waits for the write lock instead of failing."""
         conn = self.db.conn
         if conn.in_transaction:
@@ -85,7 +85,7 @@ class Store:
                 conn.execute("ROLLBACK")
             raise
         with diagnosis.committing(conn, self.path, sqlite3.OperationalError):
-            faults.point("db_commit")
+            faults.point(point)
             conn.execute("COMMIT")
 
     # --- runs ---------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ class Store:
     ) -> bool:
         """Refresh the lease (and the progress line); False when the owner should stop: another
         process has taken the lease over, or ``iterprune stop`` asked."""
-        with self.transaction():
+        with self.transaction("heartbeat_commit"):
             cursor = self.db.execute(
                 "update runs set heartbeat_at = ?, progress = coalesce(?, progress) "
                 "where run = ? and pid = ? and host = ? and stop_requested is null",
