@@ -184,6 +184,7 @@ def test_lottery_mode_rewinds_a_language_model_and_its_control_is_a_perplexity(
     assert row["val_accuracy"] < row["control_accuracy"] < 256
 
 
+@pytest.mark.slow
 def test_tensorboard_and_mlflow_name_the_metric_perplexity(tmp_path: Path) -> None:
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -45,6 +45,7 @@ def start(schedule: Path, state: Path, full_at: str = "") -> subprocess.Complete
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("point", "says"),
     [
