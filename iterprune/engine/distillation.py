@@ -53,19 +53,14 @@ class Distilled:
         return (1 - self.weight) * hard + self.weight * soft
 
     def _language(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        inputs, targets, counts = self.task._parts(batch)
-        student = tasks.forward(model, inputs)[:, :-1]
-        counted = counts[:, 1:].to(student.dtype)
+        student, wanted, counts = self.task.predicted(model, batch)
+        teacher = self._teach(self.task.inputs(batch))[:, :-1]
+        counted = counts.to(student.dtype)
         tokens = counted.sum().clamp(min=1)
-        soft = (self._kl(student, self._teach(inputs)[:, :-1]).sum(dim=-1) * counted).sum() / tokens
+        soft = (self._kl(student, teacher).sum(dim=-1) * counted).sum() / tokens
         if self.weight >= 1:
             return soft
-        nll = functional.cross_entropy(
-            student.reshape(-1, student.shape[-1]).float(),
-            targets[:, 1:].clamp(min=0).reshape(-1),
-            reduction="none",
-        )
-        hard = (nll.view(counted.shape) * counted).sum() / tokens
+        hard = self.task.token_nll(student, wanted, counted).sum() / tokens
         return (1 - self.weight) * hard + self.weight * soft
 
     def _teach(self, inputs: Any) -> torch.Tensor:

@@ -124,23 +124,34 @@ class LanguageModel:
             )
         return ids, ids, torch.ones_like(ids, dtype=torch.bool)
 
-    def _token_nll(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def predicted(
+        self, model: nn.Module, batch: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the logits that predict each next token, those tokens, where a token counts)."""
         inputs, targets, counts = self._parts(batch)
-        wanted, counted = targets[:, 1:], counts[:, 1:]
         try:
             out = forward(model, inputs)[:, :-1]
+        except IndexError as exc:  # an id past the embedding (CPU)
+            raise _vocabulary(targets, exc) from None
+        return out, targets[:, 1:], counts[:, 1:]
+
+    def token_nll(
+        self, out: torch.Tensor, wanted: torch.Tensor, counted: torch.Tensor
+    ) -> torch.Tensor:
+        """Each counted token's negative log-likelihood under ``out`` (0 where it does not count)."""
+        try:
             nll = functional.cross_entropy(
                 out.reshape(-1, out.shape[-1]).float(),
                 wanted.clamp(min=0).reshape(-1),
                 reduction="none",
             )
-        except IndexError as exc:  # an id past the embedding or the output head (CPU)
-            raise UserError(
-                f"token id {int(targets.max())} is outside the model's vocabulary ({exc}): "
-                "the data's tokenizer and the model do not match (tiny_gpt's kwargs.vocab, or "
-                "a Hugging Face model's vocab_size)"
-            ) from None
-        return nll.view(wanted.shape) * counted, counted
+        except IndexError as exc:  # a target past the output head (CPU)
+            raise _vocabulary(wanted, exc) from None
+        return nll.view(wanted.shape) * counted
+
+    def _token_nll(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out, wanted, counted = self.predicted(model, batch)
+        return self.token_nll(out, wanted, counted), counted
 
     def inputs(self, batch: Any) -> Any:
         """What the model is called with: the ids, or the batch's dict without its labels."""
@@ -157,6 +168,14 @@ class LanguageModel:
 
     def targets(self, batch: Any) -> torch.Tensor:
         return self._parts(batch)[1]
+
+
+def _vocabulary(ids: torch.Tensor, exc: Exception) -> UserError:
+    return UserError(
+        f"token id {int(ids.max())} is outside the model's vocabulary ({exc}): the data's "
+        "tokenizer and the model do not match (tiny_gpt's kwargs.vocab, or a Hugging Face "
+        "model's vocab_size)"
+    )
 
 
 class Task(Protocol):
