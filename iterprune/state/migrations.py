@@ -4,8 +4,12 @@ place; tests/state/test_migrations.py continues one written by 0.1.0."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from iterprune.state import diagnosis
 
 migrations = Migrations("iterprune")
 
@@ -13,12 +17,15 @@ migrations = Migrations("iterprune")
 _TYPES = {"str": str, "int": int, "float": float}
 
 
-def newer_steps(db: Database) -> list[str]:
-    """Schema steps the database has and this release does not know: a newer iterprune wrote it."""
-    if not db[migrations.migrations_table].exists():
-        return []
-    known = {m.name for m in migrations._migrations}
-    return [m.name for m in migrations.applied(db) if m.name not in known]
+def unapplied(db: Database, path: Path) -> bool:
+    """Whether this release has schema steps the database lacks (one read of the applied steps);
+    a database with steps this release does not know was written by a newer iterprune: refused."""
+    applied = {m.name for m in migrations.applied(db)}
+    known = [m.name for m in migrations._migrations]
+    newer = sorted(applied - set(known))
+    if newer:
+        raise diagnosis.newer(path, newer)
+    return any(name not in applied for name in known)
 
 
 def _create(db: Database, table: str, columns: str, **options: object) -> None:

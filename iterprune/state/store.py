@@ -26,7 +26,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from iterprune.state import diagnosis, faults
-from iterprune.state.migrations import migrations, newer_steps
+from iterprune.state.migrations import migrations, unapplied
 
 DB_NAME = "iterprune.db"
 
@@ -47,9 +47,7 @@ class Store:
             self.db = Database(conn)
             self.db.execute("PRAGMA synchronous=FULL")  # per connection: set on every open
             self.db.execute("PRAGMA foreign_keys=ON")
-            if newer := newer_steps(self.db):
-                raise diagnosis.newer(self.path, newer)
-            if self.db.journal_mode != "wal" or migrations.pending(self.db):
+            if unapplied(self.db, self.path) or self.db.journal_mode != "wal":
                 self._set_up()
         except (sqlite3.Error, OSError) as exc:
             raise diagnosis.explain(exc, self.path) from None
