@@ -40,10 +40,10 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({self.id!r}, state_dir={str(self.state_dir)!r})"
 
-    def _store(self) -> Store:
+    def _store(self, write: bool = False) -> Store:
         if not (self.state_dir / DB_NAME).exists():
             raise UserError(f"no iterprune state in {self.state_dir}")
-        return Store(self.state_dir)
+        return Store(self.state_dir, read_only=not write)
 
     def status(self) -> dict[str, Any]:
         """What the run is doing now: ``iterprune status RUN --json``."""
@@ -67,7 +67,7 @@ class Run:
         from iterprune.serve import daemon
         from iterprune.state.backlog import Backlog
 
-        with closing(self._store()) as store:
+        with closing(self._store(write=True)) as store:
             if views.status(store, self.id)[0]["status"] in ("running", "paused"):
                 store.request_stop(self.id)  # the owner's heartbeat sees it, on any host
                 if not Backlog(store).serves(self.id):  # a signal would stop serve itself
@@ -171,5 +171,31 @@ def runs(state_dir: str | Path | None = None) -> list[dict[str, Any]]:
     root = paths.state_dir(None if state_dir is None else str(state_dir))
     if not (root / DB_NAME).exists():
         return []
-    with closing(Store(root)) as store:
+    with closing(_existing(root)) as store:
         return views.runs(store)
+
+
+def _existing(state_dir: str | Path | None) -> Store:
+    root = paths.state_dir(None if state_dir is None else str(state_dir))
+    if not (root / DB_NAME).exists():
+        raise UserError(f"no iterprune state in {root}")
+    return Store(root, read_only=True)
+
+
+def check(runs: list[str] | None = None, state_dir: str | Path | None = None) -> dict[str, Any]:
+    """Whether the state directory is whole: ``iterprune check --json`` (``ok``, ``problems``)."""
+    from iterprune.state import audit
+
+    with closing(_existing(state_dir)) as store:
+        return audit.audit(store, runs or None)
+
+
+def backup(
+    dest: str | Path, runs: list[str] | None = None, state_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """A consistent copy of the state directory (or of ``runs``) in ``dest``, made while runs
+    are live, that ``resume`` continues from: ``iterprune backup DEST``."""
+    from iterprune.state import backup as copying
+
+    with closing(_existing(state_dir)) as store:
+        return copying.backup(store, Path(dest), runs or None)

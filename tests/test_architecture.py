@@ -28,7 +28,7 @@ PACKAGES = ["cli", "api", "serve", "report", "engine", "core", "state", "schedul
 OWNERS = {
     "rich": {"report.console"},
     "apscheduler": {"serve.daemon", "schedule.window"},
-    "sqlite3": {"state.store"},
+    "sqlite3": {"state.connection"},
     "sqlite_utils": {"state.store", "state.migrations"},
     "torch_pruning": {"core.channels"},
     "torch.distributed": {"engine.distributed"},

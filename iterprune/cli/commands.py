@@ -148,7 +148,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     def opening() -> tuple[Store, str | None]:
-        store = store_for(args)
+        store = store_for(args, write=True)
         row = views.status(store, args.run)[0]
         if row["status"] == "finished":
             print(f"run '{args.run}' already finished: {row['reason']}")
@@ -176,7 +176,7 @@ def _serve(args: argparse.Namespace, opening: Callable[[], tuple[Store, str | No
 def cmd_stop(args: argparse.Namespace) -> int:
     from iterprune import api
 
-    store = store_for(args)  # no state: the usual message
+    store = store_for(args, write=True)  # no state: the usual message
     if args.serve or args.run is None:
         from iterprune.cli import queue as serving
 

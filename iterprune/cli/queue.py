@@ -47,7 +47,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             say(f"queued {run} (priority {args.priority})")
         say("serve them with: iterprune serve   (see them with: iterprune queue)")
         return EXIT_OK
-    backlog = Backlog(store_for(args))  # no state: the usual message
+    backlog = Backlog(store_for(args, write=True))  # no state: the usual message
     for run in args.items:
         backlog.remove(run)
         say(f"removed {run} from the queue (its run and history stay)")

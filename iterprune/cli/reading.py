@@ -21,14 +21,16 @@ from iterprune.state.backlog import Backlog
 from iterprune.state.store import DB_NAME, Store
 
 
-def store_for(args: argparse.Namespace, create: bool = False) -> Store:
+def store_for(args: argparse.Namespace, create: bool = False, write: bool = False) -> Store:
+    """The state's store; a command that only reads (not ``write``) opens a directory it cannot
+    write for reading only."""
     state = paths.state_dir(args.state_dir)
     if not create and not (state / DB_NAME).exists():
         raise UserError(
             f"no iterprune state in {state} (start a run first, or pass --state-dir / "
             f"set ${paths.ENV_STATE_DIR})"
         )
-    return Store(state)
+    return Store(state, read_only=not (create or write))
 
 
 def has_state(args: argparse.Namespace) -> bool:

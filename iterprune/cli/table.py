@@ -1,7 +1,7 @@
 """The ``iterprune`` command line: the table of commands and the parser built from it.
 
 Each command names the function that does it as ``module:function`` (in ``reading.py``,
-``commands.py`` or ``queue.py``), imported only when that command runs: ``iterprune --help`` and
+``commands.py``, ``queue.py`` or ``upkeep.py``), imported only when that command runs: ``iterprune --help`` and
 the reading commands never load torch. :func:`reading.guarded` turns errors into messages and
 exit codes.
 """
@@ -174,6 +174,16 @@ COMMANDS = [
              _option("--priority", "N", "higher runs first (default 0)", type=int, default=0),
              _option("--name", "NAME", "the sweep's name (default: the schedule file's)"),
              _flag("--dry-run", "list the runs, queue nothing"))),
+    Command("check", "whether the state directory is whole: database, checkpoints, rounds",
+            ("iterprune check", "iterprune check digits-cnn --json"), "upkeep:cmd_check",
+            ((("runs",), {"metavar": "RUN", "nargs": "*", "help": "runs to check (default: all)"}),
+             STATE, JSON)),
+    Command("backup", "a consistent copy of the state directory, safe while runs are live",
+            ("iterprune backup /mnt/backup/state-2026-11-30",
+             "iterprune backup ../copy digits-cnn --state-dir /data/prune"), "upkeep:cmd_backup",
+            ((("dest",), {"metavar": "DEST", "help": "a new (or empty) directory"}),
+             (("runs",), {"metavar": "RUN", "nargs": "*", "help": "runs to copy (default: all)"}),
+             STATE)),
     Command("logs", "the run's event log (-f follows it while the run is served)",
             ("iterprune logs digits-cnn -f",), "reading:cmd_logs",
             (RUN, STATE, (("-f", "--follow"), {"action": "store_true",

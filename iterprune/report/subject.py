@@ -73,7 +73,7 @@ def resolve(target: str, state_dir: str | None, round_: int | None) -> Target:
     root = paths.state_dir(state_dir)
     if not (root / DB_NAME).exists():
         raise UnknownRun(f"{target!r} is neither a schedule file nor a run (no runs in {root})")
-    store = Store(root)
+    store = Store(root, read_only=True)
     try:
         if store.run(target) is None:
             raise UnknownRun(f"{target!r} is neither a schedule file nor a run in {root}")

@@ -48,6 +48,20 @@ def explain(exc: BaseException, path: Path) -> IterpruneError:
     return UserError(f"cannot open {path}: {text}")
 
 
+def writable(path: Path) -> bool:
+    """Whether this process may write the database (and its directory, for the WAL files)."""
+    where = path.parent if path.parent.exists() else path.parent.parent
+    return os.access(where, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def older(path: Path) -> UserError:
+    return UserError(
+        f"{path} was written by an older iterprune and must be upgraded before this release can "
+        "read it, which needs write access: copy the state directory somewhere writable (or "
+        "open it once as its owner with any iterprune command)"
+    )
+
+
 def _why_not_writable(where: Path) -> str:
     try:
         if os.statvfs(where).f_flag & os.ST_RDONLY:
@@ -73,7 +87,7 @@ def unwritable(exc: BaseException, path: Path) -> StateWriteError:
 @contextlib.contextmanager
 def committing(conn: Any, path: Path, sqlite_error: type[Exception]) -> Iterator[None]:
     """A COMMIT whose failure (a full disk, a directory gone read-only) rolls back and says why
-    (``sqlite_error``: SQLite's OperationalError, from the store, which owns sqlite3)."""
+    (``sqlite_error``: SQLite's OperationalError, from ``connection.py``, which owns sqlite3)."""
     try:
         yield
     except (sqlite_error, OSError) as exc:

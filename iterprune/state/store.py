@@ -1,15 +1,14 @@
 """The state database: runs, rounds, per-layer stats, checkpoints and events (sqlite-utils).
 
-The only module that speaks SQL (with ``migrations.py``, its schema). Every state change is one
-``BEGIN IMMEDIATE`` transaction, so a kill leaves either the old state or the new one. WAL mode
-with ``synchronous=FULL``: a commit that returned survives power loss, and readers (``status``,
-``history``) never block the writer.
+The only module that speaks SQL (with ``migrations.py``, its schema; ``connection.py`` opens the
+file). Every state change is one ``BEGIN IMMEDIATE`` transaction, so a kill leaves the old state
+or the new one. WAL with ``synchronous=FULL``: a commit that returned survives power loss, and
+readers never block the writer.
 
-Who may change a run's state (its status, rounds, baseline and checkpoints): ``runs.py`` creates a
-run; after that only the engine that runs it does — ``runner.py`` (status, rounds), ``baseline.py``
-(the dense baseline) and ``resumption.py`` (forgetting rounds whose checkpoints were lost).
-``daemon.py`` holds the lease (pid, host, heartbeat) and ``iterprune stop`` asks through
-:meth:`Store.request_stop`; neither changes the status. tests/test_architecture.py checks this.
+Who may change a run's state: ``runs.py`` creates a run; then only its engine — ``runner.py``
+(status, rounds), ``baseline.py`` and ``resumption.py`` (forgetting rounds whose checkpoints were
+lost). ``daemon.py`` holds the lease and ``iterprune stop`` asks through :meth:`request_stop`;
+neither changes the status (tests/test_architecture.py checks this).
 """
 
 from __future__ import annotations
@@ -18,14 +17,14 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from iterprune.state import diagnosis, faults
+from iterprune.errors import UserError
+from iterprune.state import connection, diagnosis, faults
 from iterprune.state.migrations import migrations, unapplied
 
 DB_NAME = "iterprune.db"
@@ -36,20 +35,27 @@ def now() -> str:
 
 
 class Store:
-    """One connection to ``<state>/iterprune.db``; open one per process (or thread)."""
+    """One connection to ``<state>/iterprune.db``; open one per process (or thread).
+    ``read_only``: the caller only reads, so a directory this process cannot write (read-only
+    media, another user's runs) is opened by ``connection.reading``, not refused."""
 
-    def __init__(self, state_dir: Path | str, *, create: bool = True) -> None:
+    def __init__(self, state_dir: Path | str, *, create: bool = True, read_only: bool = False):
         self.state_dir, self.path = Path(state_dir), Path(state_dir) / DB_NAME
+        self.read_only = read_only and not diagnosis.writable(self.path)
         try:  # a machine's fault (not a database, read-only, locked) becomes words, not a traceback
-            if create:
+            if create and not self.read_only:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
-            self.db = Database(conn)
-            self.db.execute("PRAGMA synchronous=FULL")  # per connection: set on every open
+            opened = connection.reading if self.read_only else connection.writing
+            self.db = Database(opened(self.path))
             self.db.execute("PRAGMA foreign_keys=ON")
-            if unapplied(self.db, self.path) or self.db.journal_mode != "wal":
+            if (pending := unapplied(self.db, self.path)) and self.read_only:
+                raise diagnosis.older(self.path)
+            if self.read_only:
+                return
+            self.db.execute("PRAGMA synchronous=FULL")  # per connection: set on every open
+            if pending or self.db.journal_mode != "wal":
                 self._set_up()
-        except (sqlite3.Error, OSError) as exc:
+        except (connection.Error, OSError) as exc:
             raise diagnosis.explain(exc, self.path) from None
 
     def _set_up(self) -> None:
@@ -70,6 +76,8 @@ class Store:
     @contextlib.contextmanager
     def transaction(self, point: str = "db_commit") -> Iterator[Database]:
         """One state change. ``BEGIN IMMEDIATE`` waits for the write lock instead of failing."""
+        if self.read_only:
+            raise UserError(f"{self.path} is open for reading only: this command cannot change it")
         conn = self.db.conn
         if conn.in_transaction:
             with self.db.atomic():
@@ -78,11 +86,13 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if "readonly database" in str(exc):  # a file this process may not write
+                raise diagnosis.unwritable(exc, self.path) from None
             raise
-        with diagnosis.committing(conn, self.path, sqlite3.OperationalError):
+        with diagnosis.committing(conn, self.path, connection.OperationalError):
             faults.point(point)
             conn.execute("COMMIT")
 
@@ -167,7 +177,7 @@ class Store:
             self._update_run(run, {"status": "failed", "error": error, "pid": None})
             self._add_event(run, "error", "failed", error)
 
-    def request_stop(self, run: str) -> None:
+    def request_stop(self, run: str) -> None:  # the owner's heartbeat sees it
         self.update_run(run, stop_requested=1)
 
     def rewind_to(self, run: str, round_: int, run_fields: dict[str, Any]) -> list[str]:
@@ -195,16 +205,8 @@ class Store:
                 "delete from rounds where run = ? and round = ? and attempt = ?",
                 [run, round_, attempt],
             )
-            self.db["rounds"].insert(
-                {
-                    "run": run,
-                    "round": round_,
-                    "attempt": attempt,
-                    "status": "running",
-                    "started_at": now(),
-                    **fields,
-                }
-            )
+            row = {"run": run, "round": round_, "attempt": attempt, "status": "running"}
+            self.db["rounds"].insert({**row, "started_at": now(), **fields})
             self._update_run(run, {"round": round_, "attempt": attempt, "phase": "prune"})
 
     def interrupt_attempt(self, run: str, round_: int, attempt: int) -> None:

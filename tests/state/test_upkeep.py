@@ -1,0 +1,207 @@
+"""Looking after a state directory: reading it without write access, ``check`` (is it whole?)
+and ``backup`` (a consistent copy while a run is live, that ``resume`` continues from)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY, checkpoint_state, iterprune, make_runner, merged, run_to_end, write
+
+from iterprune import api
+from iterprune.errors import EXIT_DAMAGED, EXIT_INVALID, UnknownRun, UserError
+from iterprune.state.store import Store
+
+
+def finished(state: Path, **changes) -> str:
+    """A finished tiny run in ``state`` (in this process); its id."""
+    runner = make_runner(state, merged(TINY, checkpoints={"keep": "all"}, **changes))
+    run_to_end(runner)
+    runner.store.close()
+    return runner.run_id
+
+
+def test_check_finds_a_damaged_a_missing_and_an_unreferenced_file(tmp_path: Path) -> None:
+    run = finished(tmp_path)
+    assert api.check(state_dir=tmp_path)["ok"]
+    folder = tmp_path / "checkpoints" / run
+    (folder / "round-0001-a1.pt").write_bytes(b"not the file that was written")
+    (folder / "round-0002-a1.pt").unlink()
+    (folder / "left-behind.pt").write_bytes(b"x")
+    doc = api.check([run], tmp_path)
+    assert not doc["ok"] and doc["integrity"] == "ok"
+    problems = "\n".join(doc["problems"])
+    assert "round-0001-a1.pt has 29 bytes" in problems
+    assert "round-0002-a1.pt is missing" in problems
+    assert doc["runs"][0]["unreferenced"] == [f"checkpoints/{run}/left-behind.pt"]
+    with pytest.raises(UnknownRun):
+        api.check(["nope"], tmp_path)
+
+
+@pytest.mark.slow
+def test_check_finds_a_damaged_newest_checkpoint_and_rounds_out_of_order(tmp_path: Path) -> None:
+    run = finished(tmp_path)
+    store = Store(tmp_path)
+    newest = store.checkpoints(run)[-1]
+    data = bytearray((tmp_path / newest["path"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    (tmp_path / newest["path"]).write_bytes(bytes(data))
+    store.db.execute("update rounds set round = 7 where run = ? and round = 2", [run])
+    store.db.conn.commit()
+    store.close()
+    done = iterprune("check", state=tmp_path)
+    assert done.returncode == EXIT_DAMAGED, done.stdout + done.stderr
+    assert "does not match its recorded sha256" in done.stdout
+    assert "the newest accepted checkpoint does not load" in done.stdout
+    assert "accepted rounds are [1, 3, 7], not 1 to 3 in order" in done.stdout
+    assert "the run records round 3 as accepted, its rows 7" in done.stdout
+    doc = json.loads(iterprune("check", run, "--json", state=tmp_path).stdout)
+    assert doc["ok"] is False and len(doc["problems"]) == 4
+
+
+def without_write_access(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``argv`` in a process that cannot write the state: as root, with every capability dropped
+    (root then obeys the permission bits of the files it owns, as any user does)."""
+    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    env = {**os.environ, "MPLCONFIGDIR": str(cwd)}
+    return subprocess.run(
+        [*prefix, sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def read_only(root: Path, writable: bool = False) -> None:
+    for path in [root, *root.rglob("*")]:
+        mode = (
+            (0o755 if path.is_dir() else 0o644) if writable else (0o555 if path.is_dir() else 0o444)
+        )
+        path.chmod(mode)
+
+
+@pytest.mark.slow
+def test_every_reading_command_works_on_a_state_directory_it_cannot_write(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run = finished(state)
+    out = tmp_path / "out"
+    out.mkdir()
+    live = Store(state)  # a writer holds the database open: its WAL and index exist
+    live.add_event(run, "info", "note", "written after the directory went read-only")
+    read_only(state)
+    try:
+        assert not os.access(state, os.W_OK) or os.geteuid() == 0
+        for args in (
+            ["runs", "--json"],
+            ["status", run, "--json"],
+            ["history", run, "--json"],
+            ["show", run, "--json"],
+            ["logs", run],
+            ["compare", run, run, "--json"],
+            ["check", "--json"],
+            ["export", run, "--out", str(out / "m.safetensors"), "--format", "safetensors"],
+            ["plot", run, "--out", str(out / "p.png")],
+            ["backup", str(out / "copy")],
+        ):
+            done = without_write_access(["-m", "iterprune", *args, "--state-dir", str(state)], out)
+            assert done.returncode == 0, (args, done.stderr)
+            assert "Traceback" not in done.stderr
+        assert "written after the directory went read-only" in done_logs(state, run, out)
+        code = f"import iterprune; print(iterprune.Run({run!r}, {str(state)!r}).model().training)"
+        assert without_write_access(["-c", code], out).stdout.strip() == "False"
+        other = write(out / "other.yaml", merged(TINY, name="other"))
+        writing = without_write_access(
+            ["-m", "iterprune", "start", str(other), "--state-dir", str(state)], out
+        )
+        assert writing.returncode != 0 and "Traceback" not in writing.stderr
+        assert "not writable" in writing.stderr, writing.stderr
+        assert (out / "m.safetensors").stat().st_size > 0 and (out / "p.png").stat().st_size > 0
+    finally:
+        read_only(state, writable=True)
+        live.close()
+    assert api.check(state_dir=out / "copy")["ok"]
+
+
+def done_logs(state: Path, run: str, cwd: Path) -> str:
+    done = without_write_access(["-m", "iterprune", "logs", run, "--state-dir", str(state)], cwd)
+    return done.stdout
+
+
+def test_a_reader_of_an_older_database_without_write_access_is_told_what_to_do(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "state-0.1", state)
+    read_only(state)
+    try:
+        done = without_write_access(
+            ["-m", "iterprune", "runs", "--state-dir", str(state)], tmp_path
+        )
+    finally:
+        read_only(state, writable=True)
+    assert done.returncode == EXIT_INVALID, done.stderr
+    assert "written by an older iterprune" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_backup_refuses_a_directory_that_is_not_empty_and_an_unknown_run(tmp_path: Path) -> None:
+    run = finished(tmp_path / "state", pretrain={"epochs": 1})
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        api.backup(tmp_path / "taken", state_dir=tmp_path / "state")
+    with pytest.raises(UserError, match="no run 'nope'"):
+        api.backup(tmp_path / "one", ["nope"], tmp_path / "state")
+    doc = api.backup(tmp_path / "one", [run], tmp_path / "state")
+    assert doc["runs"] == [run] and api.check(state_dir=tmp_path / "one")["ok"]
+
+
+LIVE = merged(  # about 7 s: five rounds with a long fine-tune, so that backups land mid-run
+    TINY,
+    name="live",
+    data={"kwargs": {"limit": 1000}},
+    finetune={"epochs": 12},
+    prune={"target_sparsity": 0.8},
+    validate={"max_drop": 100},
+)
+
+
+@pytest.mark.slow
+def test_a_backup_taken_while_a_run_is_live_resumes_to_the_same_end(tmp_path: Path) -> None:
+    schedule = write(tmp_path / "live.yaml", LIVE)
+    source = tmp_path / "source"
+    env = {**os.environ, "ITERPRUNE_STATE_DIR": str(source)}
+    argv = [sys.executable, "-m", "iterprune", "start", str(schedule)]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    copies: list[tuple[Path, dict]] = []
+    while not (source / "iterprune.db").exists():  # the run's first commit
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    while process.poll() is None:
+        dest = tmp_path / f"copy-{len(copies)}"
+        api.backup(dest, state_dir=source)
+        assert api.check(state_dir=source)["ok"]  # beside a live run: no false alarm
+        with closing(Store(dest, read_only=True)) as copy:
+            copies.append((dest, copy.run("live")))
+    assert process.returncode == 0, process.stderr.read()
+    live = [(d, row) for d, row in copies if row and row["status"] == "running"]
+    assert live, "no backup was taken while the run was live"
+    dest, row = max(live, key=lambda c: c[1]["accepted_round"] or 0)
+    assert api.check(state_dir=dest)["ok"]
+    resumed = iterprune("resume", "live", state=dest)
+    assert resumed.returncode == 0, resumed.stderr
+    ends = [api.Run("live", s).history()["rounds"] for s in (source, dest)]
+    keys = ("round", "attempt", "status", "sparsity", "val_accuracy")
+    assert [[r[k] for k in keys] for r in ends[0]] == [[r[k] for k in keys] for r in ends[1]]
+    last = ends[0][-1]["round"]
+    a, b = (checkpoint_state(s, "live", last)["model"] for s in (source, dest))
+    assert all(torch.equal(a[k], b[k]) for k in a)
