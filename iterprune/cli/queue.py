@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,10 +161,14 @@ def stop_serve(store: Store, args: argparse.Namespace) -> int:
         raise UserError("stop needs a RUN, or --serve to stop iterprune serve")
     backlog = Backlog(store)
     serve = views.serve(store)
-    row = backlog.request_stop() if serve is not None else None
-    if not row:
-        say("iterprune serve is not running")
+    if serve is None:
+        if not daemon.lock_held(paths.serve_lock(store.state_dir)):
+            say("iterprune serve is not running")
+            return EXIT_OK
+        backlog.request_stop(time.time())  # the starting serve keeps it when it claims the row
+        say("asked the iterprune serve that is starting to stop: it stops once it has started")
         return EXIT_OK
+    row = backlog.request_stop(time.time()) or {}
     daemon.stop_owner(row)  # on this machine: at once; elsewhere at its next heartbeat
     runs = ", ".join(d["current"] for d in serve["devices"] if d["current"]) or "none"
     say(

@@ -4,7 +4,7 @@ The state database is the truth and MLflow a copy of it. After the baseline, aft
 and at the end, the tracker *syncs*: it finds the run's MLflow run (its id is kept with the run;
 a tag finds it again if the id was never stored), asks it how many attempts it already holds (the
 ``iterprune.logged`` tag, written in the same ``log_batch`` as the metrics, so both land or
-neither does), and sends the rest. A resumed run therefore continues the same MLflow run and
+neither does; a long catch-up goes in batches of whole attempts, each with its own count), and sends the rest. A resumed run therefore continues the same MLflow run and
 never logs a round twice, also after a kill -9 between a round's commit and its logging; and when
 the tracking server cannot be reached the run goes on, says so once, and the next sync that gets
 through sends what is missing.
@@ -124,18 +124,16 @@ class MlflowTracker(NullReporter):
             params = [Param(k, v[:6000]) for k, v in sorted(flat.items())]
             metrics = _baseline(row, now, metric["name"])
         start = int(done or 0)
-        for r in rows[start:]:
-            metrics += attempt_metrics(r, now, metric["name"])
-        tags = [RunTag(LOGGED, str(len(rows))), RunTag("iterprune.metric", metric["name"])]
+        per_attempt = [attempt_metrics(r, now, metric["name"]) for r in rows[start:]]
+        tags = [RunTag("iterprune.metric", metric["name"])]
         tags += [RunTag("iterprune.higher_is_better", str(metric["higher_is_better"]).lower())]
-        if ended is not None:
-            tags += [RunTag("iterprune.status", ended[0]), RunTag("iterprune.reason", ended[1])]
         mid = mlflow_run.info.run_id
         for i in range(0, len(params), 100):  # params are idempotent: safe to repeat
             client.log_batch(mid, params=params[i : i + 100])
-        for i in range(0, max(len(metrics), 1), BATCH):
-            last = i + BATCH >= len(metrics)
-            client.log_batch(mid, metrics=metrics[i : i + BATCH], tags=tags if last else [])
+        batches = packed(metrics, per_attempt, start)
+        for k, (batch, logged) in enumerate(batches):  # each says how many attempts it completes
+            extra = tags if k < len(batches) - 1 or ended is None else [*tags, *_ended(ended)]
+            client.log_batch(mid, metrics=batch, tags=[RunTag(LOGGED, str(logged)), *extra])
         if ended is not None:
             self._finish(client, store, mid, ended[0])
         return len(rows) - start
@@ -170,6 +168,27 @@ class MlflowTracker(NullReporter):
             for path in _files(store, self.run_id, history, Path(tmp)):
                 client.log_artifact(mid, str(path))
         client.set_terminated(mid, FINAL.get(status, "KILLED"))
+
+
+def packed(first: list[Any], per_attempt: list[list[Any]], start: int) -> list[tuple[list, int]]:
+    """Whole attempts' metrics in batches of at most BATCH (``first``: the baseline's, if any),
+    each with the number of attempts logged once it lands: a kill between two batches of a long
+    catch-up then repeats nothing, as the tag written with the metrics says how far it got."""
+    batches: list[tuple[list, int]] = []
+    batch, logged = list(first), start
+    for metrics in per_attempt:
+        if batch and len(batch) + len(metrics) > BATCH:
+            batches.append((batch, logged))
+            batch = []
+        batch += metrics
+        logged += 1
+    return [*batches, (batch, logged)]
+
+
+def _ended(ended: tuple[str, str]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    return [RunTag("iterprune.status", ended[0]), RunTag("iterprune.reason", ended[1])]
 
 
 def _artifacts(uri: str) -> str | None:

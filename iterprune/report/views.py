@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from typing import Any
 
 from iterprune.core import decisions
 from iterprune.errors import UnknownRun, UserError
+from iterprune.state import owners
 from iterprune.state.backlog import Backlog
 from iterprune.state.runs import load_schedule
 from iterprune.state.store import Store
@@ -163,7 +162,7 @@ def status(
         beat = r["heartbeat_at"]
         age = None if beat is None else max(0.0, time.time() - beat)
         state = r["status"]
-        if state in ("running", "paused") and _owner_gone(r, age, lease_timeout):
+        if state in ("running", "paused") and owners.gone(r, lease_timeout):
             state = "interrupted"
         out.append(
             {
@@ -197,9 +196,7 @@ def serve(store: Store, lease_timeout: float = 60.0) -> dict[str, Any] | None:
     its process is gone without saying so, as a run's owner is judged in :func:`status`)."""
     backlog = Backlog(store)
     row = backlog.serve() or {}
-    beat = row.get("heartbeat_at")
-    age = None if beat is None else max(0.0, time.time() - beat)
-    if not row.get("pid") or _owner_gone(row, age, lease_timeout):
+    if not row.get("pid") or owners.gone(row, lease_timeout):
         return None
     doc = {k: row.get(k) for k in ("pid", "host", "started_at", "current")}
     names = (row.get("devices") or "cpu").split(",")
@@ -211,20 +208,6 @@ def serve(store: Store, lease_timeout: float = 60.0) -> dict[str, Any] | None:
         for i, name in enumerate(names)
     ]
     return doc
-
-
-def _owner_gone(row: dict[str, Any], age: float | None, lease_timeout: float) -> bool:
-    if row["pid"] is None:
-        return True
-    if row["host"] == socket.gethostname():
-        try:
-            os.kill(row["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass
-        return False
-    return age is None or age > lease_timeout
 
 
 def ranked(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -117,7 +117,11 @@ def run_lock(state_dir: Path, run_id: str, store: Store) -> contextlib.AbstractC
 
 def held_elsewhere(state_dir: Path, run_id: str) -> bool:
     """Whether another process on this machine serves the run now (holds its lock file)."""
-    path = paths.lock_file(state_dir, run_id)
+    return lock_held(paths.lock_file(state_dir, run_id))
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another process on this machine holds the lock file ``path`` now."""
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDWR)

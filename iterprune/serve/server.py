@@ -122,11 +122,12 @@ def serve_queue(
         if stop.is_set():
             run.stop.set()
 
+    since = time.time()  # a stop asked for from now on is this serve's
     try:
         with serve_lock(state_dir, backlog, slot), daemon.signals(stop):
             if slot is not None:  # the row exists before the first claim
                 backlog.working(slot.index, slot.device, os.getpid(), socket.gethostname(), 0)
-            args = (state_dir, stop, finished, current, heartbeat_s, slot or device)
+            args = (state_dir, stop, finished, current, heartbeat_s, slot or device, since)
             beat = threading.Thread(target=_beat, args=args)
             beat.start()
             try:
@@ -178,6 +179,7 @@ def _beat(
     current: list,
     heartbeat_s: float,
     who: Slot | str,  # a device worker, or the serve (of this device)
+    since: float,
 ) -> None:
     """The serve's (or the device worker's) heartbeat; a stop (signal, ``stop --serve``, or the
     end of the serve that started this worker) reaches the current run."""
@@ -192,7 +194,7 @@ def _beat(
                     going = backlog.working(who.index, who.device, pid, host, now)
                 else:
                     run = current[0].run_id if current else None
-                    going = backlog.serving(pid, host, now, run, devices=who)
+                    going = backlog.serving(pid, host, now, run, who, since)
                 if not going:
                     stop.set()
                 last = time.monotonic()

@@ -62,10 +62,12 @@ def supervise(
         Worker(i, d, device_label(i, devices), paths.slot_log(state_dir, i, d))
         for i, d in enumerate(devices)
     ]
+    since = time.time()  # a stop asked for from now on is this serve's
     try:
         with server.serve_lock(state_dir, backlog), daemon.signals(stop):
             backlog.forget_workers()
-            backlog.serving(pid, host, time.time(), None, devices=",".join(devices))
+            if not backlog.serving(pid, host, since, None, ",".join(devices), since):
+                stop.set()  # asked to stop while it was starting
             say(
                 f"serve: pid {pid}, one run at a time on each of {', '.join(devices)}",
                 f"workers' logs: {paths.slot_log(state_dir, 0, devices[0]).parent}/  "

@@ -13,6 +13,7 @@ import datetime as dt
 from typing import Any
 
 from iterprune.errors import UserError
+from iterprune.state import owners
 from iterprune.state.store import Store
 
 DONE = ("finished", "failed")
@@ -76,13 +77,23 @@ class Backlog:
         return rows[0] if rows else None
 
     def serving(
-        self, pid: int, host: str, now_s: float, current: str | None, devices: str = "cpu"
+        self,
+        pid: int,
+        host: str,
+        now_s: float,
+        current: str | None,
+        devices: str = "cpu",
+        since: float = float("inf"),
     ) -> bool:
-        """Claim or refresh the serve row; False when a stop was requested."""
+        """Claim or refresh the serve row; False when a stop was requested. A stop asked for at
+        ``since`` (when this serve went for its lock) or later is this serve's, even when it
+        was written into the row of the serve before it: claiming the row keeps it."""
         with self.store.transaction() as db:
             row = self.serve()
             if row is None or row["pid"] != pid or row["host"] != host:
-                fields = {"pid": pid, "host": host, "started_at": _now(), "stop_requested": None}
+                asked = (row or {}).get("stop_requested")
+                kept = asked if asked is not None and asked >= since else None
+                fields = {"pid": pid, "host": host, "started_at": _now(), "stop_requested": kept}
                 db["serve"].upsert({"id": 1, **fields, "devices": devices}, pk="id")
             db["serve"].update(1, {"heartbeat_at": now_s, "current": current})
         return not (self.serve() or {}).get("stop_requested")
@@ -113,20 +124,20 @@ class Backlog:
     def serves(self, run: str) -> bool:
         """Whether serve (or one of its device workers) is serving ``run`` now."""
         row = self.store.run(run) or {}
-        if row.get("status") not in ("running", "paused") or not row.get("pid"):
-            return False
-        owners = [self.serve() or {}, *self.workers()]
-        return any((o.get("pid"), o.get("host")) == (row["pid"], row["host"]) for o in owners)
+        if row.get("status") not in ("running", "paused") or owners.gone(row):
+            return False  # not served, or its process died (by SIGKILL: its rows remain)
+        serving = [self.serve() or {}, *self.workers()]
+        return any((o.get("pid"), o.get("host")) == (row["pid"], row["host"]) for o in serving)
 
     def forget_workers(self) -> None:
         with self.store.transaction() as db:
             db.execute("delete from serve_slots")
 
-    def request_stop(self) -> dict[str, Any] | None:
+    def request_stop(self, now_s: float) -> dict[str, Any] | None:
+        """Ask the serve to stop (the time of asking: a serve starting now keeps it)."""
         row = self.serve()
-        if row is not None:
-            with self.store.transaction() as db:
-                db["serve"].update(1, {"stop_requested": 1})
+        with self.store.transaction() as db:
+            db["serve"].upsert({"id": 1, "stop_requested": now_s}, pk="id")
         return row
 
     def served(self) -> None:

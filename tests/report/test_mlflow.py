@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import StopAfter, iterprune, parse, run_to_end, tiny, write
+from helpers import Recorder, StopAfter, iterprune, make_runner, parse, run_to_end, tiny, write
 from mlflow import MlflowClient
 
 from iterprune.cli import table as cli
@@ -158,3 +158,38 @@ def test_a_kill_between_a_rounds_commit_and_its_logging_loses_and_repeats_nothin
     rounds = [r["round"] for r in Store(state).rounds("tiny") if r["status"] == "accepted"]
     assert [s for s, _ in series(client, run.info.run_id, "sparsity")] == [0, *rounds]
     assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_catch_up_cut_between_batches_repeats_nothing(tmp_path: Path, monkeypatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    doc = tracked(uri, prune={"step": 0.2, "target_sparsity": 0.8})
+    runner = make_runner(tmp_path / "s", doc)  # untracked: everything is left to catch up
+    run_to_end(runner)
+    schedule = load_schedule(runner.store, "tiny")
+    tracker = tracking.MlflowTracker(
+        runner.store.state_dir, "tiny", schedule, schedule.report.mlflow, Recorder()
+    )
+    monkeypatch.setattr(tracking, "BATCH", 20)  # a few attempts per batch, as 900 are in life
+    real, sent = MlflowClient.log_batch, []
+
+    def cut(self, run_id, metrics=(), params=(), tags=(), **kw):
+        if metrics:
+            sent.append(len(metrics))
+            if len(sent) == 2:  # the process dies after the first batch of metrics landed
+                raise ConnectionError("killed between two batches")
+        return real(self, run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", cut)
+    tracker.sync()
+    client, run = mlflow_run(uri, "tiny")
+    done = [r for r in runner.store.rounds("tiny") if r["status"] in ("accepted", "rolled_back")]
+    assert 0 < int(run.data.tags[tracking.LOGGED]) < len(done)  # part of the catch-up landed
+    tracker.sync(ended=("finished", "done"))
+    client, run = mlflow_run(uri, "tiny")
+    assert run.data.tags[tracking.LOGGED] == str(len(done)) and len(sent) > 3
+    accepted = [r["round"] for r in done if r["status"] == "accepted"]
+    assert [s for s, _ in series(client, run.info.run_id, "sparsity")] == [0, *accepted]
+    for key in KEYS:  # every point once: nothing sent twice
+        steps = [s for s, _ in series(client, run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), key

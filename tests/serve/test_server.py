@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -443,3 +444,40 @@ def test_runs_at_once_on_a_crowded_cpu_are_warned_of(tmp_path: Path, monkeypatch
     warning = supervisor._crowded(backlog, ["cpu", "cpu", "cpu"])
     assert "3 runs at once on the CPU, with up to 2 threads each, on 4 cores" in warning
     assert "threads: 1" in warning
+
+
+def test_a_stop_asked_while_a_serve_starts_is_kept_and_an_older_one_is_not(
+    tmp_path: Path, capsys
+) -> None:
+    state = tmp_path / "s"
+    queue(tmp_path, state, {"a": tiny()})
+    backlog, host = Backlog(Store(state)), socket.gethostname()
+    backlog.serving(dead_pid(), host, time.time(), None)  # the row of a serve killed earlier
+    backlog.request_stop(time.time())  # asked of that serve, before the next one started
+    since = time.time()
+    with server.serve_lock(state, backlog):  # a new serve holds the lock, has no row yet
+        assert backlog.serving(os.getpid(), host, time.time(), None, "cpu", since)  # not its stop
+        Backlog(Store(state)).served()  # as if it had not written its row yet
+        assert cli.main(["stop", "--serve", "--state-dir", str(state)]) == 0
+        assert "serve that is starting to stop" in capsys.readouterr().out
+        assert not backlog.serving(os.getpid(), host, time.time(), None, "cpu", since)
+
+
+def dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def test_queue_remove_takes_a_run_whose_serve_and_worker_were_killed(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    queue(tmp_path, state, {"a": tiny()})
+    store, host, gone = Store(state), socket.gethostname(), dead_pid()
+    store.update_run("a", status="running", pid=gone, host=host, heartbeat_at=time.time())
+    backlog = Backlog(store)
+    backlog.serving(gone, host, time.time(), "a", "cpu,cpu")  # both left their rows behind
+    backlog.working(0, "cpu", gone, host, time.time())
+    backlog.claim(0, "a")
+    assert cli.main(["queue", "remove", "a", "--state-dir", str(state)]) == 0
+    assert backlog.entry("a") is None
