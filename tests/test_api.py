@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -45,15 +46,18 @@ def test_a_dict_run_gives_the_clis_documents_and_its_pruned_model(tmp_path: Path
 
 def test_a_detached_run_can_be_stopped_and_resumed(tmp_path: Path, capsys) -> None:
     state = tmp_path / "s"
-    doc = tiny(prune={"step": 0.05, "target_sparsity": 0.6}, finetune={"epochs": 3})
+    doc = tiny(prune={"step": 0.05, "target_sparsity": 0.8}, finetune={"epochs": 3})
     run = iterprune.start(write(tmp_path / "tiny.yaml", doc), state_dir=state, detach=True)
     assert "started in the background" in capsys.readouterr().out
-    assert run.status()["status"] in ("running", "finished")
-    run.stop()
-    assert run.wait(timeout=120)["status"] in ("stopped", "finished")
+    deadline = time.monotonic() + 120
+    while not [r for r in run.history()["rounds"] if r["status"] == "accepted"]:  # an event
+        assert time.monotonic() < deadline and run.status()["status"] == "running"
+        time.sleep(0.02)
+    run.stop()  # about 30 rounds are left: the stop lands in one of them
+    assert run.wait(timeout=120)["status"] == "stopped"
     done = iterprune.resume("tiny", state_dir=state, quiet=True)
     finished = done.wait(timeout=5)
-    assert finished["status"] == "finished" and finished["reason"] == "target sparsity 60% reached"
+    assert finished["status"] == "finished" and finished["reason"] == "target sparsity 80% reached"
 
 
 def test_errors_are_the_clis_exceptions(tmp_path: Path) -> None:

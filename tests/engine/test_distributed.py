@@ -442,8 +442,9 @@ def test_ctrl_c_mid_round_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> 
     write(schedule, doc)
     state = tmp_path / "state"
     proc = launch(state, "start", str(schedule), start_new_session=True)
-    _serving(proc, state, "ctrlc", lambda row: row["phase"] == "finetune")
-    time.sleep(1.0)  # into the round's batches
+    _serving(  # into the round's batches: the heartbeat's progress line names one
+        proc, state, "ctrlc", lambda row: "finetune epoch" in (row["progress"] or "")
+    )
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     out, _ = proc.communicate(timeout=120)
     assert "stopped on all 2 ranks" in out, out  # (torchrun itself exits 1 on a SIGINT)
