@@ -63,6 +63,10 @@ class CheckpointWriteError(IterpruneError):
     """A checkpoint could not be written (disk full, permissions, I/O error)."""
 
 
+class OutputWriteError(IterpruneError):
+    """A file the user asked for (an export, a plot, a backup) could not be written."""
+
+
 class StateDamaged(IterpruneError):
     """The state database is not one iterprune can read (not a database at all)."""
 

@@ -4,15 +4,16 @@ plus the surviving values) that :func:`load_sparse` turns back into the exact st
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from iterprune.core import pruning
-from iterprune.errors import UserError
+from iterprune.errors import OutputWriteError, UserError
 from iterprune.report import semi_structured, views
-from iterprune.state import checkpoints
+from iterprune.state import checkpoints, faults
 from iterprune.state.store import Store
 
 SPARSE_FORMAT = "iterprune-sparse/1"
@@ -225,12 +226,24 @@ def export(
     if traced or state.get("architecture"):
         model, example = _architecture(store, run, input_shape, traced)
     extra: dict[str, Any] = {}
-    if fmt == "semi_structured":
-        _fill(model, state, baked_state(state))
-        extra = semi_structured.write(model, example, out, dtype)
+    # written beside ``out`` and renamed into place: a failed export leaves no half file and an
+    # older file of that name intact (ONNX: in place, its weights file is named after it)
+    target = out if fmt == "onnx" else out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        if fmt == "semi_structured":
+            _fill(model, state, baked_state(state))
+            extra = semi_structured.write(model, example, target, dtype)
+        else:
+            write(state, target, fmt, model, example)
+        faults.point("export_write")
+        os.replace(target, out)
         size = out.stat().st_size
-    else:
-        size = write(state, out, fmt, model, example)
+    except (OSError, RuntimeError) as exc:
+        target.unlink(missing_ok=True)
+        why = checkpoints.cause(exc, out)
+        if isinstance(exc, RuntimeError) and why == str(exc):
+            raise  # not the disk: an error of the model or its tracing
+        raise OutputWriteError(f"could not write {out}: {why}; nothing was written") from None
     dense_bytes = sum(t.numel() * t.element_size() for t in state["model"].values())
     row = chosen["row"] or {}
     return {

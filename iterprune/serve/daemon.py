@@ -115,13 +115,9 @@ def run_lock(state_dir: Path, run_id: str, store: Store) -> contextlib.AbstractC
     return exclusive(paths.lock_file(state_dir, run_id), busy)
 
 
-def held_elsewhere(state_dir: Path, run_id: str) -> bool:
-    """Whether another process on this machine serves the run now (holds its lock file)."""
-    return lock_held(paths.lock_file(state_dir, run_id))
-
-
 def lock_held(path: Path) -> bool:
-    """Whether another process on this machine holds the lock file ``path`` now."""
+    """Whether another process on this machine holds the lock file ``path`` now (a run's: it
+    serves the run; serve's: a serve is running, or starting)."""
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDWR)

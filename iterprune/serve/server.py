@@ -82,7 +82,7 @@ def next_run(backlog: Backlog, clock: daemon.Clock, skip: set[str] | None = None
         run = entry["run"]
         if entry["position"] is None or run in (skip or ()):
             continue  # done, held, or another device's
-        if daemon.held_elsewhere(state_dir, run):
+        if daemon.lock_held(paths.lock_file(state_dir, run)):
             continue  # served by another process (a resume by hand, a worker still stopping)
         if window_open(backlog.store, run, clock):
             return run

@@ -95,9 +95,11 @@ def save(obj: Any, path: Path) -> Written:
         faults.point("checkpoint_renamed")
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
         tmp.unlink(missing_ok=True)
-        raise CheckpointWriteError(
-            f"could not write checkpoint {path}: {_cause(exc, path)}"
-        ) from exc
+        why = cause(exc, path)
+        then = (
+            "; free some space, then `iterprune resume` continues the run" if "space" in why else ""
+        )
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {why}{then}") from exc
     return Written(path=path, sha256=sha256, bytes=writer.size)
 
 
@@ -131,7 +133,7 @@ def sweep(directory: Path, keep: set[Path]) -> list[Path]:
     return removed
 
 
-def _cause(exc: BaseException, path: Path) -> str:
+def cause(exc: BaseException, path: Path) -> str:
     """In words: a full disk is said to be one (torch.save's own message, "unexpected pos ...",
     does not say so), as are a read-only or forbidden directory; else the error itself."""
     errno_ = getattr(exc, "errno", None)
@@ -141,8 +143,8 @@ def _cause(exc: BaseException, path: Path) -> str:
         free = None
     if errno_ == errno.ENOSPC or (
         isinstance(exc, RuntimeError) and free is not None and free < 1 << 20
-    ):
-        return "no space left on device; free some space, then `iterprune resume` continues the run"
+    ):  # torch.save says "unexpected pos ..."
+        return "no space left on device"
     if errno_ == errno.EROFS:
         return "read-only file system"
     if errno_ in (errno.EACCES, errno.EPERM):

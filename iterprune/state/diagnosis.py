@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from iterprune.errors import IterpruneError, StateDamaged, StateWriteError, UserError
+from iterprune.state.connection import TIMEOUT_S
 
 
 def newer(path: Path, steps: list[str]) -> UserError:
@@ -34,7 +35,7 @@ def explain(exc: BaseException, path: Path) -> IterpruneError:
         )
     if "locked" in text:
         return UserError(
-            f"{path} stayed locked by another process for longer than the 30 s timeout; try "
+            f"{path} stayed locked by another process for longer than the {TIMEOUT_S:g} s timeout; try "
             "again, or look for a process holding it (fuser / lsof)"
         )
     if isinstance(exc, OSError):  # SQLite's errors are not OSErrors: this is the file system

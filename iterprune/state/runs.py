@@ -7,7 +7,7 @@ import json
 from iterprune.errors import RunConflict, UnknownRun
 from iterprune.schedule.specs import OPERATING, Schedule
 from iterprune.schedule.stored import differences, from_canonical
-from iterprune.state.store import Store, dumps
+from iterprune.state.store import Store
 
 
 def open_run(
@@ -75,3 +75,7 @@ def load_schedule(store: Store, run_id: str) -> Schedule:
     if row is None:
         raise UnknownRun(f"no run named '{run_id}' in {store.path}")
     return from_canonical(json.loads(row["schedule"]), row["base_dir"] or ".")
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, sort_keys=True)

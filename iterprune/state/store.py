@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,10 @@ class Store:
             with self.db.atomic():
                 yield self.db
             return
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except connection.OperationalError as exc:  # locked for longer than the timeout
+            raise diagnosis.explain(exc, self.path) from None
         try:
             yield self.db
         except BaseException as exc:
@@ -344,7 +346,3 @@ class Store:
         return self.select(
             "select * from events where run = ? and id > ? order by id", [run, after_id]
         )
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

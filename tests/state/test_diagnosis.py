@@ -6,6 +6,7 @@ loses nothing: resume ends where an uninterrupted run ends."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 import torch
 from helpers import checkpoint_state, iterprune, tiny, write
 
-from iterprune.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_INVALID
+from iterprune.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_INVALID, UserError
+from iterprune.state import connection
 from iterprune.state.store import Store
 
 
@@ -37,6 +39,29 @@ def test_a_database_from_a_newer_release_says_to_upgrade(tmp_path: Path) -> None
     done = iterprune("runs", state=tmp_path)
     assert done.returncode == EXIT_INVALID
     assert "written by a newer iterprune" in done.stderr and "0099_from_the_future" in done.stderr
+
+
+def test_a_state_directory_that_cannot_be_created_is_said_so(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    schedule = write(tmp_path / "t.yaml", tiny())
+    done = iterprune("start", str(schedule), state=tmp_path / "a-file" / "state")
+    assert done.returncode == EXIT_INVALID, done.stderr
+    assert "cannot create the state directory" in done.stderr and "not a directory" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_database_locked_longer_than_the_timeout_is_said_so(tmp_path: Path, monkeypatch) -> None:
+    store = Store(tmp_path)
+    holder = sqlite3.connect(tmp_path / "iterprune.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's long write
+    monkeypatch.setattr(connection, "TIMEOUT_S", 0.2)
+    try:
+        with pytest.raises(UserError, match="stayed locked by another process"):
+            Store(tmp_path).add_event("x", "info", "note", "waits for the lock, then gives up")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        store.close()
 
 
 def start(schedule: Path, state: Path, full_at: str = "") -> subprocess.CompletedProcess:
@@ -70,3 +95,34 @@ def test_a_full_disk_stops_cleanly_and_resume_reaches_the_same_end(
     assert resumed.run("tiny")["accepted_round"] == last
     a, b = (checkpoint_state(tmp_path / s, "tiny", last) for s in ("ref", "full"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_log_lets_the_run_go_on_and_at_an_export_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    schedule = write(tmp_path / "t.yaml", tiny())
+    done = start(schedule, tmp_path / "s", "log_write:2")  # its output goes to a pipe, as a log
+    assert done.returncode == 0, done.stderr
+    assert "the run's output cannot be written (no space left on device)" in done.stderr
+    stamped = [line for line in done.stdout.splitlines() if line.startswith("20")]
+    assert len(stamped) == 1  # the run's lines stop at the full disk (the first one got out)
+    assert Store(tmp_path / "s").run("tiny")["status"] == "finished"
+    out = tmp_path / "out" / "m.pt"
+    out.parent.mkdir()
+    out.write_bytes(b"an older export")
+    env = {**os.environ, "ITERPRUNE_STATE_DIR": str(tmp_path / "s")}
+    for fmt in ("pt", "safetensors", "sparse"):
+        argv = [sys.executable, "-m", "iterprune", "export", "tiny", "--out", str(out)]
+        full = subprocess.run(
+            [*argv, "--format", fmt],
+            env={**env, "ITERPRUNE_ENOSPC_AT": "export_write"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert full.returncode == EXIT_FAILED, full.stderr
+        assert f"could not write {out}: no space left on device" in full.stderr
+        assert "Traceback" not in full.stderr
+        assert out.read_bytes() == b"an older export"  # left as it was
+        assert [p.name for p in out.parent.iterdir()] == ["m.pt"]  # no partial file

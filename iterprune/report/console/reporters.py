@@ -4,7 +4,9 @@ of days is useless, so CI and ``> run.log`` get plain lines)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from iterprune.report.console.tables import frac, measure, pct, rounds_table
+from iterprune.state import faults
 
 
 def make_console(**kwargs: Any) -> Console:
@@ -152,6 +155,7 @@ class PlainReporter:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.measure = measure(None)  # the run's metric, once run_started says it
+        self.lost: OSError | None = None  # the output could not be written (a full disk)
 
     def __enter__(self) -> PlainReporter:
         return self
@@ -160,7 +164,23 @@ class PlainReporter:
         pass
 
     def _line(self, message: str) -> None:
-        self.console.print(f"{_now()} {message}", markup=False, highlight=False, soft_wrap=True)
+        """One line; when the log (or pipe) cannot take it, the run goes on without it: every
+        event is also in the state database (``iterprune logs RUN``)."""
+        if self.lost is not None:
+            return
+        try:
+            faults.point("log_write")
+            self.console.print(f"{_now()} {message}", markup=False, highlight=False, soft_wrap=True)
+        except OSError as exc:
+            self.lost = exc
+            why = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror
+            with contextlib.suppress(OSError):
+                print(
+                    f"warning: the run's output cannot be written ({why or exc}); the run goes "
+                    "on, and its events are in the state database: iterprune logs RUN",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def run_started(self, info: dict[str, Any]) -> None:
         self.measure = measure(info)
