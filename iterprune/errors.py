@@ -10,7 +10,7 @@ EXIT_FAILED = 1  # the run failed; the error is in `status` and `logs`
 EXIT_INVALID = 2  # bad arguments, invalid schedule, unknown run, changed schedule
 EXIT_STOPPED = 3  # stopped by SIGTERM, Ctrl-C or `iterprune stop`; `resume` continues it
 EXIT_BUSY = 4  # another live process is serving the run
-EXIT_DAMAGED = 5  # no checkpoint passes its sha256 check
+EXIT_DAMAGED = 5  # damaged state: no checkpoint verifies, not a database, `check` found a problem
 EXIT_SECOND_CTRL_C = 130  # a second Ctrl-C: exited at once
 
 
