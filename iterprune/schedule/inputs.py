@@ -24,7 +24,13 @@ from iterprune.schedule.specs import (
     TaskSpec,
 )
 
-BUILTIN_MODELS = ("digits_cnn", "digits_mlp", "tiny_gpt")
+# each built-in model and the keyword arguments it takes (tests check them against the functions)
+BUILTIN_KWARGS = {
+    "digits_cnn": ("num_classes", "width"),
+    "digits_mlp": ("num_classes", "hidden"),
+    "tiny_gpt": ("vocab", "width", "depth", "heads", "context"),
+}
+BUILTIN_MODELS = tuple(BUILTIN_KWARGS)
 BUILTIN_DATA = ("digits", "python_source")
 LANGUAGE_ONLY = {"tiny_gpt", "python_source"}  # built-ins of language models
 MODEL_KEYS = (
@@ -80,6 +86,11 @@ def model_section(c: Checker, raw: dict, base_dir: Path) -> ModelSpec:
         trust_pickle=c.boolean(m, "trust_pickle", "model", False),
         huggingface=_huggingface(c, m, base_dir),
     )
+    takes = BUILTIN_KWARGS.get(spec.builtin or "", ())
+    for key in sorted(set(spec.kwargs or {}) - set(takes)) if spec.builtin else ():
+        close = difflib.get_close_matches(key, takes, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        c.fail(f"model.kwargs.{key}", f"{spec.builtin} takes {', '.join(takes)}{hint}")
     if spec.weights and not (base_dir / spec.weights).expanduser().is_file():
         c.fail("model.weights", f"file not found: {spec.weights}")
     if spec.weights and spec.huggingface is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_images
+from helpers import parse, tiny, write_images
 from safetensors.torch import save_file
 
 from iterprune.engine import sources
@@ -165,3 +166,14 @@ def test_the_digits_read_from_scikit_learns_file_equal_load_digits() -> None:
     assert torch.equal(images, torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16)
     assert torch.equal(labels, torch.tensor(digits.target, dtype=torch.long))
     assert examples._shipped_digits() is not None  # the fast path was taken
+
+
+def test_the_schedule_knows_each_builtin_models_keyword_arguments() -> None:
+    """The schedule check refuses an unknown kwarg of a built-in model (it was a TypeError
+    traceback when the run started); its list must be the functions' own."""
+    from iterprune.schedule.inputs import BUILTIN_KWARGS
+
+    for name, build in sources.BUILTIN_MODELS.items():
+        assert BUILTIN_KWARGS[name] == tuple(inspect.signature(build).parameters), name
+    with pytest.raises(ScheduleError, match=r"model.kwargs.hidden .*digits_cnn takes"):
+        parse(tiny(model={"builtin": "digits_cnn", "kwargs": {"hidden": 8}}))
