@@ -4,7 +4,7 @@ followers that carry them out.
 Rank 0 serves the run exactly as a single process does: it alone owns the state database, the
 checkpoints, the lease and the console, and it alone decides (prunes, accepts, rolls back, stops).
 Before each piece of work that needs every rank it broadcasts an order — :class:`Sync` (weights,
-mask, optimizer state), :class:`Pretrain`, :class:`Finetune`, :class:`Evaluate`, :class:`Control`,
+mask, optimizer state), :class:`Teach` (a distillation's teacher), :class:`Pretrain`, :class:`Finetune`, :class:`Evaluate`, :class:`Control`,
 :class:`Verify`, :class:`Done` — and then does that work itself. The other ranks
 (:class:`Follower`) build the same workbench, carry out the orders on their shard, and never open
 the state directory, so on other machines it need not exist. After every attempt the ranks compare
@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -52,6 +52,15 @@ class Sync:
     mask: pruning.Mask | None
     architecture: dict | None
     optimizer: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Teach:
+    """The teacher of ``finetune.distill`` (the dense model, or the last accepted round): every
+    rank holds it and distills its own shard."""
+
+    model: dict[str, torch.Tensor]
+    architecture: dict | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +107,7 @@ class Done:
     code: int
 
 
-Order = Sync | Pretrain | Finetune | Evaluate | Control | Verify | Done
+Order = Sync | Teach | Pretrain | Finetune | Evaluate | Control | Verify | Done
 
 
 class Ranks:
@@ -113,6 +122,14 @@ class Ranks:
 
     def sync(self, bench: Workbench, mask: pruning.Mask | None) -> None:
         pass
+
+    def teach(self, bench: Workbench, accepted: Any, dense: Callable[[], dict[str, Any]]) -> None:
+        """Point the teacher at what the schedule says (see :meth:`Workbench.teach_from`); under
+        torchrun every rank gets it."""
+        taught = bench.teach_from(accepted, dense)
+        if taught is not None:
+            with self.order(Teach(*taught)):
+                pass
 
     def verify(self, model: nn.Module, mask: pruning.Mask, label: str) -> str | None:
         return None
@@ -229,6 +246,8 @@ class Follower:
                     self.bench.load(state.model, state.architecture)
                     self.bench.new_optimizer().load_state_dict(state.optimizer)
                     self.mask = state.mask
+                case Teach(model=model, architecture=architecture):
+                    self.bench.teach(model, architecture)
                 case Pretrain() as order:
                     self.pretrain(order)
                 case Finetune() as order:

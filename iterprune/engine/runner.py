@@ -111,7 +111,7 @@ class Runner:
             begun = resumption.resume(self.bench, self.snapshots, self.narrator, self.ranks)
         if begun is not None:  # None: stopped during pretraining, nothing to keep
             self.accepted, self.rewind = begun
-            self.bench.teach_from(self.accepted, lambda: self.snapshots.newest_valid(0)[1])
+            self.ranks.teach(self.bench, self.accepted, lambda: self.snapshots.newest_valid(0)[1])
             row = self._row()
             self.dense = evaluation.Reference.from_row(row)
             self.rules = decisions.Rules.of(self.schedule, row["baseline_accuracy"])
@@ -255,7 +255,7 @@ class Runner:
             )
         )
         self.accepted = attempts.Accepted.of(r, bench, done.mask)
-        bench.teach_from(self.accepted, lambda: {})  # teacher: last follows the accepted round
+        self.ranks.teach(bench, self.accepted, lambda: {})  # teacher: last follows the round
         if self.schedule.checkpoints.keep == "last":
             self.snapshots.forget(self.store.drop_superseded(self.run_id))
         self.narrator.round_done(r, a, fields, layers)

@@ -79,8 +79,6 @@ class Workbench:
         self.pattern_layers = self._pattern_layers()
         self.teacher: nn.Module | None = None  # finetune.distill: see teach()
         self._taught: object = None
-        if group is not None and s.finetune.distill is not None:
-            raise UserError("finetune.distill cannot run under torchrun yet; run it alone")
 
     @property
     def exclude(self) -> tuple[str, ...]:
@@ -246,17 +244,22 @@ class Workbench:
         self.teacher = distillation.freeze(model.to(self.device))
         self._taught = state
 
-    def teach_from(self, accepted: Any, dense: Callable[[], dict[str, Any]]) -> None:
+    def teach_from(
+        self, accepted: Any, dense: Callable[[], dict[str, Any]]
+    ) -> tuple[dict[str, torch.Tensor], dict | None] | None:
         """Point the teacher at the accepted round (``teacher: last``) or, once per process, at
-        the dense model: the accepted state at round 0, else ``dense()`` (its checkpoint)."""
+        the dense model: the accepted state at round 0, else ``dense()`` (its checkpoint). What
+        it now holds (weights, layer shapes); None when nothing changed."""
         d = self.schedule.finetune.distill
         if d is None or (d.teacher == "dense" and self.teacher is not None):
-            return
+            return None
         if d.teacher == "last" or accepted.round == 0:
-            self.teach(accepted.model, accepted.architecture)
+            taught = (accepted.model, accepted.architecture)
         else:
             state = dense()
-            self.teach(state["model"], state.get("architecture"))
+            taught = (state["model"], state.get("architecture"))
+        self.teach(*taught)
+        return taught
 
     @property
     def training_task(self) -> Any:

@@ -340,6 +340,26 @@ def test_kill_either_rank_then_resume_ends_like_the_uninterrupted_run(
     assert outcome(state) == outcome(ref_state)
 
 
+@pytest.mark.parametrize("teacher", ["dense", "last"])
+def test_distillation_under_torchrun_every_rank_holds_the_teacher(
+    reference: tuple[Path, Path], tmp_path: Path, teacher: str
+) -> None:
+    """Each rank distills its shard from the teacher rank 0 sends it (the dense model once, or
+    every accepted round); rank 0 killed mid-round and resumed ends like the uninterrupted run,
+    and unlike the run without a teacher."""
+    distill = {"weight": 0.5, "temperature": 2.0, "teacher": teacher}
+    schedule = write(tmp_path / "ddp.yaml", merged(SCHEDULE, finetune={"distill": distill}))
+    whole = torchrun(tmp_path / "whole", "start", str(schedule))
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    state = tmp_path / "killed"
+    crashed = torchrun(state, "start", str(schedule), kill_at="finetune_batch:30@0")
+    assert crashed.returncode != 0
+    resumed = torchrun(state, "resume", "ddp")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert outcome(state) == outcome(tmp_path / "whole")
+    assert outcome(state)[1] != outcome(reference[1])[1]  # the teacher changed the weights
+
+
 MODES = {
     "lottery": {
         "lottery": {"rewind": {"epoch": 1}, "control": {"kind": "random_reinit", "seeds": 2}},
