@@ -15,18 +15,17 @@ import pytest
 import torch
 from helpers import checkpoint_state, iterprune, tiny, write
 
+from iterprune.cli import table as cli
 from iterprune.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_INVALID, UserError
 from iterprune.state import connection
 from iterprune.state.store import Store
 
 
-def test_a_file_that_is_not_a_database_is_named_not_a_traceback(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_database_is_named_not_a_traceback(tmp_path: Path, capsys) -> None:
     (tmp_path / "iterprune.db").write_bytes(b"this is a shopping list, not SQLite\n" * 100)
     for args in (["runs"], ["history", "x"], ["start", str(write(tmp_path / "t.yaml", tiny()))]):
-        done = iterprune(*args, state=tmp_path)
-        assert done.returncode == EXIT_DAMAGED, done.stderr
-        assert "is not an iterprune state database" in done.stderr
-        assert "Traceback" not in done.stderr
+        assert cli.main([*args, "--state-dir", str(tmp_path)]) == EXIT_DAMAGED, args
+        assert "is not an iterprune state database" in capsys.readouterr().err
 
 
 def test_a_database_from_a_newer_release_says_to_upgrade(tmp_path: Path) -> None:
@@ -41,13 +40,13 @@ def test_a_database_from_a_newer_release_says_to_upgrade(tmp_path: Path) -> None
     assert "written by a newer iterprune" in done.stderr and "0099_from_the_future" in done.stderr
 
 
-def test_a_state_directory_that_cannot_be_created_is_said_so(tmp_path: Path) -> None:
+def test_a_state_directory_that_cannot_be_created_is_said_so(tmp_path: Path, capsys) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     schedule = write(tmp_path / "t.yaml", tiny())
-    done = iterprune("start", str(schedule), state=tmp_path / "a-file" / "state")
-    assert done.returncode == EXIT_INVALID, done.stderr
-    assert "cannot create the state directory" in done.stderr and "not a directory" in done.stderr
-    assert "Traceback" not in done.stderr
+    state = tmp_path / "a-file" / "state"
+    assert cli.main(["start", str(schedule), "--state-dir", str(state)]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "cannot create the state directory" in err and "not a directory" in err
 
 
 def test_a_database_locked_longer_than_the_timeout_is_said_so(tmp_path: Path, monkeypatch) -> None:
