@@ -90,6 +90,22 @@ def read_only(root: Path, writable: bool = False) -> None:
         path.chmod(mode)
 
 
+# the commands, each through the CLI's own entry point, in one process that cannot write the state
+READER = """
+import contextlib, io, json, sys
+import iterprune
+from iterprune.cli import table as cli
+state, run = sys.argv[1], sys.argv[2]
+found = []
+for args in json.loads(sys.argv[3]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([*args, "--state-dir", state])
+    found.append({"args": args, "code": code, "out": out.getvalue(), "err": err.getvalue()})
+print(json.dumps({"commands": found, "training": iterprune.Run(run, state).model().training}))
+"""
+
+
 @pytest.mark.slow
 def test_every_reading_command_works_on_a_state_directory_it_cannot_write(tmp_path: Path) -> None:
     state = tmp_path / "state"
@@ -98,43 +114,35 @@ def test_every_reading_command_works_on_a_state_directory_it_cannot_write(tmp_pa
     out.mkdir()
     live = Store(state)  # a writer holds the database open: its WAL and index exist
     live.add_event(run, "info", "note", "written after the directory went read-only")
+    other = write(out / "other.yaml", merged(TINY, name="other"))
+    reading = [
+        ["runs", "--json"],
+        ["status", run, "--json"],
+        ["history", run, "--json"],
+        ["show", run, "--json"],
+        ["logs", run],
+        ["compare", run, run, "--json"],
+        ["check", "--json"],
+        ["export", run, "--out", str(out / "m.safetensors"), "--format", "safetensors"],
+        ["plot", run, "--out", str(out / "p.png")],
+        ["backup", str(out / "copy")],
+    ]
     read_only(state)
     try:
-        assert not os.access(state, os.W_OK) or os.geteuid() == 0
-        for args in (
-            ["runs", "--json"],
-            ["status", run, "--json"],
-            ["history", run, "--json"],
-            ["show", run, "--json"],
-            ["logs", run],
-            ["compare", run, run, "--json"],
-            ["check", "--json"],
-            ["export", run, "--out", str(out / "m.safetensors"), "--format", "safetensors"],
-            ["plot", run, "--out", str(out / "p.png")],
-            ["backup", str(out / "copy")],
-        ):
-            done = without_write_access(["-m", "iterprune", *args, "--state-dir", str(state)], out)
-            assert done.returncode == 0, (args, done.stderr)
-            assert "Traceback" not in done.stderr
-        assert "written after the directory went read-only" in done_logs(state, run, out)
-        code = f"import iterprune; print(iterprune.Run({run!r}, {str(state)!r}).model().training)"
-        assert without_write_access(["-c", code], out).stdout.strip() == "False"
-        other = write(out / "other.yaml", merged(TINY, name="other"))
-        writing = without_write_access(
-            ["-m", "iterprune", "start", str(other), "--state-dir", str(state)], out
-        )
-        assert writing.returncode != 0 and "Traceback" not in writing.stderr
-        assert "not writable" in writing.stderr, writing.stderr
-        assert (out / "m.safetensors").stat().st_size > 0 and (out / "p.png").stat().st_size > 0
+        argv = ["-c", READER, str(state), run, json.dumps([*reading, ["start", str(other)]])]
+        done = without_write_access(argv, out)
     finally:
         read_only(state, writable=True)
         live.close()
+    assert done.returncode == 0, done.stderr  # no traceback ended it
+    doc = json.loads(done.stdout)
+    *read, writing = doc["commands"]
+    assert [(c["args"][0], c["code"]) for c in read] == [(a[0], 0) for a in reading], read
+    assert "written after the directory went read-only" in read[4]["out"]
+    assert doc["training"] is False  # the API's model() too
+    assert writing["code"] != 0 and "not writable" in writing["err"], writing
+    assert (out / "m.safetensors").stat().st_size > 0 and (out / "p.png").stat().st_size > 0
     assert api.check(state_dir=out / "copy")["ok"]
-
-
-def done_logs(state: Path, run: str, cwd: Path) -> str:
-    done = without_write_access(["-m", "iterprune", "logs", run, "--state-dir", str(state)], cwd)
-    return done.stdout
 
 
 def test_a_reader_of_an_older_database_without_write_access_is_told_what_to_do(
