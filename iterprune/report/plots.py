@@ -5,10 +5,30 @@ matplotlib is an optional extra (``pip install 'iterprune[plot]'``), imported on
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
-from iterprune.errors import UserError
+from iterprune.errors import OutputWriteError, UserError
+from iterprune.state import faults
+
+
+def _save(plt: Any, fig: Any, out: Path) -> None:
+    """Write the figure beside ``out`` and rename it into place: a full disk leaves no half image
+    (and an older one intact), and says so."""
+    part = out.with_name(f".{out.name}.{os.getpid()}.partial{out.suffix}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(part, dpi=110)
+        faults.point("export_write")
+        os.replace(part, out)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        why = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or exc
+        raise OutputWriteError(f"could not write {out}: {why}; nothing was written") from None
+    finally:
+        plt.close(fig)
 
 
 def _pyplot() -> Any:
@@ -29,8 +49,7 @@ def plot(history: dict[str, Any], layers: dict[str, Any], max_drop: float, out: 
     _layers(right, layers)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out)
 
 
 def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
@@ -155,5 +174,4 @@ def sensitivity_heatmap(doc: dict[str, Any], out: Path) -> None:
     fig.colorbar(image, ax=ax, label=f"{name} drop ({units})")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out)

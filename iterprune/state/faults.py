@@ -8,8 +8,9 @@ Workers that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) ignore it: 
 ``tracking_sync`` (MLflow: an attempt committed, not yet logged), ``checkpoint_write`` (temp file
 written, not yet renamed), ``checkpoint_renamed`` (file in place, row
 not yet committed), ``db_commit`` (inside a transaction, before COMMIT; the daemon's lease
-heartbeat, in its own thread, is ``heartbeat_commit``). Unset, a point costs one
-dictionary lookup.
+heartbeat, in its own thread, is ``heartbeat_commit``), ``log_write`` (a line of a run's
+output: its log), ``export_write`` (an export's or a plot's file written, not yet renamed).
+Unset, a point costs one dictionary lookup.
 
 ``ITERPRUNE_ENOSPC_AT=POINT[:N]`` raises ``OSError(ENOSPC)`` instead, as a full disk does, the
 N-th time ``POINT`` is reached: a test puts a full disk at each write without mounting anything.

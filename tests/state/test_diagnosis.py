@@ -97,7 +97,7 @@ def test_a_full_disk_stops_cleanly_and_resume_reaches_the_same_end(
 
 
 @pytest.mark.slow
-def test_a_full_disk_at_the_log_lets_the_run_go_on_and_at_an_export_writes_nothing(
+def test_a_full_disk_at_the_log_lets_the_run_go_on_and_at_an_export_or_plot_writes_nothing(
     tmp_path: Path,
 ) -> None:
     schedule = write(tmp_path / "t.yaml", tiny())
@@ -125,3 +125,9 @@ def test_a_full_disk_at_the_log_lets_the_run_go_on_and_at_an_export_writes_nothi
         assert "Traceback" not in full.stderr
         assert out.read_bytes() == b"an older export"  # left as it was
         assert [p.name for p in out.parent.iterdir()] == ["m.pt"]  # no partial file
+    image = tmp_path / "out" / "p.png"
+    argv = [sys.executable, "-m", "iterprune", "plot", "tiny", "--out", str(image)]
+    env = {**env, "ITERPRUNE_ENOSPC_AT": "export_write", "MPLCONFIGDIR": str(tmp_path)}
+    full = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert full.returncode == EXIT_FAILED and "no space left on device" in full.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["m.pt"]
