@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from iterprune.errors import StateWriteError, UserError
+from iterprune.errors import StateDamaged, StateWriteError, UserError
 from iterprune.state import audit, checkpoints, connection, paths
 from iterprune.state.store import DB_NAME, Store
 
@@ -86,14 +86,7 @@ def _copy(store: Store, work: Path, runs: list[str] | None) -> dict[str, Any]:
         names = [r["run"] for r in copied.runs()]
         rows = [r for run in names for r in copied.checkpoints(run)]
         for row in rows:  # steps 3 and 4
-            rel = Path(row["path"])
-            if rel not in early and not _late(source / rel, work / rel):
-                raise _Superseded(row["path"])
-            if audit.sha256_of(work / rel) != row["sha256"]:
-                raise StateWriteError(
-                    f"the copy of {rel} does not match its recorded sha256: the source file is "
-                    f"damaged (iterprune check --state-dir {source})"
-                )
+            _verified(source, work, Path(row["path"]), row["sha256"], rel_in=early)
         keep = {Path(r["path"]) for r in rows}
         for rel in set(early) - keep:
             (work / rel).unlink()
@@ -101,6 +94,20 @@ def _copy(store: Store, work: Path, runs: list[str] | None) -> dict[str, Any]:
     finally:
         copied.close()
     return {"runs": names, "checkpoints": len(rows), "bytes": sum(r["bytes"] or 0 for r in rows)}
+
+
+def _verified(source: Path, work: Path, rel: Path, sha256: str, rel_in: dict) -> None:
+    """The copy of ``rel`` matches its row: copied at step 1, or now (a file written since, or
+    one rewritten under the same name after step 1: an attempt redone after a crash)."""
+    if rel in rel_in and audit.sha256_of(work / rel) == sha256:
+        return
+    if not _late(source / rel, work / rel):
+        raise _Superseded(str(rel))
+    if audit.sha256_of(work / rel) != sha256:
+        raise StateDamaged(
+            f"{source / rel} does not match its recorded sha256: it is damaged (iterprune check "
+            f"--state-dir {source} lists what is); the backup was not made"
+        )
 
 
 def _umask() -> int:

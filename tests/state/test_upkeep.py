@@ -17,7 +17,7 @@ import torch
 from helpers import TINY, checkpoint_state, iterprune, make_runner, merged, run_to_end, write
 
 from iterprune import api
-from iterprune.errors import EXIT_DAMAGED, EXIT_INVALID, UnknownRun, UserError
+from iterprune.errors import EXIT_DAMAGED, EXIT_INVALID, StateDamaged, UnknownRun, UserError
 from iterprune.state.store import Store
 
 
@@ -161,7 +161,9 @@ def test_a_reader_of_an_older_database_without_write_access_is_told_what_to_do(
     assert "written by an older iterprune" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_backup_refuses_a_directory_that_is_not_empty_and_an_unknown_run(tmp_path: Path) -> None:
+def test_backup_refuses_a_full_directory_an_unknown_run_and_a_damaged_source(
+    tmp_path: Path,
+) -> None:
     run = finished(tmp_path / "state", pretrain={"epochs": 1})
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("mine")
@@ -171,6 +173,11 @@ def test_backup_refuses_a_directory_that_is_not_empty_and_an_unknown_run(tmp_pat
         api.backup(tmp_path / "one", ["nope"], tmp_path / "state")
     doc = api.backup(tmp_path / "one", [run], tmp_path / "state")
     assert doc["runs"] == [run] and api.check(state_dir=tmp_path / "one")["ok"]
+    dense = tmp_path / "state" / "checkpoints" / run / "dense.pt"
+    dense.write_bytes(dense.read_bytes()[:-1] + b"?")  # damaged at the source
+    with pytest.raises(StateDamaged, match="dense.pt does not match its recorded sha256"):
+        api.backup(tmp_path / "two", state_dir=tmp_path / "state")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "state", "taken"]  # nothing left
 
 
 LIVE = merged(  # about 7 s: five rounds with a long fine-tune, so that backups land mid-run
