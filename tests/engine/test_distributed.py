@@ -366,13 +366,17 @@ MODES = {
         "prune": {"method": "global_magnitude", "step": 0.4, "target_sparsity": 0.7},
     },
     "channel": {"prune": {"method": "channel", "step": 0.3, "target_sparsity": 0.5}},
+    "wanda": {  # rank 0 calibrates on its shard and prunes; the mask reaches the other rank
+        "prune": {"method": "wanda", "pattern": "2:4", "calibration": {"batches": 2}}
+    },
 }
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_lottery_and_channel_modes_under_torchrun(mode: str, tmp_path: Path) -> None:
-    """The rewind weights, the control model and the smaller channel-pruned model all reach the
-    other rank (channel mode rebuilds the architecture there from rank 0's layer shapes)."""
+def test_lottery_channel_and_wanda_modes_under_torchrun(mode: str, tmp_path: Path) -> None:
+    """The rewind weights, the control model, the smaller channel-pruned model and a Wanda 2:4
+    mask all reach the other rank (channel mode rebuilds the architecture there from rank 0's
+    layer shapes)."""
     doc = {
         "name": mode,
         "seed": 4,
@@ -394,6 +398,8 @@ def test_lottery_and_channel_modes_under_torchrun(mode: str, tmp_path: Path) -> 
     assert len(agreed) == len(rounds)
     if mode == "lottery":
         assert all(r["control_accuracy"] is not None and r["control_n"] == 2 for r in rounds)
+    elif mode == "wanda":  # 4:4 -> 3:4 -> 2:4, every rank agreeing after each
+        assert [r["status"] for r in rounds] == ["accepted", "accepted"]
     else:
         assert rounds[-1]["params"] < rounds[0]["params"] and rounds[-1]["macs"] is not None
     store.close()
