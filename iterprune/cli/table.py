@@ -191,19 +191,30 @@ COMMANDS = [
 ]  # fmt: skip # a table: one command per entry reads better than one value per line
 
 
-def build_parser() -> argparse.ArgumentParser:
+NAMES = {c.name for c in COMMANDS}
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, read only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"iterprune {metadata.version('iterprune')}")
+        parser.exit()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command ``only`` alone (what a call that names
+    its command needs: building all twenty takes longer than most commands do their work)."""
     parser = argparse.ArgumentParser(
         prog="iterprune",
         description="Iterative pruning scheduler: prune, fine-tune, validate, accept or roll back.",
         epilog="Example:\n  iterprune start schedules/digits.yaml\n  iterprune history digits-cnn",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--version", action="version", version=f"iterprune {metadata.version('iterprune')}"
-    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for command in COMMANDS:
+    for command in COMMANDS if only is None else [c for c in COMMANDS if c.name == only]:
         p = sub.add_parser(
             command.name,
             help=command.help,
@@ -218,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv and argv[0] in NAMES else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
