@@ -32,6 +32,8 @@ _RUN_TABLES = ("layers", "rounds", "checkpoints", "events", "queue", "runs")  # 
 def backup(store: Store, dest: Path, runs: list[str] | None = None) -> dict[str, Any]:
     """Copy ``store``'s state (or only ``runs``) to ``dest``; what was copied."""
     dest = Path(dest)
+    if dest.resolve().is_relative_to(store.state_dir.resolve()):
+        raise UserError(f"{dest} is inside the state directory it would copy: back up elsewhere")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"{dest} already exists and is not empty: back up into a new directory")
     for run in runs or []:

@@ -169,6 +169,8 @@ def test_backup_refuses_a_full_directory_an_unknown_run_and_a_damaged_source(
     (tmp_path / "taken" / "x").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
         api.backup(tmp_path / "taken", state_dir=tmp_path / "state")
+    with pytest.raises(UserError, match="inside the state directory"):
+        api.backup(tmp_path / "state" / "copy", state_dir=tmp_path / "state")
     with pytest.raises(UserError, match="no run 'nope'"):
         api.backup(tmp_path / "one", ["nope"], tmp_path / "state")
     doc = api.backup(tmp_path / "one", [run], tmp_path / "state")
