@@ -97,13 +97,14 @@ def _gone(store: Store, row: dict[str, Any]) -> bool:
 def _checkpoint(store: Store, row: dict[str, Any]) -> str | None:
     path = store.state_dir / row["path"]
     what = f"{row['kind']} checkpoint {row['path']}"
-    if not path.is_file():
+    try:
+        size = path.stat().st_size
+        if row["bytes"] is not None and size != row["bytes"]:
+            return f"{what} has {size} bytes, recorded {row['bytes']}"
+        if sha256_of(path) != row["sha256"]:
+            return f"{what} does not match its recorded sha256 (damaged)"
+    except FileNotFoundError:  # (also when a live run deleted it while it was read)
         return None if _gone(store, row) else f"{what} is missing"
-    size = path.stat().st_size
-    if row["bytes"] is not None and size != row["bytes"]:
-        return f"{what} has {size} bytes, recorded {row['bytes']}"
-    if sha256_of(path) != row["sha256"]:
-        return f"{what} does not match its recorded sha256 (damaged)"
     return None
 
 

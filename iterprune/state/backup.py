@@ -79,8 +79,9 @@ def _copy(store: Store, work: Path, runs: list[str] | None) -> dict[str, Any]:
     early = {}  # step 1: every checkpoint file present now
     for run in runs or present:
         for f in audit.files(source, run):
-            if not f.name.endswith(checkpoints.TEMP_SUFFIX):
-                early[f.relative_to(source)] = _copy_file(f, work / f.relative_to(source))
+            rel = f.relative_to(source)
+            if not f.name.endswith(checkpoints.TEMP_SUFFIX) and _late(f, work / rel):
+                early[rel] = work / rel  # (a file deleted since it was listed is not needed)
     connection.copy(store.db.conn, work / DB_NAME)  # step 2
     copied = Store(work, create=False)
     try:
@@ -125,7 +126,7 @@ def _copy_file(src: Path, dst: Path) -> Path:
 
 
 def _late(src: Path, dst: Path) -> bool:
-    """Copy a file written after step 1; False when it is already gone."""
+    """Copy a file; False when it is already gone (superseded and deleted by a live run)."""
     try:
         _copy_file(src, dst)
     except FileNotFoundError:
