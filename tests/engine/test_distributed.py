@@ -344,20 +344,17 @@ def test_distillation_under_torchrun_every_rank_holds_the_teacher(
     reference: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """Each rank distills its shard from the teacher rank 0 sends it (``teacher: last``: the dense
-    model, then every accepted round; a resumed run's from its checkpoint — the dense teacher's
-    resume is the single-process tests'); rank 0 killed mid-round and resumed ends like the
-    uninterrupted run, and unlike the run without a teacher."""
+    model, then every accepted round): the ranks agree after every attempt (else the run fails)
+    and the weights differ from the run without a teacher. A resumed run sends its teacher the
+    same way, at prepare; resume with a teacher is bit-identical in the single-process tests."""
     distill = {"weight": 0.5, "temperature": 2.0, "teacher": "last"}
     schedule = write(tmp_path / "ddp.yaml", merged(SCHEDULE, finetune={"distill": distill}))
-    whole = torchrun(tmp_path / "whole", "start", str(schedule))
-    assert whole.returncode == 0, whole.stdout + whole.stderr
-    state = tmp_path / "killed"
-    crashed = torchrun(state, "start", str(schedule), kill_at="finetune_batch:30@0")
-    assert crashed.returncode != 0
-    resumed = torchrun(state, "resume", "ddp")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert outcome(state) == outcome(tmp_path / "whole")
-    assert outcome(state)[1] != outcome(reference[1])[1]  # the teacher changed the weights
+    done = torchrun(tmp_path / "state", "start", str(schedule))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows, weights = outcome(tmp_path / "state")
+    agreed = [e for e in Store(tmp_path / "state").events("ddp") if e["kind"] == "ranks"]
+    assert len(agreed) == len(rows)
+    assert weights != outcome(reference[1])[1]  # the teacher changed the weights
 
 
 MODES = {
@@ -462,7 +459,7 @@ def test_ctrl_c_mid_round_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> 
     doc = merged(
         SCHEDULE,
         name="ctrlc",
-        finetune={"epochs": 100, "patience": 200},  # a round far longer than the wait for it
+        finetune={"epochs": 60, "patience": 120},  # a round far longer than the wait for it
         prune={"target_sparsity": 0.5},  # one round
     )
     write(schedule, doc)
