@@ -135,6 +135,7 @@ def test_the_mlflow_section_is_validated_like_any_other() -> None:
     assert parse(tiny(report={"mlflow": None})).report.mlflow is None
 
 
+@pytest.mark.slow
 def test_a_kill_between_a_rounds_commit_and_its_logging_loses_and_repeats_nothing(
     tmp_path: Path,
 ) -> None:
