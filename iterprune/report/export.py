@@ -13,7 +13,7 @@ import torch
 from iterprune.core import pruning
 from iterprune.errors import OutputWriteError, UserError
 from iterprune.report import semi_structured, views
-from iterprune.state import checkpoints, faults
+from iterprune.state import checkpoints, diagnosis, faults
 from iterprune.state.store import Store
 
 SPARSE_FORMAT = "iterprune-sparse/1"
@@ -240,7 +240,7 @@ def export(
         size = out.stat().st_size
     except (OSError, RuntimeError) as exc:
         target.unlink(missing_ok=True)
-        why = checkpoints.cause(exc, out)
+        why = diagnosis.cause(exc, out)
         if isinstance(exc, RuntimeError) and why == str(exc):
             raise  # not the disk: an error of the model or its tracing
         raise OutputWriteError(f"could not write {out}: {why}; nothing was written") from None

@@ -5,13 +5,12 @@ matplotlib is an optional extra (``pip install 'iterprune[plot]'``), imported on
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import Any
 
 from iterprune.errors import OutputWriteError, UserError
-from iterprune.state import faults
+from iterprune.state import diagnosis, faults
 
 
 def _save(plt: Any, fig: Any, out: Path) -> None:
@@ -25,7 +24,7 @@ def _save(plt: Any, fig: Any, out: Path) -> None:
         os.replace(part, out)
     except OSError as exc:
         part.unlink(missing_ok=True)
-        why = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or exc
+        why = diagnosis.cause(exc, out)
         raise OutputWriteError(f"could not write {out}: {why}; nothing was written") from None
     finally:
         plt.close(fig)

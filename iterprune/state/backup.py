@@ -14,7 +14,6 @@ exists only when it is whole.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from iterprune.errors import StateDamaged, StateWriteError, UserError
-from iterprune.state import audit, checkpoints, connection, paths
+from iterprune.state import audit, checkpoints, connection, diagnosis, paths
 from iterprune.state.store import DB_NAME, Store
 
 TRIES = 3
@@ -53,8 +52,8 @@ def backup(store: Store, dest: Path, runs: list[str] | None = None) -> dict[str,
             continue
         except OSError as exc:
             shutil.rmtree(work, ignore_errors=True)
-            reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror
-            raise StateWriteError(f"could not write the backup {dest}: {reason or exc}") from None
+            reason = diagnosis.cause(exc, dest)
+            raise StateWriteError(f"could not write the backup {dest}: {reason}") from None
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise

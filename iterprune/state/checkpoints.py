@@ -6,12 +6,10 @@ row that points to it can be committed afterwards and never points at half a fil
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
 import queue
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import torch
 
 from iterprune.errors import CheckpointCorrupt, CheckpointWriteError
-from iterprune.state import faults
+from iterprune.state import diagnosis, faults
 
 TEMP_SUFFIX = ".tmp"
 
@@ -95,7 +93,7 @@ def save(obj: Any, path: Path) -> Written:
         faults.point("checkpoint_renamed")
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
         tmp.unlink(missing_ok=True)
-        why = cause(exc, path)
+        why = diagnosis.cause(exc, path)
         then = (
             "; free some space, then `iterprune resume` continues the run" if "space" in why else ""
         )
@@ -131,22 +129,3 @@ def sweep(directory: Path, keep: set[Path]) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
-
-
-def cause(exc: BaseException, path: Path) -> str:
-    """In words: a full disk is said to be one (torch.save's own message, "unexpected pos ...",
-    does not say so), as are a read-only or forbidden directory; else the error itself."""
-    errno_ = getattr(exc, "errno", None)
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
-    if errno_ == errno.ENOSPC or (
-        isinstance(exc, RuntimeError) and free is not None and free < 1 << 20
-    ):  # torch.save says "unexpected pos ..."
-        return "no space left on device"
-    if errno_ == errno.EROFS:
-        return "read-only file system"
-    if errno_ in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return str(exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,22 @@ def committing(conn: Any, path: Path, sqlite_error: type[Exception]) -> Iterator
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise unwritable(exc, path) from None
+
+
+def cause(exc: BaseException, path: Path) -> str:
+    """In words: a full disk is said to be one (torch.save's own message, "unexpected pos ...",
+    does not say so), as are a read-only or forbidden directory; else the error itself."""
+    errno_ = getattr(exc, "errno", None)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if errno_ == errno.ENOSPC or (
+        isinstance(exc, RuntimeError) and free is not None and free < 1 << 20
+    ):  # torch.save says "unexpected pos ..."
+        return "no space left on device"
+    if errno_ == errno.EROFS:
+        return "read-only file system"
+    if errno_ in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return str(exc)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from iterprune.report.console.tables import frac, measure, pct, rounds_table
-from iterprune.state import faults
+from iterprune.state import diagnosis, faults
 
 
 def make_console(**kwargs: Any) -> Console:
@@ -173,10 +173,10 @@ class PlainReporter:
             self.console.print(f"{_now()} {message}", markup=False, highlight=False, soft_wrap=True)
         except OSError as exc:
             self.lost = exc
-            why = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror
+            why = diagnosis.cause(exc, Path("."))
             with contextlib.suppress(OSError):
                 print(
-                    f"warning: the run's output cannot be written ({why or exc}); the run goes "
+                    f"warning: the run's output cannot be written ({why}); the run goes "
                     "on, and its events are in the state database: iterprune logs RUN",
                     file=sys.stderr,
                     flush=True,
