@@ -36,9 +36,10 @@ def test_the_loss_is_the_mean_next_token_nll_and_scores_add_up_to_it() -> None:
     logits = net(ids)[:, :-1]
     plain = functional.cross_entropy(logits.reshape(-1, 256), ids[:, 1:].reshape(-1))
     assert torch.allclose(loss, plain)
-    nll, count = tasks.LANGUAGE_MODEL.scores(net, [ids])  # a TensorDataset's one-tuple
+    with torch.no_grad():  # as evaluation calls it
+        nll, count = tasks.LANGUAGE_MODEL.scores(net, [ids])  # a TensorDataset's one-tuple
     assert count.tolist() == [9, 9, 9]
-    assert math.isclose(float(nll.sum() / count.sum()), float(plain), rel_tol=1e-5)
+    assert math.isclose(float(nll.sum() / count.sum()), plain.item(), rel_tol=1e-5)
 
 
 def test_padding_and_ignored_labels_are_not_predicted() -> None:

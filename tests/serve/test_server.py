@@ -315,7 +315,9 @@ def test_a_serve_of_two_devices_is_killed_stopped_and_finishes_every_run_once(
     tmp_path: Path,
 ) -> None:
     docs = {
-        f"r{i}": tiny(prune={"step": 0.2, "target_sparsity": 0.6}, finetune={"epochs": 300}, seed=i)
+        f"r{i}": tiny(
+            prune={"step": 0.2, "target_sparsity": 0.36}, finetune={"epochs": 300}, seed=i
+        )
         for i in range(2)
     }
     state, alone = tmp_path / "s", tmp_path / "alone"
