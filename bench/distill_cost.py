@@ -2,7 +2,8 @@
 digits CNN of ``schedules/digits.yaml`` and the tiny language model of ``schedules/tiny-lm.yaml``
 (their models as built, untrained — this times, it does not judge — as teachers, 50% of the
 weights pruned by global magnitude), interleaved
-epochs, median of ``--repeats``. Target: ≤ 1.5× on a CPU. Memory: one more copy of the weights
+epochs, median of ``--repeats``. Target: ≤ 1.5× on a CPU. Beside it, the teacher's forward passes
+over an epoch alone (no_grad, eval mode) as a fraction of a plain epoch: the least a teacher adds. Memory: one more copy of the weights
 (no gradients, no optimizer state), printed beside it.
 
     python bench/distill_cost.py [--repeats 3]
@@ -45,6 +46,19 @@ def epoch_seconds(model, train, task, mask, params) -> float:
     return time.perf_counter() - start
 
 
+def forward_seconds(teacher, train, task, batches: int | None) -> float:
+    """The teacher's share alone: its forward passes over an epoch, under no_grad."""
+    language = isinstance(task, tasks.LanguageModel)
+    start = time.perf_counter()
+    for i, batch in enumerate(train):
+        if batches is not None and i >= batches:
+            break
+        inputs = task.inputs(batch) if language else tasks.split(batch)[0]
+        with torch.no_grad():
+            tasks.forward(teacher, inputs)
+    return time.perf_counter() - start
+
+
 def measure(name: str, repeats: int) -> dict[str, float]:
     schedule, dense, train, task = setting(name)
     teacher = distillation.freeze(copy.deepcopy(dense))
@@ -55,15 +69,17 @@ def measure(name: str, repeats: int) -> dict[str, float]:
     mask = pruning.prune(params, mask, total - decisions.target_alive(total, 0.5))
     pruning.apply(params, mask)
     distilled = distillation.Distilled(task, teacher, 0.5, 2.0)
-    plain_s, taught_s = [], []
+    plain_s, taught_s, forward_s = [], [], []
     for _ in range(repeats):
         plain_s.append(epoch_seconds(student, train, task, mask, params))
         taught_s.append(epoch_seconds(student, train, distilled, mask, params))
+        forward_s.append(forward_seconds(teacher, train, task, None))
     weights = sum(p.numel() * p.element_size() for p in teacher.parameters())
     plain, taught = statistics.median(plain_s), statistics.median(taught_s)
     return {
         "plain_s": plain,
         "distill_s": taught,
+        "teacher_forward_s": statistics.median(forward_s),
         "ratio": taught / plain,
         "teacher_mb": weights / 2**20,
     }
@@ -75,14 +91,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"fine-tuning seconds per epoch, median of {args.repeats}, 2 threads (CPU)")
-    print(f"{'model':<22}{'plain s':>10}{'distill s':>11}{'ratio':>8}{'teacher MB':>12}")
+    print(
+        f"{'model':<22}{'plain s':>10}{'distill s':>11}{'ratio':>8}"
+        f"{'teacher fwd s':>15}{'fwd / plain':>13}{'teacher MB':>12}"
+    )
     rows = {}
     for label, name in (("digits CNN", "digits.yaml"), ("tiny LM", "tiny-lm.yaml")):
         found = measure(name, args.repeats)
         rows[label] = found
         print(
             f"{label:<22}{found['plain_s']:>10.2f}{found['distill_s']:>11.2f}"
-            f"{found['ratio']:>7.2f}x{found['teacher_mb']:>12.2f}",
+            f"{found['ratio']:>7.2f}x{found['teacher_forward_s']:>15.2f}"
+            f"{found['teacher_forward_s'] / found['plain_s']:>13.2f}{found['teacher_mb']:>12.2f}",
             flush=True,
         )
     worst = max(r["ratio"] for r in rows.values())
