@@ -140,34 +140,44 @@ def report(seeds: list[int], results: dict[int, dict[str, list[dict[str, float]]
     print(
         f"\ntiny_gpt on python_source, fixed 20% steps to {SETTINGS['target']:.0%}, one fine-tuning "
         f"epoch of {SETTINGS['batches']} batches a round, seeds {seeds}; test perplexity increase "
-        "in percent of the dense model's (lower is better), mean ± sd over seeds"
+        "in percent of the dense model's (lower is better), mean ± sd over seeds; then each "
+        "teacher's difference from labels only, paired by seed (points; negative: the teacher "
+        "helped), and on how many seeds it was lower"
     )
     names = list(METHODS)
-    print(f"{'sparsity %':>11}" + "".join(f"{n:>18}" for n in names))
+    taught = names[1:]
+    print(
+        f"{'sparsity %':>11}"
+        + "".join(f"{n:>17}" for n in names)
+        + "".join(f"{n + ' − labels':>26}" for n in taught)
+    )
     levels = len(results[seeds[0]]["labels only"])
+
+    def at(name: str, i: int) -> list[float]:
+        return [results[s][name][i]["test_ppl_increase"] for s in seeds]
+
     for i in range(levels):
         sparsity = results[seeds[0]]["labels only"][i]["sparsity"]
-        cells = [spread([results[s][n][i]["test_ppl_increase"] for s in seeds]) for n in names]
-        print(f"{100 * sparsity:>11.1f}" + "".join(f"{c:>18}" for c in cells))
-    for name in names[1:]:
-        pairs = [
-            (
-                results[s][name][i]["test_ppl_increase"],
-                results[s]["labels only"][i]["test_ppl_increase"],
-            )
-            for s in seeds
+        cells = [spread(at(n, i)) for n in names]
+        for name in taught:
+            diffs = [t - b for t, b in zip(at(name, i), at("labels only", i), strict=True)]
+            lower = sum(d < 0 for d in diffs)
+            cells.append(f"{spread(diffs)} ({lower}/{len(seeds)})")
+        widths = [17] * len(names) + [26] * len(taught)
+        print(
+            f"{100 * sparsity:>11.1f}"
+            + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        )
+    for name in taught:
+        diffs = [
+            t - b
             for i in range(levels)
-        ]
-        better = sum(d < b for d, b in pairs)
-        gap = statistics.mean(d - b for d, b in pairs)
-        last = [
-            results[s][name][-1]["test_ppl_increase"]
-            - results[s]["labels only"][-1]["test_ppl_increase"]
-            for s in seeds
+            for t, b in zip(at(name, i), at("labels only", i), strict=True)
         ]
         print(
-            f"  {name} vs labels only: lower test increase at {better}/{len(pairs)} (sparsity, seed) "
-            f"points; mean difference {gap:+.2f} points; at the last sparsity {spread(last)} points"
+            f"  {name} vs labels only: lower test increase at {sum(d < 0 for d in diffs)}/"
+            f"{len(diffs)} (sparsity, seed) points; mean difference {statistics.mean(diffs):+.2f} "
+            "points"
         )
 
 
