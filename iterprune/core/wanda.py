@@ -139,26 +139,63 @@ def prune(
     def units(n: str, tensor: torch.Tensor) -> torch.Tensor:  # one row per unit of the group
         return rows(tensor, n in is_transposed) if group == "row" else tensor.reshape(1, -1)
 
-    alive = {n: units(n, mask[n]).sum(dim=1) for n in names}
+    alive = {n: torch.count_nonzero(units(n, mask[n]), dim=1) for n in names}
     flat = quotas(torch.cat([alive[n] for n in names]), n_prune)
     split = dict(zip(names, flat.split([len(alive[n]) for n in names]), strict=True))
     out = {}
     for n in names:
-        keep = _drop_in_rows(units(n, found[n]), units(n, mask[n]), split[n])
+        keep = _drop_in_rows(units(n, found[n]), units(n, mask[n]), split[n], alive[n])
         if group == "row" and n in is_transposed:
             keep = keep.t()
         out[n] = keep.reshape(mask[n].shape).contiguous().cpu()
     return out
 
 
-def _drop_in_rows(score: torch.Tensor, alive: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Keep-mask after removing, in each row, its ``k`` lowest surviving scores."""
-    alive = alive.to(score.device)
+def _drop_in_rows(
+    score: torch.Tensor, alive: torch.Tensor, k: torch.Tensor, survivors: torch.Tensor
+) -> torch.Tensor:
+    """Keep-mask after removing, in each row, its ``k`` lowest surviving scores (ties: the earlier
+    positions go first); ``survivors`` counts each row's alive weights.
+
+    Each row's cut is one order statistic — the score at ascending position dead + k − 1, the dead
+    counted first at −inf — found with a partial sort from whichever end of the row is nearer;
+    everything up to it goes. Only where the next position holds the same score (a tie across
+    the cut, rare with real weights) is the row counted and just the first of the tied taken."""
+    alive, k = alive.to(score.device), k.to(score.device)
+    acting = k > 0
+    if not bool(acting.any()):
+        return alive.clone()
     ranked = score.masked_fill(~alive, -math.inf)
-    order = torch.sort(ranked, dim=1, stable=True).indices
-    dead = (~alive).sum(dim=1, keepdim=True)
-    position = torch.arange(score.shape[1], device=score.device).expand_as(order)
-    gone_sorted = (position >= dead) & (position < dead + k.to(score.device).view(-1, 1))
-    keep = torch.ones_like(alive)
-    keep.scatter_(1, order, ~gone_sorted)
-    return keep & alive
+    cut = score.shape[1] - survivors.to(score.device) + k  # the row's lowest that are gone after
+    threshold, following = _order_statistics(ranked, cut - 1, acting)
+    threshold = threshold.masked_fill(~acting, -math.inf).view(-1, 1)  # nothing more goes
+    gone = ranked <= threshold
+    across = (following.view(-1, 1) == threshold).view(-1) & acting
+    if bool(across.any()):
+        rows = across.nonzero().flatten()
+        part, line = ranked[rows], threshold[rows]
+        owed = cut[rows].view(-1, 1) - torch.count_nonzero(part < line, dim=1).view(-1, 1)
+        tied = part == line
+        gone[rows] = (part < line) | (tied & (tied.cumsum(dim=1) <= owed))
+    return alive & ~gone
+
+
+def _order_statistics(
+    ranked: torch.Tensor, position: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the values at ascending ``position`` and ``position + 1`` (+inf past the end;
+    meaningful only where ``rows``): ``topk`` of the lowest ``max + 2`` or the highest
+    ``n − min`` values of each row, whichever is fewer, sorted."""
+    n = ranked.shape[1]
+    lo, hi = int(position[rows].min()), int(position[rows].max())
+    after = position + 1
+    if hi + 2 <= n - lo:
+        values = torch.topk(ranked, min(n, hi + 2), dim=1, largest=False, sorted=True).values
+        at, next_at = position.clamp(0, values.shape[1] - 1), after.clamp(0, values.shape[1] - 1)
+    else:
+        values = torch.topk(ranked, n - lo, dim=1, largest=True, sorted=True).values
+        at = (n - 1 - position).clamp(0, n - lo - 1)
+        next_at = (n - 1 - after).clamp(0, n - lo - 1)
+    found = values.gather(1, at.view(-1, 1)).view(-1)
+    following = values.gather(1, next_at.view(-1, 1)).view(-1)
+    return found, following.masked_fill(after >= n, math.inf)

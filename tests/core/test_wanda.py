@@ -183,3 +183,31 @@ def test_wanda_options_are_checked_with_the_schedule() -> None:
         parse(merged(SPARSE_RUN, prune={"calibration": {"batches": 2}}))
     with pytest.raises(ScheduleError, match="prune.max_layer_sparsity"):
         parse(merged(WANDA, prune={"max_layer_sparsity": 0.9}))  # row groups are uniform
+
+
+def lowest_in_rows(score: torch.Tensor, alive: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Plain reference: in each row, the k lowest alive scores go, the earlier of equal ones
+    first (a stable sort)."""
+    keep = alive.clone()
+    for r in range(score.shape[0]):
+        where = alive[r].nonzero().flatten()
+        order = torch.sort(score[r, where], stable=True).indices
+        keep[r, where[order[: int(k[r])]]] = False
+    return keep
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_rows_with_ties_across_the_cut_lose_their_earlier_weights(share: float) -> None:
+    g = torch.Generator().manual_seed(int(share * 10))
+    weight = torch.randint(-4, 5, (40, 24), generator=g).float()  # few values: many ties
+    params = {"w": nn.Parameter(weight)}
+    scales = {"w": torch.ones(1, 24)}
+    mask = {"w": torch.rand(40, 24, generator=g) > 0.3}  # rows with different survivors
+    mask["w"][0] = False  # a row with nothing left
+    alive = int(mask["w"].sum())
+    n = int(share * alive)
+    found = wanda.prune(params, mask, n, scales, "row")["w"]
+    quota = wanda.quotas(mask["w"].sum(dim=1), n)
+    expected = lowest_in_rows(weight.abs(), mask["w"], quota)
+    assert torch.equal(found, expected)
+    assert int(found.sum()) == alive - n
