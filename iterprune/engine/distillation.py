@@ -46,7 +46,7 @@ class Distilled:
         else:
             inputs, labels = tasks.split(batch)
         student = tasks.forward(model, inputs)
-        soft = self._kl(student, self._teach(inputs)).sum(dim=-1).mean()
+        soft = self._kl(student, self._teach(inputs)).mean()
         if labels is None:
             return soft
         hard = functional.cross_entropy(student, labels)
@@ -57,7 +57,7 @@ class Distilled:
         teacher = self._teach(self.task.inputs(batch))[:, :-1]
         counted = counts.to(student.dtype)
         tokens = counted.sum().clamp(min=1)
-        soft = (self._kl(student, teacher).sum(dim=-1) * counted).sum() / tokens
+        soft = (self._kl(student, teacher) * counted).sum() / tokens
         if self.weight >= 1:
             return soft
         hard = self.task.token_nll(student, wanted, counted).sum() / tokens
@@ -68,11 +68,18 @@ class Distilled:
             return tasks.forward(self.teacher, inputs)
 
     def _kl(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """``T² · p_t (log p_t − log p_s)`` per class, at temperature T (float32)."""
+        """``T² · Σ p_t (log p_t − log p_s)`` over the last axis, at temperature T (float32).
+
+        The teacher's side (``p_t`` and ``Σ p_t log p_t``) is computed without a graph, so the
+        backward pass goes through the student's log-softmax and one product only (a third
+        less time on a language model's ``[batch, tokens, vocabulary]`` logits)."""
         t = self.temperature
+        with torch.no_grad():
+            log_t = functional.log_softmax(teacher.float() / t, dim=-1)
+            p_t = log_t.exp()
+            own = (p_t * log_t).sum(dim=-1)
         log_s = functional.log_softmax(student.float() / t, dim=-1)
-        log_t = functional.log_softmax(teacher.float() / t, dim=-1)
-        return t * t * log_t.exp() * (log_t - log_s)
+        return t * t * (own - (p_t * log_s).sum(dim=-1))
 
 
 def _inputs(batch: Any) -> Any:
