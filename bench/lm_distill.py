@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import seedpool
 import torch
 import yaml
 
@@ -112,25 +112,6 @@ def _worker(settings: dict, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _seeds(seeds: list[int], jobs: int, tmp: Path):
-    """(seed, its curves) in seed order: one after another, or ``jobs`` at a time."""
-    if jobs <= 1:
-        for seed in seeds:
-            yield seed, one_seed(seed, tmp)
-        return
-    import concurrent.futures
-    import multiprocessing
-
-    threads = max(1, (os.cpu_count() or 2) // jobs)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        jobs, context, _worker, (SETTINGS, threads)
-    ) as pool:
-        futures = [pool.submit(one_seed, seed, tmp) for seed in seeds]
-        for seed, future in zip(seeds, futures, strict=True):
-            yield seed, future.result()
-
-
 def spread(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):+.2f} ± {sd:.2f}"
@@ -193,7 +174,9 @@ def main() -> None:
     started = time.perf_counter()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed, out in _seeds(args.seeds, args.jobs, Path(tmp)):
+        for seed, out in seedpool.by_seed(
+            one_seed, args.seeds, args.jobs, Path(tmp), _worker, (SETTINGS,)
+        ):
             results[seed] = out
             for name, points in out.items():
                 print(json.dumps({"seed": seed, "method": name, "curve": points}), flush=True)

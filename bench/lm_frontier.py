@@ -38,13 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import seedpool
 import torch
 import yaml
 
@@ -247,25 +247,6 @@ def _worker(target: float, batches: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _seeds(seeds: list[int], jobs: int, tmp: Path):
-    """(seed, its results) in seed order: one after another, or ``jobs`` at a time."""
-    if jobs <= 1:
-        for seed in seeds:
-            yield seed, one_seed(seed, tmp)
-        return
-    import concurrent.futures
-    import multiprocessing
-
-    threads = max(1, (os.cpu_count() or 2) // jobs)
-    pool = concurrent.futures.ProcessPoolExecutor(
-        jobs, multiprocessing.get_context("spawn"), _worker, (TARGET, BATCHES, threads)
-    )
-    with pool:
-        futures = [pool.submit(one_seed, seed, tmp) for seed in seeds]
-        for seed, future in zip(seeds, futures, strict=True):
-            yield seed, future.result()
-
-
 def main() -> None:
     global TARGET, BATCHES  # noqa: PLW0603 (one setting for the whole script)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -281,7 +262,9 @@ def main() -> None:
     results = {m: {k: [] for k in KEYS} for m in METHODS}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for seed, out in _seeds(args.seeds, args.jobs, Path(tmp)):
+        for seed, out in seedpool.by_seed(
+            one_seed, args.seeds, args.jobs, Path(tmp), _worker, (TARGET, BATCHES)
+        ):
             for name in METHODS:
                 for key in KEYS:
                     results[name][key].append(out[name][key])
