@@ -98,20 +98,19 @@ def committing(conn: Any, path: Path, sqlite_error: type[Exception]) -> Iterator
         raise unwritable(exc, path) from None
 
 
-def cause(exc: BaseException, path: Path) -> str:
-    """In words: a full disk is said to be one (torch.save's own message, "unexpected pos ...",
-    does not say so), as are a read-only or forbidden directory; else the error itself."""
+def cause(exc: BaseException, path: Path | None = None) -> str:
+    """In words: a full disk is said to be one, as are a read-only or forbidden directory; else
+    the error itself. ``torch.save`` reports a full disk as a RuntimeError ("unexpected pos ..."),
+    without an errno: for that one the free space where ``path`` was written decides."""
     errno_ = getattr(exc, "errno", None)
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
-    if errno_ == errno.ENOSPC or (
-        isinstance(exc, RuntimeError) and free is not None and free < 1 << 20
-    ):  # torch.save says "unexpected pos ..."
+    if errno_ == errno.ENOSPC:
         return "no space left on device"
     if errno_ == errno.EROFS:
         return "read-only file system"
     if errno_ in (errno.EACCES, errno.EPERM):
         return "permission denied"
+    if isinstance(exc, RuntimeError) and path is not None:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(path.parent).free < 1 << 20:
+                return "no space left on device"
     return str(exc)

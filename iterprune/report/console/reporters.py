@@ -10,7 +10,6 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -173,7 +172,7 @@ class PlainReporter:
             self.console.print(f"{_now()} {message}", markup=False, highlight=False, soft_wrap=True)
         except OSError as exc:
             self.lost = exc
-            why = diagnosis.cause(exc, Path("."))
+            why = diagnosis.cause(exc)
             with contextlib.suppress(OSError):
                 print(
                     f"warning: the run's output cannot be written ({why}); the run goes "
