@@ -79,7 +79,7 @@ def _copy(store: Store, work: Path, runs: list[str] | None) -> dict[str, Any]:
     for run in runs or present:
         for f in audit.files(source, run):
             rel = f.relative_to(source)
-            if not f.name.endswith(checkpoints.TEMP_SUFFIX) and _late(f, work / rel):
+            if not f.name.endswith(checkpoints.TEMP_SUFFIX) and _copy_if_present(f, work / rel):
                 early[rel] = work / rel  # (a file deleted since it was listed is not needed)
     connection.copy(store.db.conn, work / DB_NAME)  # step 2
     copied = Store(work, create=False)
@@ -103,7 +103,7 @@ def _verified(source: Path, work: Path, rel: Path, sha256: str, rel_in: dict) ->
     one rewritten under the same name after step 1: an attempt redone after a crash)."""
     if rel in rel_in and audit.sha256_of(work / rel) == sha256:
         return
-    if not _late(source / rel, work / rel):
+    if not _copy_if_present(source / rel, work / rel):
         raise _Superseded(str(rel))
     if audit.sha256_of(work / rel) != sha256:
         raise StateDamaged(
@@ -124,7 +124,7 @@ def _copy_file(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _late(src: Path, dst: Path) -> bool:
+def _copy_if_present(src: Path, dst: Path) -> bool:
     """Copy a file; False when it is already gone (superseded and deleted by a live run)."""
     try:
         _copy_file(src, dst)
