@@ -170,7 +170,7 @@ def _drop_in_rows(
     threshold, following = _order_statistics(ranked, cut - 1, acting)
     threshold = threshold.masked_fill(~acting, -math.inf).view(-1, 1)  # nothing more goes
     gone = ranked <= threshold
-    across = (following.view(-1, 1) == threshold).view(-1) & acting
+    across = (following == threshold.view(-1)) & acting  # ties reach past the cut
     if bool(across.any()):
         rows = across.nonzero().flatten()
         part, line = ranked[rows], threshold[rows]
