@@ -13,20 +13,26 @@ that three seeds with ``--jobs 3`` fit in 30 minutes on 2 cores (29 minutes in o
 batches took 41).
 
 - fixed step: the schedule's 20% of the remaining weights per round, no validation, the budget
-  spread evenly over the rounds it takes to reach the target (at least one epoch a round);
+  spread evenly over the rounds it takes to reach the target (whole epochs, the remainder to the
+  first rounds, at least one a round);
 - one-shot: global magnitude pruning at once to the sparsity iterprune chose, fine-tuned for at
   most the budget, stopped after 3 epochs without a better validation perplexity, the best epoch
   kept (the same sparsity, so its test change compares directly; its validation change says
   whether it kept the budget);
 - dense, trained on: the dense model trained for at most the budget the same way, no pruning — how much
   the extra training alone moves perplexity, so that "pruning improved it" is never an artefact;
-- iterprune confident: rule confident, started from the same dense weights.
+- iterprune confident: rule confident, started from the same dense weights;
+- with ``--same-sparsity``, fixed step to iterprune's sparsity: the fixed loop stopped at the
+  sparsity iterprune chose, the whole budget spread evenly over the rounds it takes, its last
+  round kept (no choice) — the same sparsity, the same epochs and the same step, so that the two
+  test figures differ only by iterprune's decisions (rollbacks, smaller steps, recovery). It adds
+  about a third to the run's time (38 minutes for three seeds with ``--jobs 3`` here).
 
 Every method picks its model on validation only (the sparsest within the budget on validation; for
 iterprune its last accepted round) and is scored on test: the relative change of test perplexity
 against the dense model's, in percent (positive: worse).
 
-    python bench/lm_frontier.py [--seeds 0 1 2] [--jobs 3]
+    python bench/lm_frontier.py [--seeds 0 1 2] [--jobs 3] [--same-sparsity]
 
 ``--jobs N`` runs N seeds at once in processes of their own, the machine's threads shared among
 them (on 2 cores, three seeds with one thread each finish sooner than one after another with two:
@@ -38,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import tempfile
 import time
@@ -63,7 +68,9 @@ BUDGET = float(str(SCHEDULE["validate"]["max_drop"]).rstrip("%"))  # percent of 
 LR = SCHEDULE["finetune"]["lr"]
 PATIENCE = 3  # one-shot and dense-trained-on stop after 3 epochs without a better validation
 LM = tasks.LANGUAGE_MODEL
+SAME = False  # --same-sparsity: the "fixed, same sp." row
 METHODS = ("iterprune", "fixed step", "one-shot", "iterprune confident", "dense, trained on")
+SAME_SPARSITY = "fixed, same sp."
 LABELS = {"one-shot": "one-shot (same sp.)"}
 KEYS = ("sparsity", "test_ppl_increase", "val_ppl_increase", "epochs")
 
@@ -157,24 +164,34 @@ def trained_on(start: Start, budget: int) -> dict[str, float]:
     return {**start.scored(model, 0.0), "epochs": epochs}
 
 
-def fixed_step(start: Start, budget: int) -> dict[str, float]:
+def fixed_step(start: Start, budget: int, level: float) -> list[dict[str, float]]:
+    """The fixed loop's rounds to ``level``, each scored with the epochs used so far: ``STEP``
+    of the remaining weights a round (iterprune's rule for the last one), no validation, the
+    budget spread over the rounds as evenly as whole epochs allow (at least one a round)."""
     model = start.model()
     params = pruning.prunable_parameters(model, LM.exclude)
     mask = pruning.dense_mask(params)
     total = pruning.count_alive(mask)
-    n_rounds = math.ceil(math.log(1 - TARGET) / math.log(1 - STEP))
-    per_round = max(1, round(budget / n_rounds))
+    amounts = []
+    while n := decisions.amount_to_prune(total - sum(amounts), total, STEP, level):
+        amounts.append(n)
+    share, extra = divmod(budget, max(1, len(amounts)))
     curve, used = [], 0
-    for round_ in range(1, n_rounds + 1):
-        n = decisions.amount_to_prune(pruning.count_alive(mask), total, STEP, TARGET)
-        if n == 0:
-            break
+    for round_, n in enumerate(amounts, start=1):
         rng.seed_everything(rng.derive_seed(start.seed, 2000, round_), (start.train,))
         mask = pruning.prune(params, mask, n)
         pruning.apply(params, mask)
-        used += start.fine_tune(model, mask, per_round, patience=False)
-        curve.append(start.scored(model, pruning.sparsity(mask)))
-    return chosen(curve, used)
+        epochs = max(1, share + (round_ <= extra))
+        used += start.fine_tune(model, mask, epochs, patience=False)
+        curve.append({**start.scored(model, pruning.sparsity(mask)), "epochs": used})
+    return curve
+
+
+def same_sparsity(start: Start, budget: int, level: float) -> dict[str, float]:
+    """The fixed loop stopped at ``level`` with the whole budget: its last round, no choice."""
+    if level <= 0:  # iterprune accepted nothing: the dense model, as it has
+        return {"sparsity": 0.0, "val_ppl_increase": 0.0, "test_ppl_increase": 0.0, "epochs": 0}
+    return fixed_step(start, budget, level)[-1]
 
 
 def chosen(scored: list[dict[str, float]], epochs: int) -> dict[str, float]:
@@ -192,7 +209,10 @@ def one_seed(seed: int, work: Path) -> dict[str, dict[str, Any]]:
     torch.save(out["iterprune"]["dense"], dense_file)
     out["iterprune confident"] = run_iterprune(seed, work, "confident", dense_file)
     start = Start(seed, out["iterprune"]["dense"])
-    out["fixed step"] = fixed_step(start, budget)
+    curve = fixed_step(start, budget, TARGET)
+    out["fixed step"] = chosen(curve, curve[-1]["epochs"] if curve else 0)
+    if SAME:
+        out[SAME_SPARSITY] = same_sparsity(start, budget, out["iterprune"]["sparsity"])
     out["one-shot"] = one_shot(start, budget, out["iterprune"]["sparsity"])
     out["dense, trained on"] = trained_on(start, budget)
     return out
@@ -212,13 +232,13 @@ def report(seeds: list[int], results: dict[str, dict[str, list]]) -> None:
         "(lower is better), mean ± sd over seeds"
     )
     print(f"{'method':<22}{'sparsity %':>14}{'test ppl +%':>16}{'val ppl +%':>16}{'epochs':>9}")
-    for name in METHODS:
+    for name in results:
         r = results[name]
         print(
             f"{LABELS.get(name, name):<22}{spread(r['sparsity'], 100):>14}{spread(r['test_ppl_increase']):>16}"
             f"{spread(r['val_ppl_increase']):>16}{statistics.mean(r['epochs']):>9.1f}"
         )
-    for name in METHODS:
+    for name in results:
         r = results[name]
         cells = ", ".join(
             f"{100 * s:.0f}% / {t:+.2f}%"
@@ -238,18 +258,27 @@ def report(seeds: list[int], results: dict[str, dict[str, list]]) -> None:
         f"  iterprune mean test ppl increase minus fixed step's: {excess:+.2f} points (need <= 1)"
     )
     print(f"  iterprune confident: test increase within +{BUDGET:g}% on {within}/{n} seeds")
+    if SAME_SPARSITY in results:
+        same = results[SAME_SPARSITY]["test_ppl_increase"]
+        gaps = [o - f for o, f in zip(ours["test_ppl_increase"], same, strict=True)]
+        lower = sum(g < 0 for g in gaps)
+        print(
+            f"  at iterprune's sparsity and epochs, iterprune's test ppl increase minus the fixed "
+            f"loop's: {spread(gaps)} points (lower on {lower}/{n} seeds; no target, the "
+            "comparison at one sparsity)"
+        )
 
 
-def _worker(target: float, batches: int, threads: int) -> None:
+def _worker(target: float, batches: int, same: bool, threads: int) -> None:
     """A process of ``--jobs``: the settings of the parent, its share of the threads."""
-    global TARGET, BATCHES  # noqa: PLW0603
-    TARGET, BATCHES = target, batches
+    global TARGET, BATCHES, SAME  # noqa: PLW0603
+    TARGET, BATCHES, SAME = target, batches, same
     SCHEDULE["threads"] = threads
     torch.set_num_threads(threads)
 
 
 def main() -> None:
-    global TARGET, BATCHES  # noqa: PLW0603 (one setting for the whole script)
+    global TARGET, BATCHES, SAME  # noqa: PLW0603 (one setting for the whole script)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--target", type=float, default=0.9, help="target sparsity (default 0.9)")
@@ -257,16 +286,22 @@ def main() -> None:
     ap.add_argument(
         "--batches", type=int, default=100, help="fine-tuning batches per epoch (default 100)"
     )
+    ap.add_argument(
+        "--same-sparsity",
+        action="store_true",
+        help="add the fixed loop stopped at iterprune's sparsity with the same epochs (+1/3 time)",
+    )
     args = ap.parse_args()
-    TARGET, BATCHES = args.target, args.batches
+    TARGET, BATCHES, SAME = args.target, args.batches, args.same_sparsity
     torch.set_num_threads(2)
-    results = {m: {k: [] for k in KEYS} for m in METHODS}
+    methods = METHODS + ((SAME_SPARSITY,) if SAME else ())
+    results = {m: {k: [] for k in KEYS} for m in methods}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed, out in seedpool.by_seed(
-            one_seed, args.seeds, args.jobs, Path(tmp), _worker, (TARGET, BATCHES)
+            one_seed, args.seeds, args.jobs, Path(tmp), _worker, (TARGET, BATCHES, SAME)
         ):
-            for name in METHODS:
+            for name in methods:
                 for key in KEYS:
                     results[name][key].append(out[name][key])
                 found = {key: out[name][key] for key in KEYS}
@@ -277,7 +312,7 @@ def main() -> None:
                 flush=True,
             )
     report(args.seeds, results)
-    for name in METHODS:
+    for name in methods:
         print(json.dumps({"method": name, "seeds": args.seeds, **results[name]}))
     print(f"wall time {time.perf_counter() - started:.0f}s")
 
