@@ -25,8 +25,9 @@ batches took 41).
 - with ``--same-sparsity``, fixed step to iterprune's sparsity: the fixed loop stopped at the
   sparsity iterprune chose, the whole budget spread evenly over the rounds it takes, its last
   round kept (no choice) — the same sparsity, the same epochs and the same step, so that the two
-  test figures differ only by iterprune's decisions (rollbacks, smaller steps, recovery). It adds
-  about a third to the run's time (38 minutes for three seeds with ``--jobs 3`` here).
+  test figures differ only by iterprune's decisions (rollbacks, smaller steps, recovery). It
+  adds a sixth to the run's time (2041 s for three seeds with ``--jobs 3`` here, 1747 s
+  without it).
 
 Every method picks its model on validation only (the sparsest within the budget on validation; for
 iterprune its last accepted round) and is scored on test: the relative change of test perplexity
