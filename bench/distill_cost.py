@@ -51,7 +51,7 @@ def epoch_seconds(model, train, task, mask, params, batches: int | None) -> floa
 
 
 def forward_seconds(teacher, train, task, batches: int | None) -> float:
-    """The teacher's share alone: its forward passes over an epoch, under no_grad."""
+    """The teacher's share alone: its forward passes over a timed unit, under no_grad."""
     language = isinstance(task, tasks.LanguageModel)
     start = time.perf_counter()
     for i, batch in enumerate(train):

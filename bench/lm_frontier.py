@@ -74,6 +74,7 @@ METHODS = ("iterprune", "fixed step", "one-shot", "iterprune confident", "dense,
 SAME_SPARSITY = "fixed, same sp."
 LABELS = {"one-shot": "one-shot (same sp.)"}
 KEYS = ("sparsity", "test_ppl_increase", "val_ppl_increase", "epochs")
+DENSE = {"sparsity": 0.0, "val_ppl_increase": 0.0, "test_ppl_increase": 0.0}  # nothing pruned
 
 
 def increase(ppl: float, dense: float) -> float:
@@ -191,16 +192,16 @@ def fixed_step(start: Start, budget: int, level: float) -> list[dict[str, float]
 def same_sparsity(start: Start, budget: int, level: float) -> dict[str, float]:
     """The fixed loop stopped at ``level`` with the whole budget: its last round, no choice."""
     if level <= 0:  # iterprune accepted nothing: the dense model, as it has
-        return {"sparsity": 0.0, "val_ppl_increase": 0.0, "test_ppl_increase": 0.0, "epochs": 0}
+        return {**DENSE, "epochs": 0}
     return fixed_step(start, budget, level)[-1]
 
 
-def chosen(scored: list[dict[str, float]], epochs: int) -> dict[str, float]:
-    """The sparsest model within the budget on validation (the dense model if none is)."""
-    within = [s for s in scored if s["val_ppl_increase"] <= BUDGET + 1e-9]
-    best = max(within, key=lambda s: s["sparsity"]) if within else None
-    none = {"sparsity": 0.0, "val_ppl_increase": 0.0, "test_ppl_increase": 0.0}
-    return {**(best or none), "epochs": epochs}
+def chosen(curve: list[dict[str, float]]) -> dict[str, float]:
+    """The sparsest round within the budget on validation (the dense model if none is), with
+    the epochs the whole curve used."""
+    within = [s for s in curve if s["val_ppl_increase"] <= BUDGET + 1e-9]
+    best = max(within, key=lambda s: s["sparsity"]) if within else DENSE
+    return {**best, "epochs": curve[-1]["epochs"] if curve else 0}
 
 
 def one_seed(seed: int, work: Path) -> dict[str, dict[str, Any]]:
@@ -210,8 +211,7 @@ def one_seed(seed: int, work: Path) -> dict[str, dict[str, Any]]:
     torch.save(out["iterprune"]["dense"], dense_file)
     out["iterprune confident"] = run_iterprune(seed, work, "confident", dense_file)
     start = Start(seed, out["iterprune"]["dense"])
-    curve = fixed_step(start, budget, TARGET)
-    out["fixed step"] = chosen(curve, curve[-1]["epochs"] if curve else 0)
+    out["fixed step"] = chosen(fixed_step(start, budget, TARGET))
     if SAME:
         out[SAME_SPARSITY] = same_sparsity(start, budget, out["iterprune"]["sparsity"])
     out["one-shot"] = one_shot(start, budget, out["iterprune"]["sparsity"])
