@@ -1,8 +1,9 @@
 """What a teacher costs: fine-tuning time with and without ``finetune.distill``, on the digits
 CNN of ``schedules/digits.yaml`` and the tiny language model of ``schedules/tiny-lm.yaml`` (their
 models as built, untrained — this times, it does not judge — as teachers, 50% of the weights
-pruned by global magnitude). A timed unit is an epoch (the digits) or ``--lm-batches`` batches of
-one (the language model, whose epoch is 489 batches); each plain unit is followed at once by one
+pruned by global magnitude). A timed unit is ``--digits-epochs`` epochs of the digits (one is
+17 batches, ~0.2 s: too short to time alone on a shared machine) or ``--lm-batches`` batches of
+the language model (whose epoch is 489 batches); each plain unit is followed at once by one
 with the teacher, and the ratio is the median over ``--repeats`` such pairs, with their range:
 pairing keeps a slow spell of a shared machine (seen here: the same epoch 18 s in one run, 27 s
 in the next) out of the ratio. Target: ≤ 1.5× on a CPU. Beside it, the teacher's forward passes
@@ -14,7 +15,8 @@ memory: one more copy of the weights (no gradients, no optimizer state).
 belongs to the 64-wide model, or to distillation itself (a teacher's forward pass is about a third
 of a training step at any size, so no model gets far under 1.33x on a CPU).
 
-    python bench/distill_cost.py [--repeats 7] [--lm-batches 120] [--wide] [--wide-batches 40]
+    python bench/distill_cost.py [--repeats 7] [--digits-epochs 5] [--lm-batches 120]
+                                 [--wide] [--wide-batches 40]
 """
 
 from __future__ import annotations
@@ -47,29 +49,35 @@ def setting(name: str, sizes: dict[str, int]) -> tuple[Any, torch.nn.Module, Any
     return schedule, model, train, task
 
 
-def epoch_seconds(model, train, task, mask, params, batches: int | None) -> float:
+Unit = tuple[int, int | None]  # epochs, and batches an epoch (None: all of them)
+
+
+def unit_seconds(model, train, task, mask, params, unit: Unit) -> float:
+    epochs, batches = unit
     enforcer = training.MaskEnforcer(params, mask)
     options = training.Options(enforcer=enforcer, task=task, max_batches=batches)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     start = time.perf_counter()
-    training.train(model, train, optimizer, 1, options)
+    training.train(model, train, optimizer, epochs, options)
     return time.perf_counter() - start
 
 
-def forward_seconds(teacher, train, task, batches: int | None) -> float:
+def forward_seconds(teacher, train, task, unit: Unit) -> float:
     """The teacher's share alone: its forward passes over a timed unit, under no_grad."""
+    epochs, batches = unit
     language = isinstance(task, tasks.LanguageModel)
     start = time.perf_counter()
-    for i, batch in enumerate(train):
-        if batches is not None and i >= batches:
-            break
-        inputs = task.inputs(batch) if language else tasks.split(batch)[0]
-        with torch.no_grad():
-            tasks.forward(teacher, inputs)
+    for _ in range(epochs):
+        for i, batch in enumerate(train):
+            if batches is not None and i >= batches:
+                break
+            inputs = task.inputs(batch) if language else tasks.split(batch)[0]
+            with torch.no_grad():
+                tasks.forward(teacher, inputs)
     return time.perf_counter() - start
 
 
-def measure(name: str, sizes: dict[str, int], repeats: int, batches: int | None) -> dict[str, Any]:
+def measure(name: str, sizes: dict[str, int], repeats: int, unit: Unit) -> dict[str, Any]:
     schedule, dense, train, task = setting(name, sizes)
     teacher = distillation.freeze(copy.deepcopy(dense))
     student = copy.deepcopy(dense)
@@ -79,12 +87,12 @@ def measure(name: str, sizes: dict[str, int], repeats: int, batches: int | None)
     mask = pruning.prune(params, mask, total - decisions.target_alive(total, 0.5))
     pruning.apply(params, mask)
     distilled = distillation.Distilled(task, teacher, 0.5, 2.0)
-    epoch_seconds(student, train, distilled, mask, params, 2)  # warm-up, not timed
+    unit_seconds(student, train, distilled, mask, params, (1, 2))  # warm-up, not timed
     plain_s, taught_s, forward_s = [], [], []
     for _ in range(repeats):
-        plain_s.append(epoch_seconds(student, train, task, mask, params, batches))
-        taught_s.append(epoch_seconds(student, train, distilled, mask, params, batches))
-        forward_s.append(forward_seconds(teacher, train, task, batches))
+        plain_s.append(unit_seconds(student, train, task, mask, params, unit))
+        taught_s.append(unit_seconds(student, train, distilled, mask, params, unit))
+        forward_s.append(forward_seconds(teacher, train, task, unit))
     weights = sum(p.numel() * p.element_size() for p in teacher.parameters())
     ratios = [t / p for t, p in zip(taught_s, plain_s, strict=True)]
     return {
@@ -100,13 +108,16 @@ def measure(name: str, sizes: dict[str, int], repeats: int, batches: int | None)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7, help="timed pairs per model (default 7)")
+    ap.add_argument("--digits-epochs", type=int, default=5, help="digits epochs per unit")
     ap.add_argument("--lm-batches", type=int, default=120, help="the LM's batches per unit")
     ap.add_argument("--wide", action="store_true", help="add a 4x wider, 2x deeper LM row")
     ap.add_argument("--wide-batches", type=int, default=40, help="the wide LM's batches per unit")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    wide = f"; LM 256x4: {args.wide_batches} batches" if args.wide else ""
     print(
-        f"fine-tuning seconds per unit (digits: an epoch; LM: {args.lm_batches} batches), median "
+        f"fine-tuning seconds per unit (digits: {args.digits_epochs} epochs; LM: "
+        f"{args.lm_batches} batches{wide}), median "
         f"of {args.repeats} plain/teacher pairs, 2 threads (CPU)"
     )
     print(
@@ -115,13 +126,14 @@ def main() -> None:
     )
     rows = {}
     units = [
-        ("digits CNN", "digits.yaml", {}, None),
-        ("tiny LM", "tiny-lm.yaml", {}, args.lm_batches),
+        ("digits CNN", "digits.yaml", {}, (args.digits_epochs, None)),
+        ("tiny LM", "tiny-lm.yaml", {}, (1, args.lm_batches)),
     ]
     if args.wide:
-        units.append(("LM 256x4", "tiny-lm.yaml", {"width": 256, "depth": 4}, args.wide_batches))
-    for label, name, sizes, batches in units:
-        found = measure(name, sizes, args.repeats, batches)
+        wide = {"width": 256, "depth": 4}
+        units.append(("LM 256x4", "tiny-lm.yaml", wide, (1, args.wide_batches)))
+    for label, name, sizes, unit in units:
+        found = measure(name, sizes, args.repeats, unit)
         rows[label] = found
         low, high = found["ratio_range"]
         print(
