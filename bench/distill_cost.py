@@ -3,10 +3,11 @@ CNN of ``schedules/digits.yaml`` and the tiny language model of ``schedules/tiny
 models as built, untrained — this times, it does not judge — as teachers, 50% of the weights
 pruned by global magnitude). A timed unit is ``--digits-epochs`` epochs of the digits (one is
 17 batches, ~0.2 s: too short to time alone on a shared machine) or ``--lm-batches`` batches of
-the language model (whose epoch is 489 batches); each plain unit is followed at once by one
-with the teacher, and the ratio is the median over ``--repeats`` such pairs, with their range:
-pairing keeps a slow spell of a shared machine (seen here: the same epoch 18 s in one run, 27 s
-in the next) out of the ratio. Target: ≤ 1.5× on a CPU. Beside it, the teacher's forward passes
+the language model (whose epoch is 489 batches). A repeat times four units back to back, plain,
+teacher, teacher, plain, and its ratio is the teacher's two over the plain two: the order cancels
+a machine speeding up or slowing down across the repeat (a shared machine does: the same epoch
+took 18 s in one run, 27 s in the next), and the ratio is the median over ``--repeats``, with
+their range. Target: ≤ 1.5× on a CPU. Beside it, the teacher's forward passes
 alone (no_grad, eval mode) as a fraction of a plain unit — the least a teacher can add — and its
 memory: one more copy of the weights (no gradients, no optimizer state).
 
@@ -15,7 +16,7 @@ memory: one more copy of the weights (no gradients, no optimizer state).
 belongs to the 64-wide model, or to distillation itself (a teacher's forward pass is about a third
 of a training step at any size, so no model gets far under 1.33x on a CPU).
 
-    python bench/distill_cost.py [--repeats 7] [--digits-epochs 5] [--lm-batches 120]
+    python bench/distill_cost.py [--repeats 5] [--digits-epochs 5] [--lm-batches 120]
                                  [--wide] [--wide-batches 40]
 """
 
@@ -89,12 +90,16 @@ def measure(name: str, sizes: dict[str, int], repeats: int, unit: Unit) -> dict[
     distilled = distillation.Distilled(task, teacher, 0.5, 2.0)
     unit_seconds(student, train, distilled, mask, params, (1, 2))  # warm-up, not timed
     plain_s, taught_s, forward_s = [], [], []
+    ratios = []
     for _ in range(repeats):
-        plain_s.append(unit_seconds(student, train, task, mask, params, unit))
-        taught_s.append(unit_seconds(student, train, distilled, mask, params, unit))
+        first = unit_seconds(student, train, task, mask, params, unit)
+        taught = [unit_seconds(student, train, distilled, mask, params, unit) for _ in range(2)]
+        plain = [first, unit_seconds(student, train, task, mask, params, unit)]
+        ratios.append(sum(taught) / sum(plain))
+        plain_s += plain
+        taught_s += taught
         forward_s.append(forward_seconds(teacher, train, task, unit))
     weights = sum(p.numel() * p.element_size() for p in teacher.parameters())
-    ratios = [t / p for t, p in zip(taught_s, plain_s, strict=True)]
     return {
         "plain_s": statistics.median(plain_s),
         "distill_s": statistics.median(taught_s),
@@ -107,7 +112,12 @@ def measure(name: str, sizes: dict[str, int], repeats: int, unit: Unit) -> dict[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7, help="timed pairs per model (default 7)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="plain-teacher-teacher-plain repeats per model (default 5)",
+    )
     ap.add_argument("--digits-epochs", type=int, default=5, help="digits epochs per unit")
     ap.add_argument("--lm-batches", type=int, default=120, help="the LM's batches per unit")
     ap.add_argument("--wide", action="store_true", help="add a 4x wider, 2x deeper LM row")
@@ -117,11 +127,11 @@ def main() -> None:
     wide = f"; LM 256x4: {args.wide_batches} batches" if args.wide else ""
     print(
         f"fine-tuning seconds per unit (digits: {args.digits_epochs} epochs; LM: "
-        f"{args.lm_batches} batches{wide}), median "
-        f"of {args.repeats} plain/teacher pairs, 2 threads (CPU)"
+        f"{args.lm_batches} batches{wide}); ratio: median over {args.repeats} repeats of "
+        "plain, teacher, teacher, plain; 2 threads (CPU)"
     )
     print(
-        f"{'model':<14}{'plain s':>9}{'distill s':>11}{'ratio':>8}{'pair range':>14}"
+        f"{'model':<14}{'plain s':>9}{'distill s':>11}{'ratio':>8}{'range':>14}"
         f"{'teacher fwd s':>15}{'fwd / plain':>13}{'teacher MB':>12}"
     )
     rows = {}
