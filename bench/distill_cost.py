@@ -13,8 +13,8 @@ memory: one more copy of the weights (no gradients, no optimizer state).
 
 ``--wide`` adds the same language model four times as wide and twice as deep (width 256, depth
 4: 3.1M prunable weights against 98K), ``--wide-batches`` batches a unit: whether the ratio
-belongs to the 64-wide model, or to distillation itself (a teacher's forward pass is about a third
-of a training step at any size, so no model gets far under 1.33x on a CPU).
+belongs to the 64-wide model, or to distillation itself (a teacher's forward pass is a quarter to a
+third of a training step at any size, so no model gets far under 1.25-1.33x on a CPU).
 
     python bench/distill_cost.py [--repeats 5] [--digits-epochs 5] [--lm-batches 120]
                                  [--wide] [--wide-batches 40]
