@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 
 from iterprune.report import console
+from iterprune.report.console import tables
 
 ROWS = [
     {
@@ -109,3 +110,15 @@ def test_rounds_with_intervals_and_a_test_split_fit_80_columns() -> None:
     text = render(console.rounds_table(rows))
     assert "[-1.2, +1.2]" in text and "98.89" in text and "test %" in text and "↻" in text
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_narrow_interval_keeps_the_decimals_that_tell_its_ends_apart() -> None:
+    # a perplexity's drop interval is a few hundredths wide; one decimal showed [-0.3, -0.3]
+    rows = [{**ROWS[0], "drop_low": -0.34, "drop_high": -0.27, "test_accuracy": 4.12}]
+    text = render(console.rounds_table(rows))
+    assert "[-0.34, -0.27]" in text and "[-0.3, -0.3]" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert tables.interval(-1.18, 1.18) == "[-1.2, +1.2]"  # accuracy points: as before
+    assert tables.interval(0.0010, 0.0012) == "[+0.0010, +0.0012]"
+    assert tables.interval(0.5, 0.5) == "[+0.5, +0.5]"
+    assert tables.interval(None, 1.0) == "—"

@@ -93,7 +93,15 @@ def rounds_table(
 
 
 def interval(low: float | None, high: float | None) -> str:
-    return "—" if low is None or high is None else f"[{low:+.1f}, {high:+.1f}]"
+    """``[low, high]`` with enough decimals that the interval spans at least five units of the
+    last one: one for accuracy points (about ±1), two or more for a perplexity's narrow ones
+    (one decimal showed ``[-0.34, -0.27]`` as ``[-0.3, -0.3]``)."""
+    if low is None or high is None:
+        return "—"
+    width, d = high - low, 1
+    while d < 4 and 0 < width < 5 * 10.0**-d:
+        d += 1
+    return f"[{low:+.{d}f}, {high:+.{d}f}]"
 
 
 def _in_units(row: dict[str, Any]) -> Any:
