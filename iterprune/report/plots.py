@@ -169,7 +169,7 @@ def sensitivity_heatmap(doc: dict[str, Any], out: Path) -> None:
     ax.set_xlabel("sparsity of the layer alone")
     name = (doc.get("metric") or {}).get("name", "accuracy")
     units = "points" if name == "accuracy" else "positive: worse"
-    ax.set_title(f"{doc['model']}: {name} drop ({units}), budget {budget:g}")
+    ax.set_title(f"{doc['model']}: {name} drop ({units}), budget {budget:.3g}")
     fig.colorbar(image, ax=ax, label=f"{name} drop ({units})")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

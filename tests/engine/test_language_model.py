@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,9 @@ def test_a_language_model_run_is_judged_by_perplexity(tmp_path: Path, capsys) ->
     for r in found["layers"]:  # worse is a positive drop, and more pruning is worse
         assert r["drop"] == pytest.approx([a - base for a in r["accuracy"]], rel=1e-6)
         assert r["drop"][1] >= r["drop"][0] - 1e-6
+    assert cli.main(args) == 0  # the table shows the budget as the history does: 3 digits
+    shown = re.search(r"budget (\S+)", capsys.readouterr().out)
+    assert shown is not None and shown.group(1) == f"{found['max_drop']:.3g}"
     plot = tmp_path / "lm.png"
     assert cli.main(["plot", "lm", "--out", str(plot), "--state-dir", state]) == 0
     assert plot.stat().st_size > 10_000  # perplexity against sparsity, the budget above it

@@ -307,7 +307,7 @@ def sensitivity_table(doc: dict[str, Any]) -> Group:
         ("\neach layer pruned alone by ", "dim"),
         "its weakest output channels" if doc["method"] == "channel" else "magnitude",
         (f"; drop in {units}, budget ", "dim"),
-        f"{budget:g}",
+        f"{budget:.3g}",
     )
     table = plain_table()
     table.add_column("layer", justify="left")
