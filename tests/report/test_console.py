@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 
 from iterprune.report import console
-from iterprune.report.console import tables
+from iterprune.report.console import overview, tables
 
 ROWS = [
     {
@@ -122,3 +122,40 @@ def test_a_narrow_interval_keeps_the_decimals_that_tell_its_ends_apart() -> None
     assert tables.interval(0.0010, 0.0012) == "[+0.0010, +0.0012]"
     assert tables.interval(0.5, 0.5) == "[+0.5, +0.5]"
     assert tables.interval(None, 1.0) == "—"
+
+
+def test_runs_judged_by_different_metrics_are_compared_each_in_its_own_units() -> None:
+    def run(name: str, metric: str | None, base: float, final: float) -> dict:
+        return {
+            "run": name,
+            "status": "finished",
+            "model": "m",
+            "baseline_accuracy": base,
+            "sparsity": 0.6,
+            "val_accuracy": final,
+            "control_accuracy": None,
+            "params": 10,
+            "latency_ms_p50": None,
+            "accepted_rounds": 4,
+            "attempts": 4,
+            "rolled_back": 0,
+            "duration_s": 40.0,
+            "reason": "target reached",
+            **({"metric": {"name": metric}} if metric else {}),
+        }
+
+    both = render(
+        overview.compare_table([run("cnn", None, 99.72, 99.44), run("lm", "perplexity", 8.63, 8.5)])
+    )
+    assert "baseline metric" in both and "99.72%" in both and "8.63 ppl" in both
+    assert "8.50 ppl" in both and "99.44%" in both
+    same = render(
+        overview.compare_table(
+            [run("a", "perplexity", 8.63, 8.5), run("b", "perplexity", 8.6, 8.4)]
+        )
+    )
+    assert (
+        "baseline perplexity" in same
+        and "8.63" in same
+        and "ppl" not in same.replace("perplexity", "")
+    )

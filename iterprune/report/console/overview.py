@@ -8,7 +8,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from iterprune.report.console.tables import DECISION_STYLE, frac, measure, pct, plain_table
+from iterprune.report.console.tables import (
+    DECISION_STYLE,
+    frac,
+    in_units,
+    measure,
+    pct,
+    plain_table,
+)
 
 
 def compare_table(docs: list[dict[str, Any]]) -> Table:
@@ -17,16 +24,22 @@ def compare_table(docs: list[dict[str, Any]]) -> Table:
     for d in docs:
         table.add_column(d["run"], justify="right")
     names = {measure(d)[0] for d in docs}
-    name = names.pop() if len(names) == 1 else "metric"  # runs judged by different metrics
+    name = names.pop() if len(names) == 1 else "metric"
+
+    def value(key: str) -> Any:
+        if name != "metric":
+            return lambda d: pct(d.get(key))
+        return lambda d: in_units(d.get(key), measure(d)[0])  # each run in its own metric
+
     rows = [
         ("status", lambda d: d["status"]),
         ("model", lambda d: str(d["model"])),
-        (f"baseline {name}", lambda d: pct(d["baseline_accuracy"])),
+        (f"baseline {name}", value("baseline_accuracy")),
         ("final sparsity", lambda d: frac(d["sparsity"])),
-        (f"final {name}", lambda d: pct(d["val_accuracy"])),
-        (f"baseline test {name}", lambda d: pct(d.get("baseline_test_accuracy"))),
-        (f"final test {name}", lambda d: pct(d.get("test_accuracy"))),
-        (f"control {name}", lambda d: pct(d["control_accuracy"])),
+        (f"final {name}", value("val_accuracy")),
+        (f"baseline test {name}", value("baseline_test_accuracy")),
+        (f"final test {name}", value("test_accuracy")),
+        (f"control {name}", value("control_accuracy")),
         ("non-zero weights", lambda d: f"{d['params'] or 0:,}"),
         ("latency p50 ms", lambda d: pct(d["latency_ms_p50"])),
         ("accepted rounds", lambda d: str(d["accepted_rounds"])),

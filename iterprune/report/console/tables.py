@@ -104,11 +104,15 @@ def interval(low: float | None, high: float | None) -> str:
     return f"[{low:+.{d}f}, {high:+.{d}f}]"
 
 
-def _in_units(row: dict[str, Any]) -> Any:
-    """A field of a runs row in its run's metric: ``98.33%``, ``4.21 ppl``."""
-    name = row.get("metric", "accuracy")
+def in_units(value: float | None, name: str) -> str:
+    """A value of the metric ``name``, with its unit: ``98.33%``, ``4.21 ppl``, ``0.12 mse``."""
     unit = "%" if name == "accuracy" else " ppl" if name == "perplexity" else f" {name}"
-    return lambda key: "—" if row.get(key) is None else pct(row[key]) + unit
+    return "—" if value is None else pct(value) + unit
+
+
+def _in_units(row: dict[str, Any]) -> Any:
+    """A field of a runs row in its run's metric."""
+    return lambda key: in_units(row.get(key), row.get("metric", "accuracy"))
 
 
 def runs_table(runs: list[dict[str, Any]]) -> Table:
