@@ -213,13 +213,20 @@ def serve(store: Store, lease_timeout: float = 60.0) -> dict[str, Any] | None:
 def ranked(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Best first: the sparsity reached (every accepted round is within the budget), then the
     test split's metric where there is one (else validation's), better first in the metric's
-    direction (a perplexity: lower), fewer epochs, less time."""
+    direction (a perplexity: lower), fewer epochs, less time. Runs judged by different metrics
+    are not compared by them: sparsity, then epochs and time."""
+    mixed = len({(d.get("metric") or {}).get("name", "accuracy") for d in docs}) > 1
 
     def key(d: dict[str, Any]) -> tuple:
         value = d["test_accuracy"] if d["test_accuracy"] is not None else d["val_accuracy"]
         higher = (d.get("metric") or {}).get("higher_is_better", True)
         better = -(value or 0) if higher else (value if value is not None else float("inf"))
-        return (-(d["sparsity"] or 0), better, d["epochs"] or 0, d["duration_s"] or 0)
+        return (
+            -(d["sparsity"] or 0),
+            0 if mixed else better,
+            d["epochs"] or 0,
+            d["duration_s"] or 0,
+        )
 
     out = sorted(docs, key=key)
     return [{"rank": i + 1, **d} for i, d in enumerate(out)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import onnx
@@ -75,3 +76,23 @@ def test_runs_judged_by_a_lower_is_better_metric_rank_the_lower_first() -> None:
     assert [d["run"] for d in views.ranked(docs)] == ["sparser", "better", "worse"]
     docs = [{**d, "metric": None} for d in docs]  # accuracy, as every earlier run: higher first
     assert [d["run"] for d in views.ranked(docs)] == ["sparser", "worse", "better"]
+
+
+def test_runs_judged_by_different_metrics_are_ranked_without_comparing_them() -> None:
+    from iterprune.report import console, views
+
+    lower = {"name": "perplexity", "unit": "", "higher_is_better": False}
+    common = {"test_accuracy": None, "duration_s": 1.0, "status": "finished"}
+    docs = [
+        {"run": "cnn", "sparsity": 0.5, "val_accuracy": 99.4, "epochs": 9, **common},
+        {"run": "lm", "sparsity": 0.5, "val_accuracy": 8.5, "epochs": 4, "metric": lower, **common},
+        {"run": "sparse", "sparsity": 0.6, "val_accuracy": 98.0, "epochs": 20, **common},
+    ]
+    ranked = views.ranked(docs)  # 99.4% is not "worse" than 8.5 ppl: fewer epochs decide
+    assert [d["run"] for d in ranked] == ["sparse", "lm", "cnn"]
+    out = io.StringIO()
+    console.make_console(file=out, width=100, color_system=None).print(
+        console.ranking_table(ranked)
+    )
+    assert "99.40%" in out.getvalue() and "8.50 ppl" in out.getvalue()
+    assert "(metrics differ)" in out.getvalue()

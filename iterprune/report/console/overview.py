@@ -98,19 +98,25 @@ def ranking_table(docs: list[dict[str, Any]]) -> Table:
     """Runs ranked: sparsity reached within the budget, then the test split's metric (better
     first in its direction), epochs, time."""
     labels = {measure(d) for d in docs}
-    name, _, label = labels.pop() if len(labels) == 1 else ("metric", "", "metric")
-    table = plain_table(f"ranked: sparsity within the budget, test {name}, epochs, time")
+    mixed = len(labels) > 1
+    name, _, label = ("metric", "", "metric") if mixed else labels.pop()
+    order = "epochs, time (metrics differ)" if mixed else f"test {name}, epochs, time"
+    table = plain_table(f"ranked: sparsity within the budget, {order}")
     test = f"test {label.removeprefix('acc ')}"
     for name in ("#", "run", "status", "sparsity", label, test, "epochs", "time"):
         table.add_column(name, justify="left" if name in ("run", "status") else "right")
+
+    def value(d: dict[str, Any], key: str) -> str:
+        return in_units(d.get(key), measure(d)[0]) if mixed else pct(d.get(key))
+
     for d in docs:
         table.add_row(
             str(d["rank"]),
             d["run"],
             d["status"],
             frac(d["sparsity"]),
-            pct(d["val_accuracy"]),
-            pct(d.get("test_accuracy")),
+            value(d, "val_accuracy"),
+            value(d, "test_accuracy"),
             str(d.get("epochs") or 0),
             f"{d['duration_s']:.0f}s",
         )
