@@ -96,4 +96,6 @@ def _nothing(pattern: str, base_dir: Path) -> str:
             f"no text files in the directory {pattern} (files ending in "
             f"{', '.join(TEXT_SUFFIXES[:5])}, …; name others with a glob like {pattern}/*)"
         )
-    return f"no file matches {pattern}"
+    if Path(pattern).expanduser().is_absolute():
+        return f"no file matches {pattern}"
+    return f"no file matches {pattern} (paths are relative to the schedule's folder: {where})"

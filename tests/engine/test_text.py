@@ -76,7 +76,7 @@ def test_bytes_are_the_files_in_path_order_joined_by_a_newline(tmp_path: Path) -
     ("change", "where", "says"),
     [
         ({"val": None}, "data.text.val", "missing"),
-        ({"val": "nowhere/*.txt"}, "data.text.val", "no file matches nowhere"),
+        ({"val": "nowhere/*.txt"}, "data.text.val", "relative to the schedule's folder"),
         ({"test": "empty"}, "data.text.test", "no text files in the directory empty"),
         ({"tokenizer": "train"}, "data.text.tokenizer", "not a tokenizer directory"),
         ({"seq_len": 1}, "data.text.seq_len", ""),
@@ -93,6 +93,8 @@ def test_a_split_that_names_nothing_is_refused_with_the_schedule(
     with pytest.raises(ScheduleError, match=where) as caught:
         parsing.load(write(root / "s.yaml", doc))
     assert says in str(caught.value)
+    if "nowhere" in str(change.get("val")):  # where it looked, in full
+        assert str(root / "nowhere") in str(caught.value)
 
 
 def test_text_needs_a_language_model_task(tmp_path: Path) -> None:
