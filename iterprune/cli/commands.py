@@ -23,8 +23,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     s = schedule.load(args.schedule)
     p = s.prune
-    m = s.model
-    source = m.builtin or m.torchvision or m.factory or getattr(m.huggingface, "path", None)
+    source = s.model.label
     rounds = f"{p.step:.0%} per round to {p.target_sparsity:.0%}"
     if p.n_m is not None:
         n, m = p.n_m

@@ -9,9 +9,11 @@ plain weights. Outputs are ``ModelOutput`` objects, whose ``.logits`` the tasks 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,11 +38,27 @@ def _transformers():
     return transformers
 
 
+@contextlib.contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """No tqdm bar of transformers' own while a local directory loads: iterprune draws the
+    console (a bar on stderr would tear its live dashboard); the caller's setting comes back."""
+    hf = transformers.utils.logging
+    was = hf.is_progress_bar_enabled()
+    hf.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf.enable_progress_bar()
+
+
 def tokenizer(path: Path) -> Callable[[list[str]], torch.Tensor]:
     """A function from texts to one 1-D tensor of their token ids, joined by the tokenizer's
     end-of-text token when it has one (``data.text.tokenizer``: a local directory)."""
+    transformers = _transformers()
     try:
-        found = _transformers().AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        with _quiet(transformers):
+            found = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UserError(f"data.text.tokenizer: {path} cannot be loaded: {first}") from None
@@ -63,7 +81,8 @@ def load(spec: HuggingFaceSpec, base_dir: str = ".") -> nn.Module:
     path = (Path(base_dir) / spec.path).expanduser()
     auto = getattr(transformers, AUTO[spec.kind])
     try:
-        model = auto.from_pretrained(str(path), local_files_only=True)
+        with _quiet(transformers):
+            model = auto.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UserError(

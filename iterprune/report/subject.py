@@ -31,8 +31,7 @@ class Target:
 
     @property
     def model_name(self) -> str:
-        m = self.schedule.model
-        return str(m.builtin or m.torchvision or m.factory or getattr(m.huggingface, "path", None))
+        return self.schedule.model.label
 
     def evaluator(self, batches: int | None) -> tuple[Any, int]:
         """The task's metric over the validation split (its first ``batches`` batches) as a

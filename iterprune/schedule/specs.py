@@ -33,6 +33,16 @@ class ModelSpec:
     trust_pickle: bool = False
     huggingface: HuggingFaceSpec | None = None
 
+    @property
+    def label(self) -> str:
+        """The model as logs and tables name it: ``tiny_gpt``, ``torchvision resnet50``,
+        ``mypkg.models:build``, ``huggingface models/gpt2 (causal_lm)``."""
+        if self.huggingface is not None:
+            return f"huggingface {self.huggingface.path} ({self.huggingface.kind})"
+        if self.torchvision is not None:
+            return f"torchvision {self.torchvision}"
+        return str(self.builtin or self.factory)
+
 
 @dataclass(frozen=True)
 class ImageFolderSpec:

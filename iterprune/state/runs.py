@@ -28,7 +28,6 @@ def open_run(
             n += 1
         run_id, existing = f"{schedule.name}-{n}", None
     if existing is None:
-        m = schedule.model
         store.create_run(
             {
                 "run": run_id,
@@ -41,9 +40,7 @@ def open_run(
                 "fingerprint": schedule.fingerprint(),
                 "schedule_path": schedule_path,
                 "base_dir": schedule.base_dir,
-                "model": m.builtin
-                or (m.torchvision and f"torchvision {m.torchvision}")
-                or m.factory,
+                "model": schedule.model.label,
                 "torch_version": torch.__version__,
                 "num_threads": schedule.threads or torch.get_num_threads(),
             }

@@ -91,7 +91,9 @@ def test_a_gpt2_is_pruned_from_its_directory_through_the_cli(
     state = str(tmp_path / "state")
     path = write(tmp_path / "hf.yaml", schedule(gpt2))
     assert cli.main(["start", str(path), "--state-dir", state]) == 0, capsys.readouterr()
-    capsys.readouterr()
+    said = capsys.readouterr()
+    assert "model huggingface " in said.out and "(causal_lm)" in said.out  # not "model None"
+    assert "Loading weights" not in said.err + said.out  # transformers' own bar stays quiet
     assert cli.main(["show", "hf", "--state-dir", state, "--json"]) == 0
     layers = {r["layer"]: r for r in json.loads(capsys.readouterr().out)["layers"]}
     assert layers["transformer.h.0.attn.c_attn"]["sparsity"] > 0.3
