@@ -72,9 +72,12 @@ def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
     tested = [r for r in accepted if r.get("test_accuracy") is not None]
     if tested:
         xs = [100 * r["sparsity"] for r in tested]
+        ys = [r["test_accuracy"] for r in tested]
+        if history.get("baseline_test_accuracy") is not None:  # from the dense model, as above
+            xs, ys = [0.0, *xs], [history["baseline_test_accuracy"], *ys]
         ax.plot(
             xs,
-            [r["test_accuracy"] for r in tested],
+            ys,
             "s--",
             color="tab:purple",
             ms=4,

@@ -96,3 +96,37 @@ def test_runs_judged_by_different_metrics_are_ranked_without_comparing_them() ->
     )
     assert "99.40%" in out.getvalue() and "8.50 ppl" in out.getvalue()
     assert "(metrics differ)" in out.getvalue()
+
+
+def test_the_plots_test_line_starts_at_the_dense_models_test_metric() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from iterprune.report import plots
+
+    history = {
+        "run": "lm",
+        "baseline_accuracy": 14.1,
+        "baseline_test_accuracy": 11.8,
+        "metric": {"name": "perplexity", "unit": "", "higher_is_better": False},
+        "rounds": [
+            {
+                "status": "accepted",
+                "sparsity": 0.4,
+                "val_accuracy": 13.3,
+                "test_accuracy": 11.0,
+                "drop": -0.8,
+                "drop_low": -0.9,
+                "drop_high": -0.7,
+            },
+        ],
+    }
+    fig, ax = plt.subplots()
+    plots._accuracy(ax, history, 0.7)
+    tested = [line for line in ax.get_lines() if "test split" in str(line.get_label())]
+    assert len(tested) == 1
+    assert list(tested[0].get_xdata()) == [0.0, 40.0]
+    assert list(tested[0].get_ydata()) == [11.8, 11.0]
+    plt.close(fig)
