@@ -138,6 +138,11 @@ class Runner:
             f"outside the time window '{expression}'; waiting until {opens:%Y-%m-%d %H:%M %Z}",
         )
 
+    def yielding(self, opens: dt.datetime) -> None:
+        """Outside the time window under serve: the device goes to the next run until ``opens``."""
+        message = f"outside the time window: giving the device to the next run until {opens}"
+        self.narrator.event("info", "yield", message)
+
     def window_open(self) -> None:
         self.pause.clear()
         self.store.update_run(self.run_id, status="running", next_window_at=None)

@@ -71,6 +71,9 @@ class Served(Protocol):
     def waiting(self, opens: dt.datetime, expression: str) -> None:
         """The run is paused until ``opens`` (outside its time window)."""
 
+    def yielding(self, opens: dt.datetime) -> None:
+        """Outside its time window under serve: the run gives the device back until ``opens``."""
+
     def window_open(self) -> None:
         """The window is open: the run is running."""
 
@@ -243,8 +246,10 @@ class _Service:
         if opens is None:
             raise IterpruneError(f"the time window '{self.window.expression}' never opens again")
         if self.yields:
-            message = f"outside the time window: giving the device to the next run until {opens}"
-            self.beat_store.add_event(self.run.run_id, "info", "yield", message)
+            # written by the run on its own connection: beat_store belongs to the heartbeat's
+            # thread, and a transaction of its in flight on the same connection made this one
+            # fail now and then (the run failed instead of yielding)
+            self.run.yielding(opens)
             self.run.stop.set()  # recorded as stopped; serve takes it up again when it opens
             return True
         self.run.waiting(opens, self.window.expression)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -142,6 +143,78 @@ def test_a_run_whose_window_closes_gives_the_device_to_the_next(tmp_path: Path) 
     assert store.run("evening")["status"] == "finished"
     kinds = [e["kind"] for e in store.events("evening")]
     assert "yield" in kinds
+
+
+def test_a_yield_never_writes_on_the_heartbeats_connection_while_it_is_in_use(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The heartbeat's connection belongs to its thread. The round job once wrote its yield event
+    on it, and a heartbeat transaction in flight on that connection failed the run now and then
+    (a serve of 2 runs instead of 3 in CI). Here, as the window closes, the round job waits
+    until a heartbeat is inside its transaction (held 0.3 s) before it goes on to yield, and no
+    connection may be inside a transaction in two threads at once."""
+    inside: dict[int, int] = {}  # id(store): the thread in a transaction on it
+    overlaps: list[str] = []
+    transaction, heartbeat = Store.transaction, Store.heartbeat
+    closing, beating = threading.Event(), threading.Event()
+
+    @contextlib.contextmanager
+    def watched(self, point="db_commit"):
+        me, holder = threading.get_ident(), inside.get(id(self))
+        if holder is not None and holder != me:
+            overlaps.append(point)
+        outermost = holder is None
+        if outermost:
+            inside[id(self)] = me
+        try:
+            with transaction(self, point) as db:
+                yield db
+        finally:
+            if outermost:
+                inside.pop(id(self), None)
+
+    def slow(self, *args, **kwargs):  # while the window closes: a heartbeat holding its lock
+        if not closing.is_set():
+            return heartbeat(self, *args, **kwargs)
+        with self.transaction("heartbeat_commit"):
+            beating.set()
+            time.sleep(0.3)
+            return heartbeat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "transaction", watched)
+    monkeypatch.setattr(Store, "heartbeat", slow)
+    state = tmp_path / "s"
+    evening = tiny(prune={"step": 0.1, "target_sparsity": 0.5}, when={"window": "* 18-21 * * *"})
+    other = tiny(prune={"target_sparsity": 0.3})
+    queue(tmp_path, state, {"evening": evening, "other": other}, {"evening": 5})
+    clock = Clock(dt.datetime(2026, 11, 25, 21, 59, tzinfo=UTC))
+
+    def serve_one(run_id, started, clock_):
+        s = Store(state)
+
+        class Closes(Recorder):  # the window closes after the evening's first round
+            def round_done(self, row):
+                super().round_done(row)
+                if clock.now.day == 25:
+                    clock.now = dt.datetime(2026, 11, 25, 22, 1, tzinfo=UTC)
+                    closing.set()
+                    assert beating.wait(10)  # the yield comes while a heartbeat is in flight
+
+        try:
+            runner = Runner(s, run_id, Closes() if run_id == "evening" else Recorder())
+            started(runner)
+            return daemon.serve(runner, clock=clock_, heartbeat_s=0.05, queue=True)
+        finally:
+            s.close()
+            closing.clear()
+            if run_id == "other":
+                clock.now = dt.datetime(2026, 11, 26, 18, 0, tzinfo=UTC)  # the next evening
+
+    assert server.serve_queue(state, serve_one, clock=clock, poll_s=0.05, until_empty=True) == 3
+    store = Store(state)
+    assert store.run("evening")["status"] == "finished"
+    assert "yield" in [e["kind"] for e in store.events("evening")]
+    assert overlaps == [] and beating.is_set()
 
 
 def test_a_second_serve_is_refused(tmp_path: Path) -> None:
