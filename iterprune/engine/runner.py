@@ -132,16 +132,11 @@ class Runner:
         self.store.update_run(
             self.run_id, status="paused", phase="waiting", next_window_at=opens.isoformat()
         )
-        self.narrator.event(
-            "info",
-            "waiting",
-            f"outside the time window '{expression}'; waiting until {opens:%Y-%m-%d %H:%M %Z}",
-        )
+        said = f"outside the time window '{expression}'; waiting until {opens:%Y-%m-%d %H:%M %Z}"
+        self.narrator.event("info", "waiting", said)
 
-    def yielding(self, opens: dt.datetime) -> None:
-        """Outside the time window under serve: the device goes to the next run until ``opens``."""
-        message = f"outside the time window: giving the device to the next run until {opens}"
-        self.narrator.event("info", "yield", message)
+    def event(self, level: str, kind: str, message: str) -> None:
+        self.narrator.event(level, kind, message)
 
     def window_open(self) -> None:
         self.pause.clear()

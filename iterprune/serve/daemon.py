@@ -71,8 +71,7 @@ class Served(Protocol):
     def waiting(self, opens: dt.datetime, expression: str) -> None:
         """The run is paused until ``opens`` (outside its time window)."""
 
-    def yielding(self, opens: dt.datetime) -> None:
-        """Outside its time window under serve: the run gives the device back until ``opens``."""
+    def event(self, level: str, kind: str, message: str) -> None: ...  # on its own connection
 
     def window_open(self) -> None:
         """The window is open: the run is running."""
@@ -245,11 +244,9 @@ class _Service:
         opens = self.window.next_open(now)
         if opens is None:
             raise IterpruneError(f"the time window '{self.window.expression}' never opens again")
-        if self.yields:
-            # written by the run on its own connection: beat_store belongs to the heartbeat's
-            # thread, and a transaction of its in flight on the same connection made this one
-            # fail now and then (the run failed instead of yielding)
-            self.run.yielding(opens)
+        if self.yields:  # said by the run: beat_store is the heartbeat thread's connection
+            message = f"outside the time window: giving the device to the next run until {opens}"
+            self.run.event("info", "yield", message)
             self.run.stop.set()  # recorded as stopped; serve takes it up again when it opens
             return True
         self.run.waiting(opens, self.window.expression)
