@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -110,24 +111,27 @@ def test_a_closed_window_yields_to_an_open_run_and_comes_back(tmp_path: Path) ->
     assert order == ["day", "night"] and served == 2  # the higher priority waited for its window
 
 
-def test_a_run_whose_window_closes_gives_the_device_to_the_next(tmp_path: Path) -> None:
-    state = tmp_path / "s"
+def evening_then_other(tmp_path: Path, state: Path, closing=None) -> tuple[Clock, list, Any]:
+    """A queue of 'evening' (priority 5; its window, 18-21h, closes after its first round) and
+    'other' (no window; when it ends, the next evening comes): the clock, the order runs were
+    served in, and the serve_one to serve them with. ``closing`` runs as the window closes."""
     evening = tiny(prune={"step": 0.1, "target_sparsity": 0.6}, when={"window": "* 18-21 * * *"})
     other = tiny(prune={"target_sparsity": 0.3})
     queue(tmp_path, state, {"evening": evening, "other": other}, {"evening": 5})
     clock = Clock(dt.datetime(2026, 11, 25, 21, 59, tzinfo=UTC))
     order: list[str] = []
-    store = Store(state)
 
     def serve_one(run_id, started, clock_):
         order.append(run_id)
         s = Store(state)
 
-        class Closes(Recorder):  # the window closes after the evening's first round
+        class Closes(Recorder):
             def round_done(self, row):
                 super().round_done(row)
                 if clock.now.day == 25:
                     clock.now = dt.datetime(2026, 11, 25, 22, 1, tzinfo=UTC)
+                    if closing is not None:
+                        closing()
 
         try:
             runner = Runner(s, run_id, Closes() if run_id == "evening" else Recorder())
@@ -138,11 +142,17 @@ def test_a_run_whose_window_closes_gives_the_device_to_the_next(tmp_path: Path) 
             if run_id == "other":
                 clock.now = dt.datetime(2026, 11, 26, 18, 0, tzinfo=UTC)  # the next evening
 
+    return clock, order, serve_one
+
+
+def test_a_run_whose_window_closes_gives_the_device_to_the_next(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    clock, order, serve_one = evening_then_other(tmp_path, state)
     assert server.serve_queue(state, serve_one, clock=clock, poll_s=0.05, until_empty=True) == 3
     assert order == ["evening", "other", "evening"]
+    store = Store(state)
     assert store.run("evening")["status"] == "finished"
-    kinds = [e["kind"] for e in store.events("evening")]
-    assert "yield" in kinds
+    assert "yield" in [e["kind"] for e in store.events("evening")]
 
 
 def test_a_yield_never_writes_on_the_heartbeats_connection_while_it_is_in_use(
@@ -179,37 +189,17 @@ def test_a_yield_never_writes_on_the_heartbeats_connection_while_it_is_in_use(
         with self.transaction("heartbeat_commit"):
             beating.set()
             time.sleep(0.3)
+            closing.clear()
             return heartbeat(self, *args, **kwargs)
+
+    def closes() -> None:
+        closing.set()
+        assert beating.wait(10)  # the yield comes while a heartbeat is in flight
 
     monkeypatch.setattr(Store, "transaction", watched)
     monkeypatch.setattr(Store, "heartbeat", slow)
     state = tmp_path / "s"
-    evening = tiny(prune={"step": 0.1, "target_sparsity": 0.5}, when={"window": "* 18-21 * * *"})
-    other = tiny(prune={"target_sparsity": 0.3})
-    queue(tmp_path, state, {"evening": evening, "other": other}, {"evening": 5})
-    clock = Clock(dt.datetime(2026, 11, 25, 21, 59, tzinfo=UTC))
-
-    def serve_one(run_id, started, clock_):
-        s = Store(state)
-
-        class Closes(Recorder):  # the window closes after the evening's first round
-            def round_done(self, row):
-                super().round_done(row)
-                if clock.now.day == 25:
-                    clock.now = dt.datetime(2026, 11, 25, 22, 1, tzinfo=UTC)
-                    closing.set()
-                    assert beating.wait(10)  # the yield comes while a heartbeat is in flight
-
-        try:
-            runner = Runner(s, run_id, Closes() if run_id == "evening" else Recorder())
-            started(runner)
-            return daemon.serve(runner, clock=clock_, heartbeat_s=0.05, queue=True)
-        finally:
-            s.close()
-            closing.clear()
-            if run_id == "other":
-                clock.now = dt.datetime(2026, 11, 26, 18, 0, tzinfo=UTC)  # the next evening
-
+    clock, _, serve_one = evening_then_other(tmp_path, state, closes)
     assert server.serve_queue(state, serve_one, clock=clock, poll_s=0.05, until_empty=True) == 3
     store = Store(state)
     assert store.run("evening")["status"] == "finished"
