@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Group
@@ -18,18 +19,26 @@ from iterprune.report.console.tables import (
 )
 
 
+def _metric(docs: list[dict[str, Any]]) -> tuple[str, str, Callable[[dict, str], str]]:
+    """How runs' metric is shown together: its name and a column's label (``metric`` when the
+    runs are judged by different ones), and a value's cell — bare under one metric, with its own
+    units (``99.44%``, ``8.50 ppl``) when they differ."""
+    shown = {measure(d) for d in docs}
+    if len(shown) == 1:
+        name, _, label = shown.pop()
+        return name, label, lambda d, key: pct(d.get(key))
+    return "metric", "metric", lambda d, key: in_units(d.get(key), measure(d)[0])
+
+
 def compare_table(docs: list[dict[str, Any]]) -> Table:
     table = plain_table("compare")
     table.add_column("")
     for d in docs:
         table.add_column(d["run"], justify="right")
-    names = {measure(d)[0] for d in docs}
-    name = names.pop() if len(names) == 1 else "metric"
+    name, _, shown_as = _metric(docs)
 
-    def value(key: str) -> Any:
-        if name != "metric":
-            return lambda d: pct(d.get(key))
-        return lambda d: in_units(d.get(key), measure(d)[0])  # each run in its own metric
+    def value(key: str) -> Callable[[dict], str]:
+        return lambda d: shown_as(d, key)
 
     rows = [
         ("status", lambda d: d["status"]),
@@ -97,18 +106,12 @@ def queue_table(doc: dict[str, Any]) -> Group:
 def ranking_table(docs: list[dict[str, Any]]) -> Table:
     """Runs ranked: sparsity reached within the budget, then the test split's metric (better
     first in its direction), epochs, time."""
-    labels = {measure(d) for d in docs}
-    mixed = len(labels) > 1
-    name, _, label = ("metric", "", "metric") if mixed else labels.pop()
-    order = "epochs, time (metrics differ)" if mixed else f"test {name}, epochs, time"
+    name, label, value = _metric(docs)
+    order = "epochs, time (metrics differ)" if name == "metric" else f"test {name}, epochs, time"
     table = plain_table(f"ranked: sparsity within the budget, {order}")
     test = f"test {label.removeprefix('acc ')}"
-    for name in ("#", "run", "status", "sparsity", label, test, "epochs", "time"):
-        table.add_column(name, justify="left" if name in ("run", "status") else "right")
-
-    def value(d: dict[str, Any], key: str) -> str:
-        return in_units(d.get(key), measure(d)[0]) if mixed else pct(d.get(key))
-
+    for column in ("#", "run", "status", "sparsity", label, test, "epochs", "time"):
+        table.add_column(column, justify="left" if column in ("run", "status") else "right")
     for d in docs:
         table.add_row(
             str(d["rank"]),
