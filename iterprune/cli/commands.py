@@ -71,7 +71,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not args.sensitivity:
         doc = {
             "schedule": target.label,
-            "model": target.model_name,
+            "model": target.schedule.model.label,
             "weights": target.weights,
             **analysis.weight_report(target.model, target.schedule.prune.exclude),
         }
@@ -118,7 +118,7 @@ def _sensitivity(args: argparse.Namespace, target: Any) -> dict[str, Any]:
         )
     max_drop = target.schedule.validate.budget(found["baseline_accuracy"])
     return {
-        "model": target.model_name,
+        "model": target.schedule.model.label,
         "source": target.label,
         "weights": target.weights,
         "method": args.method,

@@ -29,10 +29,6 @@ class Target:
     model: nn.Module
     weights: str | None  # where the weights came from (None: a random initialisation)
 
-    @property
-    def model_name(self) -> str:
-        return self.schedule.model.label
-
     def evaluator(self, batches: int | None) -> tuple[Any, int]:
         """The task's metric over the validation split (its first ``batches`` batches) as a
         function of nothing, and how many samples it judges."""
