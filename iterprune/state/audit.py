@@ -1,7 +1,7 @@
 """``iterprune check``: whether a state directory is whole — the database's own integrity check,
 every checkpoint a row references (present, of its recorded size and sha256), the files no row
 references, each run's accepted rounds (1, 2, ... in order, matching the run's row) and whether
-its newest accepted checkpoint loads.
+its newest accepted checkpoint loads. Each file is read once.
 
 Safe beside a live run: the files are listed *before* the rows are read in one snapshot, so a
 checkpoint written meanwhile is not called unreferenced for long (a file renamed into place but
@@ -75,8 +75,8 @@ def _run(store: Store, run: str, rows: dict[str, Any], files: list[Path]) -> dic
     if rows["run"] is None:  # removed while this check ran
         return {"run": run, "status": None, "checkpoints": 0, "problems": [], "unreferenced": []}
     saved = rows["checkpoints"]
-    problems = [p for r in saved if (p := _checkpoint(store, r))]
-    problems += _rounds(store, rows)
+    resumed, problems = _resumed(rows)
+    problems += [p for r in saved if (p := _checkpoint(store, r, loads=r is resumed))]
     referenced = {(store.state_dir / r["path"]).resolve() for r in saved}
     loose = [str(p.relative_to(store.state_dir)) for p in files if p.resolve() not in referenced]
     return {
@@ -94,23 +94,32 @@ def _gone(store: Store, row: dict[str, Any]) -> bool:
     return not store.select("select id from checkpoints where id = ?", [row["id"]])
 
 
-def _checkpoint(store: Store, row: dict[str, Any]) -> str | None:
+def _checkpoint(store: Store, row: dict[str, Any], loads: bool) -> str | None:
+    """What is wrong with a checkpoint's file, if anything. The one a resume continues from
+    (``loads``) is also unpickled, from the same read that hashes it: each file is read once."""
     path = store.state_dir / row["path"]
     what = f"{row['kind']} checkpoint {row['path']}"
     try:
         size = path.stat().st_size
         if row["bytes"] is not None and size != row["bytes"]:
             return f"{what} has {size} bytes, recorded {row['bytes']}"
-        if sha256_of(path) != row["sha256"]:
+        if loads:
+            checkpoints.load(path, row["sha256"])
+        elif sha256_of(path) != row["sha256"]:
             return f"{what} does not match its recorded sha256 (damaged)"
     except FileNotFoundError:  # (also when a live run deleted it while it was read)
         return None if _gone(store, row) else f"{what} is missing"
+    except CheckpointCorrupt as exc:
+        if not path.exists() and _gone(store, row):
+            return None
+        return f"{what}, which a resume continues from, does not load: {exc}"
     return None
 
 
-def _rounds(store: Store, rows: dict[str, Any]) -> list[str]:
-    """Accepted rounds are 1, 2, ... with one accepted attempt each, the run's row agrees, and
-    the newest accepted round's checkpoint (or the dense one) loads."""
+def _resumed(rows: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The checkpoint row a resume continues from (None before the dense model is measured,
+    or when it is missing), and what is wrong with the run's accepted rounds: they are 1, 2, ...
+    with one accepted attempt each, and the run's row agrees."""
     run = rows["run"]
     numbers = [r["round"] for r in rows["rounds"] if r["status"] == "accepted"]
     out = []
@@ -120,18 +129,13 @@ def _rounds(store: Store, rows: dict[str, Any]) -> list[str]:
     if (run["accepted_round"] or 0) != newest:
         out.append(f"the run records round {run['accepted_round']} as accepted, its rows {newest}")
     if run["baseline_accuracy"] is None:
-        return out  # no dense model yet: nothing to load
+        return None, out  # no dense model yet: nothing to load
     newest = run["accepted_round"] or 0  # what resume continues from
     kind = "accepted" if newest else "dense"
     found = [r for r in rows["checkpoints"] if r["kind"] == kind and r["round"] == newest]
     if not found:
-        return [*out, f"round {newest} has no {kind} checkpoint"]
-    try:
-        checkpoints.load(store.state_dir / found[-1]["path"], found[-1]["sha256"])
-    except CheckpointCorrupt as exc:
-        if not _gone(store, found[-1]):
-            out.append(f"the newest accepted checkpoint does not load: {exc}")
-    return out
+        return None, [*out, f"round {newest} has no {kind} checkpoint"]
+    return found[-1], out
 
 
 def _orphans(store: Store, names: set[str]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ and ``backup`` (a consistent copy while a run is live, that ``resume`` continues
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -59,12 +60,36 @@ def test_check_finds_a_damaged_newest_checkpoint_and_rounds_out_of_order(tmp_pat
     store.close()
     done = iterprune("check", state=tmp_path)
     assert done.returncode == EXIT_DAMAGED, done.stdout + done.stderr
-    assert "does not match its recorded sha256" in done.stdout
-    assert "the newest accepted checkpoint does not load" in done.stdout
+    assert "which a resume continues from, does not load" in done.stdout
+    assert "does not match the recorded" in done.stdout
     assert "accepted rounds are [1, 3, 7], not 1 to 3 in order" in done.stdout
     assert "the run records round 3 as accepted, its rows 7" in done.stdout
     doc = json.loads(iterprune("check", run, "--json", state=tmp_path).stdout)
-    assert doc["ok"] is False and len(doc["problems"]) == 4
+    assert doc["ok"] is False and len(doc["problems"]) == 3
+
+
+def test_check_reads_each_checkpoint_once(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint can be gigabytes: the one a resume continues from is hashed and unpickled
+    from one read, not hashed again to load it."""
+    run = finished(tmp_path)
+    sizes = [r["bytes"] for r in Store(tmp_path).checkpoints(run)]
+    hashed, real = [], hashlib.sha256
+
+    class Counting:
+        def __init__(self, data: bytes = b"") -> None:
+            self.inner = real(data)
+            hashed.append(len(data))
+
+        def update(self, data: bytes) -> None:
+            hashed.append(len(data))
+            self.inner.update(data)
+
+        def hexdigest(self) -> str:
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    assert api.check([run], tmp_path)["ok"]
+    assert sum(hashed) == sum(sizes) and len(sizes) >= 3
 
 
 def without_write_access(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
