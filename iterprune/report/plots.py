@@ -67,8 +67,9 @@ def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
     )
     metric = history.get("metric") or {"name": "accuracy", "higher_is_better": True}
     higher, name = metric["higher_is_better"], metric["name"]
-    _attempts(ax, accepted, base, "o", "tab:blue", "accepted round (validation)", higher)
-    _attempts(ax, rejected, base, "x", "tab:red", "rolled back", higher)
+    percent = name == "accuracy"
+    _attempts(ax, accepted, base, "o", "tab:blue", "accepted round (validation)", higher, percent)
+    _attempts(ax, rejected, base, "x", "tab:red", "rolled back", higher, percent)
     tested = [r for r in accepted if r.get("test_accuracy") is not None]
     if tested:
         xs = [100 * r["sparsity"] for r in tested]
@@ -90,7 +91,7 @@ def _accuracy(ax: Any, history: dict[str, Any], max_drop: float) -> None:
         n = max(r.get("control_n") or 1 for r in controls)
         label = "control (random reinit)" + (f", mean ± sd of {n} seeds" if n > 1 else "")
         ax.errorbar(xs, ys, yerr=spread, fmt="^--", color="tab:gray", capsize=2, label=label)
-    unit = "%" if name == "accuracy" else ""
+    unit = "%" if percent else ""
     ax.axhline(base, color="tab:green", lw=1, label=f"dense baseline {base:.2f}{unit}")
     if higher:
         budget, limit = f"budget: baseline − {max_drop:.3g} points", base - max_drop
@@ -113,6 +114,7 @@ def _attempts(
     colour: str,
     label: str,
     higher: bool = True,
+    percent: bool = False,
 ) -> None:
     if not rows:
         return
@@ -123,6 +125,8 @@ def _attempts(
         ends = [(base - r["drop_high"], base - r["drop_low"]) for r in with_bars]
         if higher is False:
             ends = [(base + r["drop_low"], base + r["drop_high"]) for r in with_bars]
+        elif percent:  # an accuracy cannot leave 0-100%, whatever the drop's interval says
+            ends = [(max(low, 0.0), min(high, 100.0)) for low, high in ends]
         below = [r["val_accuracy"] - low for r, (low, _) in zip(with_bars, ends, strict=True)]
         above = [high - r["val_accuracy"] for r, (_, high) in zip(with_bars, ends, strict=True)]
         ax.errorbar(

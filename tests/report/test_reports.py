@@ -130,3 +130,26 @@ def test_the_plots_test_line_starts_at_the_dense_models_test_metric() -> None:
     assert list(tested[0].get_xdata()) == [0.0, 40.0]
     assert list(tested[0].get_ydata()) == [11.8, 11.0]
     plt.close(fig)
+
+
+def test_an_accuracys_error_bar_stays_within_100_percent() -> None:
+    """The drop's interval is drawn about the round's accuracy; near 100% its far end would
+    claim an accuracy no model has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from iterprune.report import plots
+
+    round_ = {"status": "accepted", "sparsity": 0.9, "val_accuracy": 100.0, "drop": -0.28}
+    history = {
+        "run": "digits",
+        "baseline_accuracy": 99.72,
+        "rounds": [{**round_, "drop_low": -1.56, "drop_high": 0.80}],
+    }
+    fig, ax = plt.subplots()
+    plots._accuracy(ax, history, 0.5)
+    tops = [y for c in ax.collections for seg in c.get_segments() for _, y in seg]
+    assert tops and max(tops) == 100.0 and min(tops) == 99.72 - 0.80
+    plt.close(fig)
