@@ -13,7 +13,7 @@ import torch
 from iterprune.core import pruning
 from iterprune.errors import OutputWriteError, UserError
 from iterprune.report import semi_structured, views
-from iterprune.state import checkpoints, diagnosis, faults
+from iterprune.state import checkpoints, diagnosis, faults, paths
 from iterprune.state.store import Store
 
 SPARSE_FORMAT = "iterprune-sparse/1"
@@ -103,6 +103,7 @@ def write(state: dict[str, Any], out: Path, fmt: str, model: Any = None, example
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
+        out.chmod(0o666 & ~paths.umask())  # as open() makes a file: safetensors' own is 0600
     elif fmt == "sparse":
         torch.save(to_sparse(tensors, state["mask"]), out)
     else:

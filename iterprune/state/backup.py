@@ -44,7 +44,7 @@ def backup(store: Store, dest: Path, runs: list[str] | None = None) -> dict[str,
         raise UserError(f"cannot create {dest.parent}: {exc.strerror or exc}") from None
     for _ in range(TRIES):
         work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        work.chmod(0o777 & ~_umask())  # as a directory made by mkdir would be
+        work.chmod(0o777 & ~paths.umask())  # as a directory made by mkdir would be
         try:
             doc = _copy(store, work, runs)
         except _Superseded:
@@ -110,12 +110,6 @@ def _verified(source: Path, work: Path, rel: Path, sha256: str, rel_in: dict) ->
             f"{source / rel} does not match its recorded sha256: it is damaged (iterprune check "
             f"--state-dir {source} lists what is); the backup was not made"
         )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _copy_file(src: Path, dst: Path) -> Path:

@@ -13,6 +13,13 @@ def state_dir(given: str | os.PathLike | None = None) -> Path:
     return Path(given or os.environ.get(ENV_STATE_DIR) or "state")
 
 
+def umask() -> int:
+    """This process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def checkpoint_dir(state: Path, run: str) -> Path:
     return state / "checkpoints" / run
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import iterprune
 from iterprune.cli import table as cli
 from iterprune.report import console
+from iterprune.state import paths
 from iterprune.state.store import Store
 
 
@@ -63,6 +64,26 @@ def test_exports_load_back_exactly(finished: Path, tmp_path: Path, fmt: str, whi
         iterprune.schedule.specs.ModelSpec(builtin="digits_mlp", kwargs={"hidden": 256}), seed=0
     )
     fresh.load_state_dict(loaded)  # a plain state_dict for a fresh model of the architecture
+
+
+def test_every_export_is_readable_as_any_new_file_is(finished: Path, tmp_path: Path) -> None:
+    """safetensors (0.8 and later) creates its files 0600 whatever the umask (safetensors
+    issue 782): an exported model others should load would be readable by its writer alone."""
+    expected = 0o666 & ~paths.umask()
+    for fmt in ("pt", "safetensors", "sparse"):
+        out = tmp_path / f"model.{fmt}"
+        argv = [
+            "export",
+            "sparse",
+            "--format",
+            fmt,
+            "--out",
+            str(out),
+            "--state-dir",
+            str(finished),
+        ]
+        assert cli.main(argv) == 0
+        assert out.stat().st_mode & 0o777 == expected, fmt
 
 
 def test_sparse_export_at_90_percent_is_at_most_a_quarter_of_the_dense_size(
