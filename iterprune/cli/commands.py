@@ -14,7 +14,7 @@ from typing import Any
 
 from iterprune.cli.reading import emit, guarded, store_for
 from iterprune.errors import EXIT_OK, UserError
-from iterprune.report import views
+from iterprune.report import replicates, views
 from iterprune.state.store import Store
 
 
@@ -261,5 +261,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UserError(f"no runs of sweep {args.sweep!r} in the queue")
     if len(names) < 2:
         raise UserError("compare needs two runs or more (or --sweep NAME)")
-    docs = views.ranked([views.summary(store, run) for run in names])
+    docs = [views.summary(store, run) for run in names]
+    if args.over_seeds:
+        return emit(args, replicates.grouped(docs), console.settings_table)
+    docs = views.ranked(docs)
     return emit(args, docs, console.compare_table if len(docs) == 2 else console.ranking_table)

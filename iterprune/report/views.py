@@ -8,6 +8,7 @@ from typing import Any
 
 from iterprune.core import decisions
 from iterprune.errors import UnknownRun, UserError
+from iterprune.report import replicates
 from iterprune.state import owners
 from iterprune.state.backlog import Backlog
 from iterprune.state.runs import load_schedule
@@ -212,13 +213,14 @@ def serve(store: Store, lease_timeout: float = 60.0) -> dict[str, Any] | None:
 
 def ranked(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Best first: the sparsity reached (every accepted round is within the budget), then the
-    test split's metric where there is one (else validation's), better first in the metric's
-    direction (a perplexity: lower), fewer epochs, less time. Runs judged by different metrics
-    are not compared by them: sparsity, then epochs and time."""
+    validation split's metric, better first in the metric's direction (a perplexity: lower),
+    fewer epochs, less time. Never the test split's: choosing a sweep's run by it would leave
+    no data that did not take part in the choice (it is shown beside, as everywhere). Runs
+    judged by different metrics are not compared by them: sparsity, then epochs and time."""
     mixed = len({(d.get("metric") or {}).get("name", "accuracy") for d in docs}) > 1
 
     def key(d: dict[str, Any]) -> tuple:
-        value = d["test_accuracy"] if d["test_accuracy"] is not None else d["val_accuracy"]
+        value = d["val_accuracy"]
         higher = (d.get("metric") or {}).get("higher_is_better", True)
         better = -(value or 0) if higher else (value if value is not None else float("inf"))
         return (
@@ -238,8 +240,11 @@ def summary(store: Store, run: str) -> dict[str, Any]:
     rounds = store.rounds(run)
     accepted = [r for r in rounds if r["status"] == "accepted"]
     last = accepted[-1] if accepted else None
+    schedule = load_schedule(store, run)
     return {
         "run": run,
+        "seed": schedule.seed,
+        "setting": replicates.setting(schedule),  # the same for runs that differ in seed alone
         "status": row["status"],
         "reason": row["reason"],
         "model": row["model"],

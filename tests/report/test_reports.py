@@ -78,6 +78,18 @@ def test_runs_judged_by_a_lower_is_better_metric_rank_the_lower_first() -> None:
     assert [d["run"] for d in views.ranked(docs)] == ["sparser", "worse", "better"]
 
 
+def test_a_ranking_never_chooses_by_the_test_split() -> None:
+    """Picking a sweep's best run by its test metric would leave no data outside the choice."""
+    from iterprune.report import views
+
+    common = {"sparsity": 0.5, "epochs": 3, "duration_s": 1.0, "metric": None}
+    docs = [
+        {"run": "lucky on test", "val_accuracy": 97.0, "test_accuracy": 99.0, **common},
+        {"run": "best on validation", "val_accuracy": 98.0, "test_accuracy": 96.0, **common},
+    ]
+    assert [d["run"] for d in views.ranked(docs)] == ["best on validation", "lucky on test"]
+
+
 def test_runs_judged_by_different_metrics_are_ranked_without_comparing_them() -> None:
     from iterprune.report import console, views
 

@@ -271,7 +271,7 @@ def test_sweeps_expand_validate_and_rank(tmp_path: Path, capsys) -> None:
     bad = ["sweep", str(base), "--set", "prune.step=0.1,7", "--state-dir", str(state)]
     assert cli.main(bad) == 2 and "prune.step" in capsys.readouterr().err
     assert not (state / "iterprune.db").exists() or Backlog(Store(state)).entries() == []
-    assert cli.main([*args, "--state-dir", str(state)]) == 0
+    assert cli.main([*args[:4], "--seeds", "1,2", "--state-dir", str(state)]) == 0
     assert len(Backlog(Store(state)).sweep("base")) == 4
     assert server.serve_queue(state, recording(state, []), poll_s=0.05, until_empty=True) == 4
     capsys.readouterr()
@@ -280,6 +280,16 @@ def test_sweeps_expand_validate_and_rank(tmp_path: Path, capsys) -> None:
     assert [d["rank"] for d in ranked] == [1, 2, 3, 4]
     keys = [(-d["sparsity"], -d["val_accuracy"], d["epochs"]) for d in ranked]
     assert keys == sorted(keys)
+    over = ["compare", "--sweep", "base", "--over-seeds", "--json", "--state-dir", str(state)]
+    assert cli.main(over) == 0
+    settings = json.loads(capsys.readouterr().out)
+    assert sorted(s["setting"] for s in settings) == ["base-step0.1", "base-step0.3"]
+    for s in settings:
+        mine = [d for d in ranked if d["run"] in s["runs"]]
+        assert sorted(s["seeds"]) == [1, 2] and len(mine) == 2
+        assert s["sparsity"]["mean"] == pytest.approx(sum(d["sparsity"] for d in mine) / 2)
+    assert cli.main([*over[:4], "--state-dir", str(state)]) == 0
+    assert "settings over 2 seed(s), mean ± sd" in capsys.readouterr().out
     assert cli.main(["compare", *[d["run"] for d in ranked[:3]], "--state-dir", str(state)]) == 0
     assert "ranked" in capsys.readouterr().out
 

@@ -10,6 +10,7 @@ from iterprune.report.console.overview import (
     queue_table,
     ranking_table,
     serve_text,
+    settings_table,
 )
 from iterprune.report.console.reporters import (
     LiveReporter,
@@ -48,6 +49,7 @@ __all__ = [
     "reporter_for",
     "rounds_table",
     "runs_table",
+    "settings_table",
     "sensitivity_table",
     "serve_text",
     "say",

@@ -104,10 +104,12 @@ def queue_table(doc: dict[str, Any]) -> Group:
 
 
 def ranking_table(docs: list[dict[str, Any]]) -> Table:
-    """Runs ranked: sparsity reached within the budget, then the test split's metric (better
-    first in its direction), epochs, time."""
+    """Runs ranked: sparsity reached within the budget, then the validation split's metric
+    (better first in its direction), epochs, time; the test split's beside, never ranking."""
     name, label, value = _metric(docs)
-    order = "epochs, time (metrics differ)" if name == "metric" else f"test {name}, epochs, time"
+    order = "epochs, time (metrics differ)"
+    if name != "metric":
+        order = f"validation {name}, epochs, time; test beside, never ranking"
     table = plain_table(f"ranked: sparsity within the budget, {order}")
     test = f"test {label.removeprefix('acc ')}"
     for column in ("#", "run", "status", "sparsity", label, test, "epochs", "time"):
@@ -123,4 +125,41 @@ def ranking_table(docs: list[dict[str, Any]]) -> Table:
             str(d.get("epochs") or 0),
             f"{d['duration_s']:.0f}s",
         )
+    if len({d.get("setting") for d in docs}) < len(docs):
+        table.caption = "some runs differ in their seed alone: --over-seeds ranks their settings"
     return table
+
+
+def settings_table(settings: list[dict[str, Any]]) -> Table:
+    """Settings ranked over their seeds (``compare --over-seeds``): mean ± sample sd."""
+    name, label, value = _metric(settings)
+    seeds = max(len(s["seeds"]) for s in settings)
+    order = "epochs, time (metrics differ)"
+    if name != "metric":
+        order = f"validation {name}, epochs, time; test beside, never ranking"
+    title = f"settings over {seeds} seed(s), mean ± sd: sparsity within the budget, {order}"
+    table = plain_table(title)
+    test = f"test {label.removeprefix('acc ')}"
+    for column in ("#", "setting", "seeds", "sparsity", label, test, "epochs", "time"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for s in settings:
+        table.add_row(
+            str(s["rank"]),
+            s["setting"],
+            str(len(s["seeds"])),
+            _spread(s["sparsity"], lambda v: f"{100 * v:.2f}", "%"),
+            _spread(s["val_accuracy"], lambda v, s=s: value({"v": v, **s}, "v")),
+            _spread(s["test_accuracy"], lambda v, s=s: value({"v": v, **s}, "v")),
+            _spread(s["epochs"], lambda v: f"{v:.1f}"),
+            _spread(s["duration_s"], lambda v: f"{v:.0f}", "s", sd=False),
+        )
+    return table
+
+
+def _spread(found: dict[str, Any] | None, shown: Callable, unit: str = "", sd: bool = True) -> str:
+    """``mean ± sd`` of a setting's seeds (the mean alone for one seed, or with ``sd=False``)."""
+    if found is None:
+        return "—"
+    if not sd or found["sd"] is None:
+        return f"{shown(found['mean'])}{unit}"
+    return f"{shown(found['mean'])} ± {shown(found['sd'])}{unit}"
