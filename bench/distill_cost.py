@@ -16,8 +16,13 @@ memory: one more copy of the weights (no gradients, no optimizer state).
 belongs to the 64-wide model, or to distillation itself (a teacher's forward pass is a quarter to a
 third of a training step at any size, so no model gets far under 1.25-1.33x on a CPU).
 
+``--memory`` adds what the loss holds at its peak, where a language model's outputs are large:
+one training step of an output layer over GPT-2's vocabulary (50,257) on 4 × 512 tokens, with
+and without the teacher, each in a fresh process (its peak resident memory above where it
+started), in units of one ``[tokens, vocabulary]`` float32 tensor (392 MB here).
+
     python bench/distill_cost.py [--repeats 5] [--digits-epochs 5] [--lm-batches 120]
-                                 [--wide] [--wide-batches 40]
+                                 [--wide] [--wide-batches 40] [--memory]
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +119,50 @@ def measure(name: str, sizes: dict[str, int], repeats: int, unit: Unit) -> dict[
     }
 
 
+VOCABULARY, TOKENS = 50_257, (4, 512)  # --memory: GPT-2's vocabulary
+
+
+def loss_peak_mb(taught: bool) -> float:
+    """One step of an output layer over VOCABULARY (this process: run it in a fresh one)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, VOCABULARY, bias=False)
+    hidden = torch.randn(*TOKENS, 64)
+    ids = torch.randint(0, VOCABULARY, TOKENS)
+
+    class Head(torch.nn.Module):
+        def __init__(self, layer: torch.nn.Module) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.layer(hidden)
+
+    task = tasks.LanguageModel()
+    if taught:
+        teacher = distillation.freeze(Head(torch.nn.Linear(64, VOCABULARY, bias=False)))
+        task = distillation.Distilled(task, teacher, 0.5, 2.0)
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    task.loss(Head(head), ids).backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024
+
+
+def memory() -> None:
+    one = TOKENS[0] * (TOKENS[1] - 1) * VOCABULARY * 4 / 2**20
+    peaks = {}
+    for taught in (False, True):
+        code = f"import distill_cost; print(distill_cost.loss_peak_mb({taught}))"
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, check=True
+        )
+        peaks[taught] = float(done.stdout.split()[-1])
+    print(
+        f"loss memory, {TOKENS[0]}x{TOKENS[1]} tokens over {VOCABULARY:,} outputs (one "
+        f"[tokens, vocabulary] float32 = {one:.0f} MB): plain {peaks[False]:.0f} MB "
+        f"({peaks[False] / one:.1f}x), with the teacher {peaks[True]:.0f} MB "
+        f"({peaks[True] / one:.1f}x): the teacher adds {(peaks[True] - peaks[False]) / one:.1f}x"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -123,8 +175,11 @@ def main() -> None:
     ap.add_argument("--lm-batches", type=int, default=120, help="the LM's batches per unit")
     ap.add_argument("--wide", action="store_true", help="add a 4x wider, 2x deeper LM row")
     ap.add_argument("--wide-batches", type=int, default=40, help="the wide LM's batches per unit")
+    ap.add_argument("--memory", action="store_true", help="add the loss's peak memory")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.memory:
+        memory()
     also = f"; LM 256x4: {args.wide_batches} batches" if args.wide else ""
     print(
         f"fine-tuning seconds per unit (digits: {args.digits_epochs} epochs; LM: "

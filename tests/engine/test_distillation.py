@@ -48,6 +48,34 @@ def test_a_language_models_kl_is_per_real_token() -> None:
     assert torch.allclose(found, 0.5 * hard + 0.5 * soft, atol=1e-5)
 
 
+@pytest.mark.parametrize("block", [1 << 22, 40, 7])  # one block; rows of a sequence; spans
+@pytest.mark.parametrize("shape", [(6, 11), (3, 5, 11)])
+def test_the_soft_terms_value_and_gradient_are_autograds(monkeypatch, block, shape) -> None:
+    """SoftTargets computes value and gradient itself, a block of rows at a time: both must be
+    what autograd gets from the plain formula, whatever the blocks."""
+    monkeypatch.setattr(distillation, "BLOCK", block)
+    torch.manual_seed(1)
+    student = (3 * torch.randn(shape)).requires_grad_()
+    teacher = 3 * torch.randn(shape)
+    weights = torch.rand(shape[:-1])
+    weights.view(-1)[2] = 0.0  # a padding token: no value, no gradient
+    found = distillation.SoftTargets.apply(student, teacher, weights, 2.0)
+    (grad,) = torch.autograd.grad(found, student)
+    plain = student.detach().clone().requires_grad_()
+    want = 4.0 * (kl(teacher, plain, 2.0) * weights).sum()
+    want.backward()
+    assert torch.allclose(found, want, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grad, plain.grad, rtol=1e-4, atol=1e-7)
+    assert grad.view(-1, shape[-1])[2].abs().max() == 0
+
+
+def test_the_soft_terms_gradient_comes_back_in_the_students_dtype() -> None:
+    student = torch.randn(4, 9, dtype=torch.bfloat16, requires_grad=True)
+    loss = distillation.SoftTargets.apply(student, torch.randn(4, 9), torch.full((4,), 0.25), 2.0)
+    loss.backward()
+    assert student.grad is not None and student.grad.dtype == torch.bfloat16
+
+
 DISTILLED = merged(SPARSE_RUN, name="kd", finetune={"distill": {"weight": 0.5}})
 
 
