@@ -97,15 +97,21 @@ class SoftTargets(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, student, teacher, weights, temperature):  # type: ignore[override]
         t = float(temperature)
-        grad = torch.empty(student.shape, dtype=torch.float32, device=student.device)
+        blocks = _blocks(student.shape)
+        grad = None  # one block (most batches): its own tensor, else written into one
+        if len(blocks) > 1:
+            grad = torch.empty(student.shape, dtype=torch.float32, device=student.device)
         total = torch.zeros((), dtype=torch.float32, device=student.device)
-        for rows in _blocks(student.shape):
+        for rows in blocks:
             log_p = functional.log_softmax(teacher[rows].float() / t, dim=-1)
             p = log_p.exp()
             log_q = functional.log_softmax(student[rows].float() / t, dim=-1)
             w = weights[rows].float()
             total += (torch.linalg.vecdot(p, log_p.sub_(log_q)) * w).sum()
-            torch.sub(log_q.exp_(), p, out=grad[rows]).mul_(w.unsqueeze(-1) * t)
+            if grad is None:
+                grad = log_q.exp_().sub_(p).mul_(w.unsqueeze(-1) * t)
+            else:
+                torch.sub(log_q.exp_(), p, out=grad[rows]).mul_(w.unsqueeze(-1) * t)
         ctx.save_for_backward(grad)
         ctx.dtype = student.dtype
         return total * (t * t)
