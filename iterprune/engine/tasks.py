@@ -71,8 +71,9 @@ def logits(output: Any) -> torch.Tensor:
 
 
 def samples(batch: Any) -> int:
-    """How many samples a batch holds (its labels' first dimension)."""
-    return int(split(batch)[1].shape[0])
+    """How many samples a batch holds: its first tensor's first dimension (a classifier's
+    inputs, a language model's ids, a dict's first entry)."""
+    return _leading(batch) or 0
 
 
 class Classification:

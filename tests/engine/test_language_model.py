@@ -129,6 +129,8 @@ def test_a_language_model_run_is_judged_by_perplexity(tmp_path: Path, capsys) ->
     assert cli.main(args) == 0  # the table shows the budget as the history does: 3 digits
     shown = re.search(r"budget (\S+)", capsys.readouterr().out)
     assert shown is not None and shown.group(1) == f"{found['max_drop']:.3g}"
+    assert cli.main([*args, "--batches", "1", "--json"]) == 0  # sequences counted by their ids
+    assert 0 < json.loads(capsys.readouterr().out)["val_samples"] < found["val_samples"]
     plot = tmp_path / "lm.png"
     assert cli.main(["plot", "lm", "--out", str(plot), "--state-dir", state]) == 0
     assert plot.stat().st_size > 10_000  # perplexity against sparsity, the budget above it
