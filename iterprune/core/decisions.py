@@ -219,12 +219,22 @@ def judge(
     return RollBack(why=why, next_step=next_step, finish=finish)
 
 
+def decimals(budget: float) -> int:
+    """The decimals that show a drop beside the budget it is judged by: two for accuracy points
+    or a perplexity, more for a budget under 0.1 (a mean squared error's 5.7e-05: six)."""
+    if not budget > 0 or budget >= 0.1:
+        return 2
+    return min(1 + math.ceil(-math.log10(budget)), 10)
+
+
 def _why(rules: Rules, outcome: Outcome) -> str:
     if not outcome.finite:
         return "loss was not finite"
+    d = decimals(rules.max_drop)
+    budget = f"{rules.max_drop:.{d}f}"
     if rules.rule == "confident" and outcome.drop_high is not None:
-        return f"drop up to {outcome.drop_high:.2f} > {rules.max_drop} (drop {outcome.drop:.2f})"
-    return f"drop {outcome.drop:.2f} > {rules.max_drop}"
+        return f"drop up to {outcome.drop_high:.{d}f} > {budget} (drop {outcome.drop:.{d}f})"
+    return f"drop {outcome.drop:.{d}f} > {budget}"
 
 
 # The floor under each layer (``prune.max_layer_sparsity``): what selection keeps and what ``show``

@@ -106,19 +106,22 @@ class Narrator:
         return self.phase_name
 
 
-def outcome_text(fields: dict[str, Any]) -> str:
-    """An attempt's result in words: sparsity, accuracy, the drop and its interval, test."""
-    test = fields.get("test_accuracy")
+def outcome_text(fields: dict[str, Any], metric: dict[str, Any], d: int = 2) -> str:
+    """An attempt's result in words: sparsity, the metric, the drop and its interval, test —
+    ``d`` decimals (:func:`decisions.decimals` of the budget)."""
+    test, unit = fields.get("test_accuracy"), "%" if metric["name"] == "accuracy" else ""
     return (
-        f"sparsity {fields['sparsity']:.2%}, accuracy {fields['val_accuracy']:.2f}% (drop "
-        f"{fields['drop']:+.2f}, interval {fields['drop_low']:+.2f} to {fields['drop_high']:+.2f})"
-        + (f", test {test:.2f}%" if test is not None else "")
+        f"sparsity {fields['sparsity']:.2%}, {metric['name']} {fields['val_accuracy']:.{d}f}{unit}"
+        f" (drop {fields['drop']:+.{d}f}, interval {fields['drop_low']:+.{d}f} to "
+        f"{fields['drop_high']:+.{d}f})"
+        + (f", test {test:.{d}f}{unit}" if test is not None else "")
     )
 
 
-def recovery_note(first: dict[str, Any] | None, why: str) -> str:
+def recovery_note(first: dict[str, Any] | None, why: str, d: int = 2) -> str:
     """What a recovery did, from its first judgement (``why``: why the attempt still failed)."""
     first = first or {}
-    before = f"drop {first['drop']:+.2f} ({first['drop_low']:+.2f} to {first['drop_high']:+.2f})"
+    ends = f"{first['drop_low']:+.{d}f} to {first['drop_high']:+.{d}f}"
+    before = f"drop {first['drop']:+.{d}f} ({ends})"
     recovered = f"recovered with {first.get('recover_epochs')} more epoch(s) from {before}"
     return f"{why}; {recovered}" if why else recovered

@@ -74,31 +74,31 @@ AFTER_AN_ATTEMPT = [
     ("exactly the budget: accepted", PLAIN, pos(), A, Outcome(1.0), Accept(0.2, 1)),
     ("a gain: accepted", PLAIN, pos(), A, Outcome(-2.0), Accept(0.2, 1)),
     ("over the budget: rolled back with the step shrunk", PLAIN, pos(), A, Outcome(1.5),
-     RollBack("drop 1.50 > 1.0", 0.1)),
+     RollBack("drop 1.50 > 1.00", 0.1)),
     ("a non-finite loss: rolled back whatever the accuracy", PLAIN, pos(), A,
      Outcome(0.0, finite=False), RollBack("loss was not finite", 0.1)),
     ("the last retry failing ends the run at the frontier", PLAIN, pos(), Attempt(3, 3, 0.2, 10, 0.5),
-     Outcome(1.5), RollBack("drop 1.50 > 1.0", 0.1, "frontier reached: round 3 failed 3 attempts")),
+     Outcome(1.5), RollBack("drop 1.50 > 1.00", 0.1, "frontier reached: round 3 failed 3 attempts")),
     ("a next step under min_step ends the run at the frontier", PLAIN, pos(),
-     Attempt(3, 2, 0.08, 10, 0.5), Outcome(1.5), RollBack("drop 1.50 > 1.0", 0.04,
+     Attempt(3, 2, 0.08, 10, 0.5), Outcome(1.5), RollBack("drop 1.50 > 1.00", 0.04,
      "frontier reached: the next step (0.0400) would be under rollback.min_step (0.05)")),
     # the rule
     ("confident: the interval's top within the budget is accepted", rules(rule="confident"),
      pos(), A, Outcome(0.2, drop_high=0.9), Accept(0.2, 1)),
     ("confident: a drop within the budget whose interval is not is rolled back",
      rules(rule="confident"), pos(), A, Outcome(0.6, drop_high=1.6),
-     RollBack("drop up to 1.60 > 1.0 (drop 0.60)", 0.1)),
+     RollBack("drop up to 1.60 > 1.00 (drop 0.60)", 0.1)),
     ("estimate: the same attempt is accepted", PLAIN, pos(), A, Outcome(0.6, drop_high=1.6),
      Accept(0.2, 1)),
     # recovery
     ("a failed attempt with a finite loss recovers first", rules(recover_epochs=2), pos(), A,
-     Outcome(1.5), Recover(2, "drop 1.50 > 1.0")),
+     Outcome(1.5), Recover(2, "drop 1.50 > 1.00")),
     ("a non-finite loss does not recover", rules(recover_epochs=2), pos(), A,
      Outcome(0.0, finite=False), RollBack("loss was not finite", 0.1)),
     ("after its recovery an attempt that passes is accepted", rules(recover_epochs=2), pos(), A,
      Outcome(0.5, recovered=True), Accept(0.2, 1)),
     ("a second failure, after the recovery, rolls back", rules(recover_epochs=2), pos(), A,
-     Outcome(1.2, recovered=True), RollBack("drop 1.20 > 1.0", 0.1)),
+     Outcome(1.2, recovered=True), RollBack("drop 1.20 > 1.00", 0.1)),
     # growth
     ("accepted rounds in a row count up", rules(grow_after=3, grow=2.0), pos(streak=1),
      Attempt(3, 1, 0.05, 10, 0.5), Outcome(0.5), Accept(0.05, 2)),
@@ -211,3 +211,15 @@ def test_a_relative_budget_becomes_points_of_the_baseline() -> None:
     assert Rules.of(s, 90.0).max_drop == pytest.approx(1.8)
     with pytest.raises(ValueError, match="needs the baseline"):
         Rules.of(s)
+
+
+@pytest.mark.parametrize(
+    "budget, places",
+    [(0.5, 2), (0.694, 2), (5.0, 2), (0.1, 2), (0.05, 3), (0.01, 3), (5.72e-05, 6), (0.0, 2)],
+)
+def test_a_drop_is_written_with_the_decimals_its_budget_needs(budget, places) -> None:
+    """Accuracy points and perplexities keep two decimals; a small budget gets the digits to be
+    read beside it (an MSE budget of 5.72e-05 written with two was 0.00)."""
+    assert decisions.decimals(budget) == places
+    if budget:
+        assert float(f"{budget:.{places}f}") > 0

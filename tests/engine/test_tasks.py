@@ -12,6 +12,7 @@ import torch
 from helpers import TINY, merged, write
 
 from iterprune.cli import table as cli
+from iterprune.core import decisions
 from iterprune.engine import tasks
 from iterprune.errors import UserError
 
@@ -155,6 +156,16 @@ class MSE:
         return (model(x).squeeze(-1) - y) ** 2
 
 
+class Small(MSE):
+    """The same errors in units 10,000 times larger: an MSE near 1e-5."""
+
+    def loss(self, model, batch):
+        return super().loss(model, batch) * 1e-4
+
+    def scores(self, model, batch):
+        return super().scores(model, batch) * 1e-4
+
+
 class Flat(MSE):
     def scores(self, model, batch):
         return super().scores(model, batch).sum().reshape(1, 1)
@@ -237,3 +248,28 @@ def test_a_nan_score_fails_the_attempt_as_a_nan_loss_does(tmp_path: Path, capsys
     assert history["rounds"] and all(r["status"] == "rolled_back" for r in history["rounds"])
     assert all(r["drop"] is None for r in history["rounds"])
     assert history["reason"].startswith("frontier reached")
+
+
+def test_a_small_metric_is_written_with_the_decimals_its_budget_needs(tmp_path, capsys) -> None:
+    """An MSE near 1e-5 with a 20% budget: every line that shows it has the digits to compare
+    a drop with the budget (two decimals wrote ``mse 0.00 (drop +0.00)``), and the events name
+    the metric (they said ``accuracy ...%`` for every task)."""
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(regression(tmp_path, "Small")), "--state-dir", state]) == 0
+    log = capsys.readouterr().out
+    assert cli.main(["history", "regress", "--state-dir", state, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    d = decisions.decimals(history["max_drop"])
+    assert history["baseline_accuracy"] < 1e-3 and d >= 6
+    rounds = history["rounds"]
+    shown = [f"mse {r['val_accuracy']:.{d}f} (drop {r['drop']:+.{d}f}" for r in rounds]
+    assert all(line in log for line in shown), log
+    assert cli.main(["history", "regress", "--state-dir", state]) == 0
+    table = capsys.readouterr().out
+    assert f"baseline mse {history['baseline_accuracy']:.{d}f}" in table
+    assert all(f"{r['val_accuracy']:.{d}f}" in table for r in rounds)
+    assert cli.main(["logs", "regress", "--state-dir", state]) == 0
+    events = capsys.readouterr().out
+    accepted = [line for line in events.splitlines() if " accepted: " in line]
+    assert accepted and all(", mse 0.0" in line for line in accepted)
+    assert "accuracy" not in events

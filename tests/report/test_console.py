@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 
 from iterprune.report import console
-from iterprune.report.console import overview, tables
+from iterprune.report.console import numbers, overview
 
 ROWS = [
     {
@@ -118,10 +118,10 @@ def test_a_narrow_interval_keeps_the_decimals_that_tell_its_ends_apart() -> None
     text = render(console.rounds_table(rows))
     assert "[-0.34, -0.27]" in text and "[-0.3, -0.3]" not in text
     assert max(len(line) for line in text.splitlines()) <= 80
-    assert tables.interval(-1.18, 1.18) == "[-1.2, +1.2]"  # accuracy points: as before
-    assert tables.interval(0.0010, 0.0012) == "[+0.0010, +0.0012]"
-    assert tables.interval(0.5, 0.5) == "[+0.5, +0.5]"
-    assert tables.interval(None, 1.0) == "—"
+    assert numbers.interval(-1.18, 1.18) == "[-1.2, +1.2]"  # accuracy points: as before
+    assert numbers.interval(0.0010, 0.0012) == "[+0.0010, +0.0012]"
+    assert numbers.interval(0.5, 0.5) == "[+0.5, +0.5]"
+    assert numbers.interval(None, 1.0) == "—"
 
 
 def test_runs_judged_by_different_metrics_are_compared_each_in_its_own_units() -> None:

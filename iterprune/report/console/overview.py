@@ -9,14 +9,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from iterprune.report.console.tables import (
-    DECISION_STYLE,
-    frac,
-    in_units,
-    measure,
-    pct,
-    plain_table,
-)
+from iterprune.report.console.numbers import frac, in_units, measure, metric_value, pct
+from iterprune.report.console.tables import DECISION_STYLE, plain_table
 
 
 def _metric(docs: list[dict[str, Any]]) -> tuple[str, str, Callable[[dict, str], str]]:
@@ -26,7 +20,7 @@ def _metric(docs: list[dict[str, Any]]) -> tuple[str, str, Callable[[dict, str],
     shown = {measure(d) for d in docs}
     if len(shown) == 1:
         name, _, label = shown.pop()
-        return name, label, lambda d, key: pct(d.get(key))
+        return name, label, lambda d, key: metric_value(d.get(key), name)
     return "metric", "metric", lambda d, key: in_units(d.get(key), measure(d)[0])
 
 
@@ -160,6 +154,8 @@ def _spread(found: dict[str, Any] | None, shown: Callable, unit: str = "", sd: b
     """``mean ± sd`` of a setting's seeds (the mean alone for one seed, or with ``sd=False``)."""
     if found is None:
         return "—"
+    mean = shown(found["mean"])
     if not sd or found["sd"] is None:
-        return f"{shown(found['mean'])}{unit}"
-    return f"{shown(found['mean'])} ± {shown(found['sd'])}{unit}"
+        return f"{mean}{unit}"
+    places = len(mean.split(".")[1]) if "." in mean and "e" not in mean else 0
+    return f"{mean} ± {found['sd']:.{places}f}{unit}"

@@ -24,7 +24,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from iterprune.report.console.tables import frac, measure, pct, rounds_table
+from iterprune.report.console.numbers import decimals, frac, measure, pct
+from iterprune.report.console.tables import rounds_table
 from iterprune.state import diagnosis, faults
 
 
@@ -78,7 +79,7 @@ def _header(info: dict[str, Any]) -> Panel:
         ("   device ", "dim"),
         str(info.get("device")),
         ("\nbaseline ", "dim"),
-        (f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base)}")
+        (f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base, decimals(info))}")
         if base is not None
         else "measuring…",
         ("   target ", "dim"),
@@ -101,7 +102,9 @@ class _Dashboard:
         self.footer = Text("")
 
     def __rich__(self) -> Group:
-        rounds = rounds_table(self.rows[-15:], metric=self.info.get("metric"))
+        rounds = rounds_table(
+            self.rows[-15:], metric=self.info.get("metric"), d=decimals(self.info)
+        )
         return Group(_header(self.info), rounds, self.progress, self.footer)
 
 
@@ -154,6 +157,7 @@ class PlainReporter:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.measure = measure(None)  # the run's metric, once run_started says it
+        self.d = 2  # and the decimals its numbers need beside its budget
         self.lost: OSError | None = None  # the output could not be written (a full disk)
 
     def __enter__(self) -> PlainReporter:
@@ -182,10 +186,10 @@ class PlainReporter:
                 )
 
     def run_started(self, info: dict[str, Any]) -> None:
-        self.measure = measure(info)
+        self.measure, self.d = measure(info), decimals(info)
         base = info.get("baseline_accuracy")
         name, suffix, _ = self.measure
-        shown = f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base)}"
+        shown = f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base, self.d)}"
         self._line(
             f"run {info['run']}: model {info['model']}, {info['params']:,} prunable weights, "
             f"method {info['method']}, target {frac(info['target_sparsity'])}, budget "
@@ -201,18 +205,18 @@ class PlainReporter:
         pass
 
     def round_done(self, row: dict[str, Any]) -> None:
-        name, suffix, _ = self.measure
+        (name, suffix, _), d = self.measure, self.d
         self._line(
             f"round {row['round']}.{row['attempt']} {row['status'].replace('_', ' ')}: "
             f"step {frac(row['step'])}, sparsity {frac(row.get('sparsity'))}, {name} "
-            f"{pct(row.get('val_accuracy'))}{suffix} (drop {row.get('drop', 0):+.2f}"
+            f"{pct(row.get('val_accuracy'), d)}{suffix} (drop {row.get('drop', 0):+.{d}f}"
             + _optional(
-                row, "drop_low", lambda _: f" [{row['drop_low']:+.2f}, {row['drop_high']:+.2f}]"
+                row, "drop_low", lambda _: f" [{row['drop_low']:+.{d}f}, {row['drop_high']:+.{d}f}]"
             )
             + ")"
-            + _optional(row, "test_accuracy", lambda v: f", test {v:.2f}{suffix}")
-            + _optional(row, "control_accuracy", lambda v: f", control {v:.2f}{suffix}")
-            + _optional(row, "control_std", lambda v: f" ± {v:.2f} over {row['control_n']} seeds")
+            + _optional(row, "test_accuracy", lambda v: f", test {v:.{d}f}{suffix}")
+            + _optional(row, "control_accuracy", lambda v: f", control {v:.{d}f}{suffix}")
+            + _optional(row, "control_std", lambda v: f" ± {v:.{d}f} over {row['control_n']} seeds")
             + _optional(row, "latency_ms_p50", lambda v: f", {v:.2f} ms")
             + f", {row.get('duration_s') or 0:.1f}s"
             + (f" ({row['note']})" if row.get("recovered") and row.get("note") else "")

@@ -10,6 +10,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from iterprune.report.console.numbers import (
+    decimals,
+    frac,
+    in_units,
+    interval,
+    measure,
+    pct,
+)
+
 DECISION_STYLE = {
     "accepted": "green",
     "rolled_back": "yellow",
@@ -17,14 +26,6 @@ DECISION_STYLE = {
     "interrupted": "magenta",
     "failed": "red",
 }
-
-
-def pct(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def frac(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}%}"
 
 
 def plain_table(title: str | None = None) -> Table:
@@ -37,27 +38,22 @@ def plain_table(title: str | None = None) -> Table:
     )
 
 
-def control(row: dict[str, Any]) -> str:
+def control(row: dict[str, Any], d: int = 2) -> str:
     """A lottery control's metric, with its spread when it trained from several seeds."""
     std = row.get("control_std")
-    spread = f" ± {std:.2f}" if std is not None else ""
-    return pct(row.get("control_accuracy")) + spread
-
-
-def measure(doc: dict[str, Any] | None) -> tuple[str, str, str]:
-    """How a document's metric is shown: (its name, a value's suffix, a column's label):
-    accuracy is ``99.72%`` under ``acc %``, a perplexity ``4.21`` under ``ppl``."""
-    name = ((doc or {}).get("metric") or {}).get("name", "accuracy")
-    if name == "accuracy":
-        return name, "%", "acc %"
-    return name, "", "ppl" if name == "perplexity" else name
+    spread = f" ± {std:.{d}f}" if std is not None else ""
+    return pct(row.get("control_accuracy"), d) + spread
 
 
 def rounds_table(
-    rows: list[dict[str, Any]], title: str | None = None, metric: dict[str, Any] | None = None
+    rows: list[dict[str, Any]],
+    title: str | None = None,
+    metric: dict[str, Any] | None = None,
+    d: int = 2,
 ) -> Table:
     """The rounds so far: each drop with its interval, the test split's metric where there is
-    one (never used to decide), a lottery run's control, a benchmark's latency."""
+    one (never used to decide), a lottery run's control, a benchmark's latency; the metric with
+    ``d`` decimals (:func:`decimals`)."""
     _, _, label = measure({"metric": metric})
     has = {
         key: any(r.get(key) is not None for r in rows)
@@ -78,10 +74,11 @@ def rounds_table(
         cells = [f"{r['round']}.{r['attempt']}", frac(r.get("step"), 1), frac(r.get("sparsity"))]
         if not has["drop_low"]:
             cells.append("—" if r.get("params") is None else f"{r['params']:,}")
-        cells += [pct(r.get("val_accuracy")), "—" if drop is None else f"{drop:+.2f}"]
-        cells += [interval(r.get("drop_low"), r.get("drop_high"))] if has["drop_low"] else []
-        cells += [pct(r.get("test_accuracy"))] if has["test_accuracy"] else []
-        cells += [control(r)] if has["control_accuracy"] else []
+        cells += [pct(r.get("val_accuracy"), d), "—" if drop is None else f"{drop:+.{d}f}"]
+        ends = interval(r.get("drop_low"), r.get("drop_high"), d - 1)
+        cells += [ends] if has["drop_low"] else []
+        cells += [pct(r.get("test_accuracy"), d)] if has["test_accuracy"] else []
+        cells += [control(r, d)] if has["control_accuracy"] else []
         cells += [pct(r.get("latency_ms_p50"))] if has["latency_ms_p50"] else []
         decision = status.replace("_", " ") + (" ↻" if r.get("recovered") else "")
         table.add_row(
@@ -90,24 +87,6 @@ def rounds_table(
             "—" if r.get("duration_s") is None else f"{r['duration_s']:.1f}s",
         )
     return table
-
-
-def interval(low: float | None, high: float | None) -> str:
-    """``[low, high]`` with enough decimals that the interval spans at least five units of the
-    last one: one for accuracy points (about ±1), two or more for a perplexity's narrow ones
-    (one decimal showed ``[-0.34, -0.27]`` as ``[-0.3, -0.3]``)."""
-    if low is None or high is None:
-        return "—"
-    width, d = high - low, 1
-    while d < 4 and 0 < width < 5 * 10.0**-d:
-        d += 1
-    return f"[{low:+.{d}f}, {high:+.{d}f}]"
-
-
-def in_units(value: float | None, name: str) -> str:
-    """A value of the metric ``name``, with its unit: ``98.33%``, ``4.21 ppl``, ``0.12 mse``."""
-    unit = "%" if name == "accuracy" else " ppl" if name == "perplexity" else f" {name}"
-    return "—" if value is None else pct(value) + unit
 
 
 def _in_units(row: dict[str, Any]) -> Any:
@@ -140,7 +119,7 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
 
 
 def history_view(doc: dict[str, Any]) -> Group:
-    base = doc["baseline_accuracy"]
+    base, d = doc["baseline_accuracy"], decimals(doc)
     name, suffix, _ = measure(doc)
     head = Text.assemble(
         ("run ", "dim"),
@@ -148,12 +127,12 @@ def history_view(doc: dict[str, Any]) -> Group:
         ("  status ", "dim"),
         doc["status"],
         ("  baseline ", "dim"),
-        f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base)}",
+        f"{pct(base, d)}{suffix}" if name == "accuracy" else f"{name} {pct(base, d)}",
         *_test_and_rule(doc),
         ("  dense prunable weights ", "dim"),
         f"{doc['baseline_params'] or 0:,}",
     )
-    parts: list[Any] = [head, rounds_table(doc["rounds"], metric=doc.get("metric"))]
+    parts: list[Any] = [head, rounds_table(doc["rounds"], metric=doc.get("metric"), d=d)]
     accepted = [r["val_accuracy"] for r in doc["rounds"] if r["status"] == "accepted"]
     if len(accepted) > 1:
         shown = accepted[-60:]
@@ -165,7 +144,7 @@ def history_view(doc: dict[str, Any]) -> Group:
                 (f"{label}  ", "dim"),
                 sparkline(shown),
                 ("  ", ""),
-                f"{min(shown):.2f}–{max(shown):.2f}{suffix}",
+                f"{min(shown):.{d}f}–{max(shown):.{d}f}{suffix}",
             )
         )
     if doc.get("reason"):
@@ -178,7 +157,10 @@ def _test_and_rule(doc: dict[str, Any]) -> list[Any]:
     parts: list[Any] = []
     name, suffix, _ = measure(doc)
     if doc.get("baseline_test_accuracy") is not None:
-        parts += [("  test ", "dim"), f"{pct(doc['baseline_test_accuracy'])}{suffix}"]
+        parts += [
+            ("  test ", "dim"),
+            f"{pct(doc['baseline_test_accuracy'], decimals(doc))}{suffix}",
+        ]
     if doc.get("max_drop") is not None:
         rule = doc.get("rule") or "estimate"
         budget = f"{doc['max_drop']:.3g} {'points' if name == 'accuracy' else name}"
@@ -298,7 +280,7 @@ def _drop_style(drop: float, budget: float) -> str:
 
 def sensitivity_table(doc: dict[str, Any]) -> Group:
     """How much worse per layer (rows) and level (columns), coloured against the budget."""
-    budget = doc["max_drop"]
+    budget, d = doc["max_drop"], decimals(doc)
     name, suffix, _ = measure(doc)
     units = "points" if name == "accuracy" else f"{name}, positive: worse"
     head = Text.assemble(
@@ -307,7 +289,8 @@ def sensitivity_table(doc: dict[str, Any]) -> Group:
         ("   from ", "dim"),
         str(doc["source"]),
         ("   baseline ", "dim"),
-        f"{name} {doc['baseline_accuracy']:.2f}{suffix} on {doc['val_samples']:,} validation samples",
+        f"{name} {doc['baseline_accuracy']:.{d}f}{suffix} on {doc['val_samples']:,} validation "
+        "samples",
         ("\neach layer pruned alone by ", "dim"),
         "its weakest output channels" if doc["method"] == "channel" else "magnitude",
         (f"; drop in {units}, budget ", "dim"),
@@ -319,7 +302,7 @@ def sensitivity_table(doc: dict[str, Any]) -> Group:
     for level in doc["levels"]:
         table.add_column(f"{level:.0%}", justify="right")
     for r in doc["layers"]:
-        cells = [Text(f"{d:+.2f}", style=_drop_style(d, budget)) for d in r["drop"]]
+        cells = [Text(f"{x:+.{d}f}", style=_drop_style(x, budget)) for x in r["drop"]]
         table.add_row(r["layer"], f"{r['params']:,}", *cells)
     excluded = doc["suggested_exclude"]
     tail = Text.assemble(
