@@ -1,7 +1,8 @@
 """Everything the user sees in a terminal: the live dashboard, plain log lines, and tables.
 
-This package is the only place that imports Rich: ``reporters`` (what a served run shows) and
-``tables`` (the inspection commands' views).
+This package is the only place that imports Rich: ``reporters`` (what a served run shows),
+``tables`` (the inspection commands' views) and ``overview`` (many runs at once); ``numbers``
+says how every number is written in them.
 """
 
 from iterprune.report.console.overview import (
