@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from iterprune.core import evidence, pruning, rng
+from iterprune.core import decisions, evidence, pruning, rng
 from iterprune.engine import evaluation, orders, training
 from iterprune.engine.attempts import Accepted
 from iterprune.engine.reporter import Narrator
@@ -52,10 +52,11 @@ def start(
     mask = record(snapshots, bench, found, total)
     speed = found.latency.get("latency_ms_p50")
     n = found.reference.n
-    shown = _shown(bench.metric, found.accuracy)
+    d = decisions.decimals(bench.schedule.validate.budget(found.accuracy))
+    shown = _shown(bench.metric, found.accuracy, d)
     test = ""
     if found.test_accuracy is not None:
-        test = f", {_shown(bench.metric, found.test_accuracy)} on the test split"
+        test = f", {_shown(bench.metric, found.test_accuracy, d)} on the test split"
     narrator.event(
         "info",
         "baseline",
@@ -68,9 +69,10 @@ def start(
     return Accepted.of(0, bench, mask, optimizer=False), found.rewind
 
 
-def _shown(metric: dict, value: float) -> str:
-    """A metric's value as the log lines show it: ``99.72%``, or a perplexity ``4.218``."""
-    return f"{value:.2f}%" if metric["name"] == "accuracy" else f"{value:.4g}"
+def _shown(metric: dict, value: float, d: int) -> str:
+    """A metric's value as the round lines show it: ``99.72%``, a perplexity ``4.22``, with
+    ``d`` decimals (:func:`decisions.decimals` of the budget: an MSE's ``0.000286``)."""
+    return f"{value:.{d}f}" + ("%" if metric["name"] == "accuracy" else "")
 
 
 def warn_unresolved(narrator: Narrator, schedule: Schedule, n: int, accuracy: float) -> None:

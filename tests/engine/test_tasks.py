@@ -264,6 +264,7 @@ def test_a_small_metric_is_written_with_the_decimals_its_budget_needs(tmp_path, 
     rounds = history["rounds"]
     shown = [f"mse {r['val_accuracy']:.{d}f} (drop {r['drop']:+.{d}f}" for r in rounds]
     assert all(line in log for line in shown), log
+    assert f"dense baseline mse {history['baseline_accuracy']:.{d}f} on" in log
     assert cli.main(["history", "regress", "--state-dir", state]) == 0
     table = capsys.readouterr().out
     assert f"baseline mse {history['baseline_accuracy']:.{d}f}" in table
