@@ -3,25 +3,18 @@ each number's mean and sample standard deviation over the seeds (``compare --ove
 setting is chosen by how it does across seeds, not by its luckiest seed.
 
 Two runs are replicates when their schedules are the same experiment but for ``seed`` (and
-their names): what identifies a run (``Schedule.fingerprint``: the fields set away from their
-defaults, without the operating sections) is compared with the seed set aside.
+their names): ``views.setting``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import statistics
 from typing import Any
 
-from iterprune.schedule.specs import Schedule
+from iterprune.report import views
 
 FIELDS = ("sparsity", "val_accuracy", "test_accuracy", "epochs", "duration_s")
-
-
-def setting(schedule: Schedule) -> str:
-    """What a run computes, its seed and name aside."""
-    return dataclasses.replace(schedule, seed=0, name="").fingerprint()
 
 
 def spread(values: list[float | None]) -> dict[str, Any] | None:
@@ -47,22 +40,11 @@ def grouped(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for d in docs:
         groups.setdefault(d["setting"], []).append(d)
-    out = [_setting(runs) for runs in groups.values()]
-    mixed = len({(d.get("metric") or {}).get("name", "accuracy") for d in docs}) > 1
+    return views.ranked([_setting(runs) for runs in groups.values()], number=_mean)
 
-    def key(s: dict[str, Any]) -> tuple:
-        mean = lambda field: (s[field] or {}).get("mean")  # noqa: E731
-        higher = (s.get("metric") or {}).get("higher_is_better", True)
-        value = mean("val_accuracy")
-        better = -(value or 0) if higher else (value if value is not None else float("inf"))
-        return (
-            -(mean("sparsity") or 0),
-            0 if mixed else better,
-            mean("epochs"),
-            mean("duration_s"),
-        )
 
-    return [{"rank": i + 1, **s} for i, s in enumerate(sorted(out, key=key))]
+def _mean(setting: dict[str, Any], field: str) -> float | None:
+    return (setting[field] or {}).get("mean")
 
 
 def _setting(runs: list[dict[str, Any]]) -> dict[str, Any]:

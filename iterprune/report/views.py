@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from iterprune.core import decisions
 from iterprune.errors import UnknownRun, UserError
-from iterprune.report import replicates
+from iterprune.schedule.specs import Schedule
 from iterprune.state import owners
 from iterprune.state.backlog import Backlog
 from iterprune.state.runs import load_schedule
@@ -211,27 +213,38 @@ def serve(store: Store, lease_timeout: float = 60.0) -> dict[str, Any] | None:
     return doc
 
 
-def ranked(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ranked(
+    docs: list[dict[str, Any]],
+    number: Callable[[dict[str, Any], str], float | None] = lambda d, key: d[key],
+) -> list[dict[str, Any]]:
     """Best first: the sparsity reached (every accepted round is within the budget), then the
     validation split's metric, better first in the metric's direction (a perplexity: lower),
     fewer epochs, less time. Never the test split's: choosing a sweep's run by it would leave
     no data that did not take part in the choice (it is shown beside, as everywhere). Runs
-    judged by different metrics are not compared by them: sparsity, then epochs and time."""
+    judged by different metrics are not compared by them: sparsity, then epochs and time.
+    ``number(doc, field)`` reads a field (a setting's: the mean over its seeds)."""
     mixed = len({(d.get("metric") or {}).get("name", "accuracy") for d in docs}) > 1
 
     def key(d: dict[str, Any]) -> tuple:
-        value = d["val_accuracy"]
+        value = number(d, "val_accuracy")
         higher = (d.get("metric") or {}).get("higher_is_better", True)
         better = -(value or 0) if higher else (value if value is not None else float("inf"))
         return (
-            -(d["sparsity"] or 0),
+            -(number(d, "sparsity") or 0),
             0 if mixed else better,
-            d["epochs"] or 0,
-            d["duration_s"] or 0,
+            number(d, "epochs") or 0,
+            number(d, "duration_s") or 0,
         )
 
     out = sorted(docs, key=key)
     return [{"rank": i + 1, **d} for i, d in enumerate(out)]
+
+
+def setting(schedule: Schedule) -> str:
+    """What a run computes, its seed and name aside: runs alike in it are replicates of one
+    setting (``compare --over-seeds``). What identifies a run (``Schedule.fingerprint``: the
+    fields set away from their defaults, without the operating sections), seed set aside."""
+    return dataclasses.replace(schedule, seed=0, name="").fingerprint()
 
 
 def summary(store: Store, run: str) -> dict[str, Any]:
@@ -244,7 +257,7 @@ def summary(store: Store, run: str) -> dict[str, Any]:
     return {
         "run": run,
         "seed": schedule.seed,
-        "setting": replicates.setting(schedule),  # the same for runs that differ in seed alone
+        "setting": setting(schedule),  # the same for runs that differ in seed alone
         "status": row["status"],
         "reason": row["reason"],
         "model": row["model"],

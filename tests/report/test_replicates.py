@@ -9,15 +9,15 @@ import pytest
 from helpers import TINY, merged
 
 from iterprune import api
-from iterprune.report import replicates
+from iterprune.report import replicates, views
 
 
 def test_a_setting_is_the_experiment_with_its_seed_and_name_aside() -> None:
     schedule, _ = api.load(merged(TINY, seed=1, name="a-seed1"))
     same = dataclasses.replace(schedule, seed=2, name="a-seed2")
     other = dataclasses.replace(schedule, prune=dataclasses.replace(schedule.prune, step=0.45))
-    assert replicates.setting(schedule) == replicates.setting(same)
-    assert replicates.setting(schedule) != replicates.setting(other)
+    assert views.setting(schedule) == views.setting(same)
+    assert views.setting(schedule) != views.setting(other)
 
 
 def doc(run: str, setting: str, seed: int, val: float, test: float, sparsity: float = 0.5):
