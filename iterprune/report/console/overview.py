@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -13,15 +14,22 @@ from iterprune.report.console.numbers import frac, in_units, measure, metric_val
 from iterprune.report.console.tables import DECISION_STYLE, plain_table
 
 
-def _metric(docs: list[dict[str, Any]]) -> tuple[str, str, Callable[[dict, str], str]]:
+def _metric(docs: list[dict[str, Any]]) -> tuple[str, str, Callable[[Any, dict], str]]:
     """How runs' metric is shown together: its name and a column's label (``metric`` when the
-    runs are judged by different ones), and a value's cell — bare under one metric, with its own
-    units (``99.44%``, ``8.50 ppl``) when they differ."""
+    runs are judged by different ones), and the cell of a value of a run (or setting) — bare
+    under one metric, with its own units (``99.44%``, ``8.50 ppl``) when they differ."""
     shown = {measure(d) for d in docs}
     if len(shown) == 1:
         name, _, label = shown.pop()
-        return name, label, lambda d, key: metric_value(d.get(key), name)
-    return "metric", "metric", lambda d, key: in_units(d.get(key), measure(d)[0])
+        return name, label, lambda found, doc: metric_value(found, name)
+    return "metric", "metric", lambda found, doc: in_units(found, measure(doc)[0])
+
+
+def _order(name: str) -> str:
+    """What a ranking goes by after the sparsity (``name``: ``metric`` when they differ)."""
+    if name == "metric":
+        return "epochs, time (metrics differ)"
+    return f"validation {name}, epochs, time; test beside, never ranking"
 
 
 def compare_table(docs: list[dict[str, Any]]) -> Table:
@@ -32,7 +40,7 @@ def compare_table(docs: list[dict[str, Any]]) -> Table:
     name, _, shown_as = _metric(docs)
 
     def value(key: str) -> Callable[[dict], str]:
-        return lambda d: shown_as(d, key)
+        return lambda d: shown_as(d.get(key), d)
 
     rows = [
         ("status", lambda d: d["status"]),
@@ -100,11 +108,8 @@ def queue_table(doc: dict[str, Any]) -> Group:
 def ranking_table(docs: list[dict[str, Any]]) -> Table:
     """Runs ranked: sparsity reached within the budget, then the validation split's metric
     (better first in its direction), epochs, time; the test split's beside, never ranking."""
-    name, label, value = _metric(docs)
-    order = "epochs, time (metrics differ)"
-    if name != "metric":
-        order = f"validation {name}, epochs, time; test beside, never ranking"
-    table = plain_table(f"ranked: sparsity within the budget, {order}")
+    name, label, cell = _metric(docs)
+    table = plain_table(f"ranked: sparsity within the budget, {_order(name)}")
     test = f"test {label.removeprefix('acc ')}"
     for column in ("#", "run", "status", "sparsity", label, test, "epochs", "time"):
         table.add_column(column, justify="left" if column in ("run", "status") else "right")
@@ -114,8 +119,8 @@ def ranking_table(docs: list[dict[str, Any]]) -> Table:
             d["run"],
             d["status"],
             frac(d["sparsity"]),
-            value(d, "val_accuracy"),
-            value(d, "test_accuracy"),
+            cell(d.get("val_accuracy"), d),
+            cell(d.get("test_accuracy"), d),
             str(d.get("epochs") or 0),
             f"{d['duration_s']:.0f}s",
         )
@@ -126,24 +131,23 @@ def ranking_table(docs: list[dict[str, Any]]) -> Table:
 
 def settings_table(settings: list[dict[str, Any]]) -> Table:
     """Settings ranked over their seeds (``compare --over-seeds``): mean ± sample sd."""
-    name, label, value = _metric(settings)
+    name, label, cell = _metric(settings)
     seeds = max(len(s["seeds"]) for s in settings)
-    order = "epochs, time (metrics differ)"
-    if name != "metric":
-        order = f"validation {name}, epochs, time; test beside, never ranking"
-    title = f"settings over {seeds} seed(s), mean ± sd: sparsity within the budget, {order}"
-    table = plain_table(title)
+    table = plain_table(
+        f"settings over {seeds} seed(s), mean ± sd: sparsity within the budget, {_order(name)}"
+    )
     test = f"test {label.removeprefix('acc ')}"
     for column in ("#", "setting", "seeds", "sparsity", label, test, "epochs", "time"):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for s in settings:
+        shown = functools.partial(cell, doc=s)
         table.add_row(
             str(s["rank"]),
             s["setting"],
             str(len(s["seeds"])),
             _spread(s["sparsity"], lambda v: f"{100 * v:.2f}", "%"),
-            _spread(s["val_accuracy"], lambda v, s=s: value({"v": v, **s}, "v")),
-            _spread(s["test_accuracy"], lambda v, s=s: value({"v": v, **s}, "v")),
+            _spread(s["val_accuracy"], shown),
+            _spread(s["test_accuracy"], shown),
             _spread(s["epochs"], lambda v: f"{v:.1f}"),
             _spread(s["duration_s"], lambda v: f"{v:.0f}", "s", sd=False),
         )
