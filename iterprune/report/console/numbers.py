@@ -40,6 +40,13 @@ def measure(doc: dict[str, Any] | None) -> tuple[str, str, str]:
     return name, "", "ppl" if name == "perplexity" else name
 
 
+def baseline(doc: dict[str, Any]) -> str:
+    """The dense model's metric as a run's header says it: ``99.72%``, ``perplexity 8.63``."""
+    name, suffix, _ = measure(doc)
+    shown = f"{pct(doc.get('baseline_accuracy'), decimals(doc))}{suffix}"
+    return shown if name == "accuracy" else f"{name} {shown}"
+
+
 def interval(low: float | None, high: float | None, least: int = 1) -> str:
     """``[low, high]`` with ``least`` decimals or more, enough that the interval spans at least
     five units of the last one: one for accuracy points (about ±1), two or more for a

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from iterprune.report.console.numbers import decimals, frac, measure, pct
+from iterprune.report.console.numbers import baseline, decimals, frac, measure, pct
 from iterprune.report.console.tables import rounds_table
 from iterprune.state import diagnosis, faults
 
@@ -68,7 +68,6 @@ def say(*lines: str, stderr: bool = False) -> None:
 
 def _header(info: dict[str, Any]) -> Panel:
     base = info.get("baseline_accuracy")
-    name, suffix, _ = measure(info)
     text = Text.assemble(
         ("run ", "dim"),
         (str(info.get("run")), "bold"),
@@ -79,9 +78,7 @@ def _header(info: dict[str, Any]) -> Panel:
         ("   device ", "dim"),
         str(info.get("device")),
         ("\nbaseline ", "dim"),
-        (f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base, decimals(info))}")
-        if base is not None
-        else "measuring…",
+        baseline(info) if base is not None else "measuring…",
         ("   target ", "dim"),
         frac(info.get("target_sparsity")),
         ("   budget ", "dim"),
@@ -188,13 +185,11 @@ class PlainReporter:
     def run_started(self, info: dict[str, Any]) -> None:
         self.measure, self.d = measure(info), decimals(info)
         base = info.get("baseline_accuracy")
-        name, suffix, _ = self.measure
-        shown = f"{pct(base)}{suffix}" if name == "accuracy" else f"{name} {pct(base, self.d)}"
         self._line(
             f"run {info['run']}: model {info['model']}, {info['params']:,} prunable weights, "
             f"method {info['method']}, target {frac(info['target_sparsity'])}, budget "
             f"{info.get('budget') or str(info['max_drop']) + ' points'}, device {info['device']}"
-            + (f", baseline {shown}" if base is not None else "")
+            + (f", baseline {baseline(info)}" if base is not None else "")
         )
 
     def phase(self, name: str, total: int, description: str) -> None:

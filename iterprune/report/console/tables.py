@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from iterprune.report.console.numbers import (
+    baseline,
     decimals,
     frac,
     in_units,
@@ -119,7 +120,7 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
 
 
 def history_view(doc: dict[str, Any]) -> Group:
-    base, d = doc["baseline_accuracy"], decimals(doc)
+    d = decimals(doc)
     name, suffix, _ = measure(doc)
     head = Text.assemble(
         ("run ", "dim"),
@@ -127,7 +128,7 @@ def history_view(doc: dict[str, Any]) -> Group:
         ("  status ", "dim"),
         doc["status"],
         ("  baseline ", "dim"),
-        f"{pct(base, d)}{suffix}" if name == "accuracy" else f"{name} {pct(base, d)}",
+        baseline(doc),
         *_test_and_rule(doc),
         ("  dense prunable weights ", "dim"),
         f"{doc['baseline_params'] or 0:,}",
