@@ -9,7 +9,8 @@ a machine speeding up or slowing down across the repeat (a shared machine does: 
 took 18 s in one run, 27 s in the next), and the ratio is the median over ``--repeats``, with
 their range. Target: ≤ 1.5× on a CPU. Beside it, the teacher's forward passes
 alone (no_grad, eval mode) as a fraction of a plain unit — the least a teacher can add — and its
-memory: one more copy of the weights (no gradients, no optimizer state).
+memory: one more copy of the weights (no gradients, no optimizer state). Both time the C heap as
+a run's process sets it (``iterprune/engine/heap.py``: freed activations are kept for the next step).
 
 ``--wide`` adds the same language model four times as wide and twice as deep (width 256, depth
 4: 3.1M prunable weights against 98K), ``--wide-batches`` batches a unit: whether the ratio
@@ -43,7 +44,7 @@ import yaml
 
 import iterprune.api
 from iterprune.core import decisions, pruning
-from iterprune.engine import distillation, sources, tasks, training
+from iterprune.engine import distillation, heap, sources, tasks, training
 
 HERE = Path(__file__).resolve().parent
 WIDE = {"width": 256, "depth": 4}  # --wide: the tiny LM 4x as wide, 2x as deep
@@ -124,6 +125,7 @@ VOCABULARY, TOKENS = 50_257, (4, 512)  # --memory: GPT-2's vocabulary
 
 def loss_peak_mb(taught: bool) -> float:
     """One step of an output layer over VOCABULARY (this process: run it in a fresh one)."""
+    heap.keep_freed_blocks()  # as a run's process does
     torch.manual_seed(0)
     head = torch.nn.Linear(64, VOCABULARY, bias=False)
     hidden = torch.randn(*TOKENS, 64)
@@ -178,6 +180,7 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="add the loss's peak memory")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    heap.keep_freed_blocks()  # the C heap as a run's process sets it (iterprune/engine/heap.py)
     if args.memory:
         memory()
     also = f"; LM 256x4: {args.wide_batches} batches" if args.wide else ""

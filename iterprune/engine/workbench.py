@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from iterprune.core import channels, decisions, latency, patterns, pruning, rng, selection, wanda
-from iterprune.engine import distillation, evaluation, recipe, sources, tasks, training
+from iterprune.engine import distillation, evaluation, heap, recipe, sources, tasks, training
 from iterprune.engine.distributed import Group, shard
 from iterprune.errors import UserError
 from iterprune.schedule.specs import BenchmarkSpec, Schedule
@@ -56,6 +56,7 @@ class Workbench:
         self.group = group
         self.threads = threads
         self.pin_threads()
+        heap.keep_freed_blocks()  # CPU steps stop mapping their activations afresh
         rng.deterministic()
         self.device = pick_device(s.device, s.finetune.amp, group)
         self.amp = self.device.type == "cuda" and s.finetune.amp != "off"
