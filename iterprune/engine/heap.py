@@ -12,9 +12,9 @@ machine, one step of ``schedules/tiny-lm.yaml``'s model took 1,740 page faults a
 a teacher, 3,370 and 32.5 ms); with the two thresholds fixed, under 1 fault, 18.5 ms and 27.7 ms.
 ``iterprune start schedules/tiny-lm.yaml`` took 117, 110 and 87 s against 129, 115 and 98 s in
 three pairs of runs, with the same results to the last digit — where memory comes from changes
-no arithmetic. The price: up to 64 MiB of freed memory stays
-resident, and a loop of 16 MiB blocks (the distillation loss over GPT-2's vocabulary) peaks where
-the heap's layout puts it: 1.6–1.8 GB over six runs, 1.6–1.7 GB with glibc's defaults.
+no arithmetic. The price: up to 64 MiB of freed memory stays resident, and a loop of 16 MiB
+blocks (the distillation loss over GPT-2's vocabulary) peaks where the heap's layout puts it:
+1.6–1.8 GB over six runs, 1.6–1.7 GB with glibc's defaults.
 
 :func:`keep_freed_blocks` fixes them once per process: blocks under :data:`MMAP_THRESHOLD` come
 from the heap, and up to :data:`TRIM_THRESHOLD` of free memory stays there for the next step.
