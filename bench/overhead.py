@@ -55,8 +55,9 @@ PLAIN = r"""
 import sys, time
 import torch
 from iterprune.core import decisions, pruning, rng
-from iterprune.engine import evaluation, examples, training
+from iterprune.engine import evaluation, examples, heap, training
 torch.set_num_threads(2)
+heap.keep_freed_blocks()  # as the workbench does: the same C heap on both sides
 rng.deterministic()  # as the workbench does: the same start-up work on both sides
 seed = 0
 with torch.random.fork_rng(devices=[]):
