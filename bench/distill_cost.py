@@ -88,23 +88,37 @@ def forward_seconds(teacher, train, task, unit: Unit) -> float:
     return time.perf_counter() - start
 
 
+class Pair:
+    """A schedule's model as built, as teacher, and a copy with 50% of its weights pruned by
+    global magnitude, as student; its training data, its task and the task distilled."""
+
+    def __init__(self, name: str, sizes: dict[str, int]) -> None:
+        _, dense, self.train, self.task = setting(name, sizes)
+        self.teacher = distillation.freeze(copy.deepcopy(dense))
+        self.student = student = copy.deepcopy(dense)
+        self.params = pruning.prunable_parameters(student, self.task.exclude)
+        mask = pruning.dense_mask(self.params)
+        total = pruning.count_alive(mask)
+        self.mask = pruning.prune(self.params, mask, total - decisions.target_alive(total, 0.5))
+        pruning.apply(self.params, self.mask)
+        self.distilled = distillation.Distilled(self.task, self.teacher, 0.5, 2.0)
+
+    def seconds(self, taught: bool, unit: Unit) -> float:
+        """One timed unit of fine-tuning the student, with the teacher or without."""
+        task = self.distilled if taught else self.task
+        return unit_seconds(self.student, self.train, task, self.mask, self.params, unit)
+
+
 def measure(name: str, sizes: dict[str, int], repeats: int, unit: Unit) -> dict[str, Any]:
-    schedule, dense, train, task = setting(name, sizes)
-    teacher = distillation.freeze(copy.deepcopy(dense))
-    student = copy.deepcopy(dense)
-    params = pruning.prunable_parameters(student, task.exclude)
-    mask = pruning.dense_mask(params)
-    total = pruning.count_alive(mask)
-    mask = pruning.prune(params, mask, total - decisions.target_alive(total, 0.5))
-    pruning.apply(params, mask)
-    distilled = distillation.Distilled(task, teacher, 0.5, 2.0)
-    unit_seconds(student, train, distilled, mask, params, (1, 2))  # warm-up, not timed
+    pair = Pair(name, sizes)
+    teacher, train, task = pair.teacher, pair.train, pair.task
+    pair.seconds(True, (1, 2))  # warm-up, not timed
     plain_s, taught_s, forward_s = [], [], []
     ratios = []
     for _ in range(repeats):
-        first = unit_seconds(student, train, task, mask, params, unit)
-        taught = [unit_seconds(student, train, distilled, mask, params, unit) for _ in range(2)]
-        plain = [first, unit_seconds(student, train, task, mask, params, unit)]
+        first = pair.seconds(False, unit)
+        taught = [pair.seconds(True, unit) for _ in range(2)]
+        plain = [first, pair.seconds(False, unit)]
         ratios.append(sum(taught) / sum(plain))
         plain_s += plain
         taught_s += taught
