@@ -230,11 +230,15 @@ def decimals(budget: float) -> int:
 def _why(rules: Rules, outcome: Outcome) -> str:
     if not outcome.finite:
         return "loss was not finite"
+    top = rules.rule == "confident" and outcome.drop_high is not None
+    judged = outcome.drop_high if top and outcome.drop_high is not None else outcome.drop
     d = decimals(rules.max_drop)
+    while d < 10 and f"{judged:.{d}f}" == f"{rules.max_drop:.{d}f}":
+        d += 1  # a drop just over the budget never reads "0.65 > 0.65"
     budget = f"{rules.max_drop:.{d}f}"
-    if rules.rule == "confident" and outcome.drop_high is not None:
-        return f"drop up to {outcome.drop_high:.{d}f} > {budget} (drop {outcome.drop:.{d}f})"
-    return f"drop {outcome.drop:.{d}f} > {budget}"
+    if top:
+        return f"drop up to {judged:.{d}f} > {budget} (drop {outcome.drop:.{d}f})"
+    return f"drop {judged:.{d}f} > {budget}"
 
 
 # The floor under each layer (``prune.max_layer_sparsity``): what selection keeps and what ``show``
