@@ -66,6 +66,11 @@ class Rules:
             pattern=schedule.prune.pattern,
         )
 
+    @property
+    def decimals(self) -> int:
+        """The decimals a drop is written with beside this budget (:func:`decimals`)."""
+        return decimals(self.max_drop)
+
 
 @dataclass(frozen=True)
 class Position:
@@ -230,15 +235,13 @@ def decimals(budget: float) -> int:
 def _why(rules: Rules, outcome: Outcome) -> str:
     if not outcome.finite:
         return "loss was not finite"
-    top = rules.rule == "confident" and outcome.drop_high is not None
-    judged = outcome.drop_high if top and outcome.drop_high is not None else outcome.drop
-    d = decimals(rules.max_drop)
+    top = outcome.drop_high if rules.rule == "confident" else None
+    judged = outcome.drop if top is None else top
+    d = rules.decimals
     while d < 10 and f"{judged:.{d}f}" == f"{rules.max_drop:.{d}f}":
         d += 1  # a drop just over the budget never reads "0.65 > 0.65"
-    budget = f"{rules.max_drop:.{d}f}"
-    if top:
-        return f"drop up to {judged:.{d}f} > {budget} (drop {outcome.drop:.{d}f})"
-    return f"drop {judged:.{d}f} > {budget}"
+    said = f"{judged:.{d}f} > {rules.max_drop:.{d}f}"
+    return f"drop {said}" if top is None else f"drop up to {said} (drop {outcome.drop:.{d}f})"
 
 
 # The floor under each layer (``prune.max_layer_sparsity``): what selection keeps and what ``show``

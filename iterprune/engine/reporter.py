@@ -106,7 +106,7 @@ class Narrator:
         return self.phase_name
 
 
-def outcome_text(fields: dict[str, Any], metric: dict[str, Any], d: int = 2) -> str:
+def outcome_text(fields: dict[str, Any], metric: dict[str, Any], d: int) -> str:
     """An attempt's result in words: sparsity, the metric, the drop and its interval, test —
     ``d`` decimals (:func:`decisions.decimals` of the budget)."""
     test, unit = fields.get("test_accuracy"), "%" if metric["name"] == "accuracy" else ""
@@ -118,7 +118,7 @@ def outcome_text(fields: dict[str, Any], metric: dict[str, Any], d: int = 2) -> 
     )
 
 
-def recovery_note(first: dict[str, Any] | None, why: str, d: int = 2) -> str:
+def recovery_note(first: dict[str, Any] | None, why: str, d: int) -> str:
     """What a recovery did, from its first judgement (``why``: why the attempt still failed)."""
     first = first or {}
     ends = f"{first['drop_low']:+.{d}f} to {first['drop_high']:+.{d}f}"

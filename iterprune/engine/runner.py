@@ -237,7 +237,7 @@ class Runner:
         if bench.test_loader is not None:  # reported, never decides
             fields["test_accuracy"] = self.ranks.evaluate(bench, "test").value
         if done.first:
-            fields["note"] = recovery_note(done.first, "", decisions.decimals(self.rules.max_drop))
+            fields["note"] = recovery_note(done.first, "", self.rules.decimals)
         checkpoint = self.snapshots.write_accepted(r, a, bench.state(done.mask))
         run_fields = {
             "accepted_round": r,
@@ -248,7 +248,7 @@ class Runner:
             "step": verdict.next_step,
             "streak": verdict.streak,
         }
-        said = outcome_text(fields, bench.metric, decisions.decimals(self.rules.max_drop))
+        said = outcome_text(fields, bench.metric, self.rules.decimals)
         event = ("info", "accepted", f"round {r}.{a} accepted: {said}")
         self.snapshots.forget(
             self.store.finish_attempt(
@@ -271,8 +271,8 @@ class Runner:
         layers: list,
     ) -> bool:
         r, a = plan.round, plan.attempt
-        d = decisions.decimals(self.rules.max_drop)
-        note = recovery_note(done.first, verdict.why, d) if done.first else verdict.why
+        why = verdict.why
+        note = recovery_note(done.first, why, self.rules.decimals) if done.first else why
         fields.update(status="rolled_back", note=note)
         self._restore()
         run_fields: dict[str, Any] = {"step": verdict.next_step, "streak": 0, "phase": "prune"}

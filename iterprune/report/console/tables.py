@@ -39,7 +39,7 @@ def plain_table(title: str | None = None) -> Table:
     )
 
 
-def control(row: dict[str, Any], d: int = 2) -> str:
+def control(row: dict[str, Any], d: int) -> str:
     """A lottery control's metric, with its spread when it trained from several seeds."""
     std = row.get("control_std")
     spread = f" ± {std:.{d}f}" if std is not None else ""
