@@ -28,6 +28,7 @@ choice stands. Set ``ITERPRUNE_MALLOC=default`` to leave glibc's defaults as the
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 from collections.abc import Mapping
@@ -40,14 +41,11 @@ TRIM_THRESHOLD = 64 << 20  # bytes of free memory the heap may keep at its top
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
-_state: dict[str, bool] = {}  # "set": whether this process's thresholds are ours
 
-
+@functools.cache
 def keep_freed_blocks() -> bool:
     """Set glibc's mmap and trim thresholds for this process (once); whether they are set."""
-    if "set" not in _state:
-        _state["set"] = _apply()
-    return _state["set"]
+    return _apply()
 
 
 def _apply() -> bool:

@@ -81,7 +81,10 @@ def test_the_users_own_malloc_settings_stand(
 
 def test_a_run_sets_the_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(heap, "_state", {})
     monkeypatch.setattr(heap, "_apply", lambda: calls.append("set") or True)
-    make_runner(tmp_path, tiny())
+    heap.keep_freed_blocks.cache_clear()
+    try:
+        make_runner(tmp_path, tiny())
+    finally:
+        heap.keep_freed_blocks.cache_clear()  # the real one, for what runs next here
     assert calls == ["set"]
