@@ -23,15 +23,17 @@ FORMATS = ("pt", "pt2", "safetensors", "sparse", "onnx", "semi_structured")
 def choose_round(store: Store, run: str, which: str) -> dict[str, Any]:
     """The accepted round ``which`` names (a number, ``last`` or ``best``) and its checkpoint row.
 
-    ``best`` is the sparsest accepted round (ties: the more accurate); round 0 is the dense model.
+    ``best`` is the sparsest accepted round (ties: the better on validation, in the metric's
+    direction: a perplexity's lower); round 0 is the dense model.
     """
     accepted = [r for r in store.rounds(run) if r["status"] == "accepted"]
     kept = {c["round"]: c for c in store.checkpoints(run) if c["kind"] in ("dense", "accepted")}
     if which == "last":
         chosen = accepted[-1]["round"] if accepted else 0
     elif which == "best":
+        sign = 1 if views.metric_of_run(store, run)["higher_is_better"] else -1
         chosen = (
-            max(accepted, key=lambda r: (r["sparsity"], r["val_accuracy"]))["round"]
+            max(accepted, key=lambda r: (r["sparsity"], sign * r["val_accuracy"]))["round"]
             if accepted
             else 0
         )

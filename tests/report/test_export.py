@@ -111,3 +111,30 @@ def test_compare_puts_two_runs_side_by_side(
 def test_sparkline_scales_between_min_and_max() -> None:
     assert console.sparkline([1.0, 2.0, 3.0]) == "▁▅█"
     assert console.sparkline([5.0, 5.0]) == "▁▁"
+
+
+class _TiedStore:
+    """Two accepted rounds at one sparsity (impossible in a run today, so a table stands in)."""
+
+    def __init__(self, higher_is_better: bool) -> None:
+        name = "accuracy" if higher_is_better else "perplexity"
+        self.metric = json.dumps({"name": name, "higher_is_better": higher_is_better})
+
+    def run(self, run: str) -> dict:
+        return {"run": run, "metric": self.metric}
+
+    def rounds(self, run: str) -> list[dict]:
+        return [
+            {"round": 1, "status": "accepted", "sparsity": 0.5, "val_accuracy": 4.0},
+            {"round": 2, "status": "accepted", "sparsity": 0.5, "val_accuracy": 5.0},
+        ]
+
+    def checkpoints(self, run: str) -> list[dict]:
+        return [{"round": r, "kind": "accepted"} for r in (1, 2)]
+
+
+@pytest.mark.parametrize(("higher", "expected"), [(True, 2), (False, 1)])
+def test_best_breaks_a_tie_in_the_metrics_direction(higher: bool, expected: int) -> None:
+    from iterprune.report import export
+
+    assert export.choose_round(_TiedStore(higher), "r", "best")["round"] == expected
