@@ -231,7 +231,9 @@ def export(
     extra: dict[str, Any] = {}
     # written beside ``out`` and renamed into place: a failed export leaves no half file and an
     # older file of that name intact (ONNX: in place, its weights file is named after it)
-    target = out if fmt == "onnx" else out.with_name(f".{out.name}.{os.getpid()}.partial")
+    target = (
+        out if fmt == "onnx" else out.with_name(f".{out.name}.{os.getpid()}.partial{out.suffix}")
+    )
     try:
         if fmt == "semi_structured":
             _fill(model, state, baked_state(state))
