@@ -109,6 +109,8 @@ def cause(exc: BaseException, path: Path | None = None) -> str:
         return "read-only file system"
     if errno_ in (errno.EACCES, errno.EPERM):
         return "permission denied"
+    if errno_ == errno.EPIPE:
+        return "its reader went away: a closed pipe"
     if isinstance(exc, RuntimeError) and path is not None:
         with contextlib.suppress(OSError):
             if shutil.disk_usage(path.parent).free < 1 << 20:

@@ -96,6 +96,27 @@ def test_a_full_disk_stops_cleanly_and_resume_reaches_the_same_end(
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_a_reader_that_leaves_early_does_not_end_the_run(tmp_path: Path) -> None:
+    """``iterprune start x.yaml | head -1``: Rich exits the program on a broken pipe, which ended
+    the run (exit 1, "interrupted") at its next line. It goes on, says so once, and finishes."""
+    schedule = write(tmp_path / "t.yaml", tiny())
+    env = {**os.environ, "ITERPRUNE_STATE_DIR": str(tmp_path / "s")}
+    argv = [sys.executable, "-m", "iterprune", "start", str(schedule)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"20")  # the first line, then the reader goes
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    err = proc.stderr.read().decode()
+    assert err.count("the run's output cannot be written (its reader went away") == 1, err
+    assert "Traceback" not in err
+    assert Store(tmp_path / "s").run("tiny")["status"] == "finished"
+    with subprocess.Popen(  # a reading command's reader leaving is no error either
+        [sys.executable, "-m", "iterprune", "history", "tiny"], env=env, stdout=subprocess.PIPE
+    ) as history:
+        history.stdout.close()
+        assert history.wait(timeout=60) == 0
+
+
 @pytest.mark.slow
 def test_a_full_disk_at_the_log_lets_the_run_go_on_and_at_an_export_or_plot_writes_nothing(
     tmp_path: Path, monkeypatch, capsys

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,11 +31,23 @@ from iterprune.report.console.tables import rounds_table
 from iterprune.state import diagnosis, faults
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader of the output went away (``iterprune start x.yaml | head``). Rich exits
+        the program here (``SystemExit(1)``), which would end a run at its next line; instead
+        the console falls silent, stdout goes to /dev/null (Python's exit-time flush must not
+        fail too), and the error is raised for whoever printed: a run's reporter goes on
+        without its output, a reading command exits 0."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def make_console(**kwargs: Any) -> Console:
     """A console; without a terminal (a pipe, a file) tables get 120 columns instead of Rich's 80."""
-    console = Console(**kwargs)
+    console = _Console(**kwargs)
     if not console.is_terminal and "width" not in kwargs:
-        console = Console(width=120, **kwargs)
+        console = _Console(width=120, **kwargs)
     return console
 
 
