@@ -33,7 +33,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             "prune.step and the step controller are not used, a rolled-back round is retried as "
             "it was)"
         )
-    budget = s.validate.describe(s.task.metric["name"])
+    budget = s.validate.describe(_metric_name(s))
     print(
         f"{args.schedule}: OK — run '{s.name}', model {source}, {p.method} pruning {rounds}, "
         f"budget {budget}"
@@ -42,6 +42,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _metric_name(s: Any) -> str:
+    """The schedule's metric; a task factory's says its own (it was built once to check it)."""
+    if s.task.kind != "factory":
+        return s.task.metric["name"]
+    from iterprune.engine import tasks
+
+    return tasks.metric_of(tasks.task_for(s.task, s.base_dir), s.task)["name"]
 
 
 def _resolution_warning(s: Any) -> str | None:

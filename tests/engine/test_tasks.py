@@ -274,3 +274,8 @@ def test_a_small_metric_is_written_with_the_decimals_its_budget_needs(tmp_path, 
     accepted = [line for line in events.splitlines() if " accepted: " in line]
     assert accepted and all(", mse 0.0" in line for line in accepted)
     assert "accuracy" not in events
+
+
+def test_validate_says_the_budget_in_the_factorys_metric(tmp_path: Path, capsys) -> None:
+    assert cli.main(["validate", str(regression(tmp_path, "MSE"))]) == 0
+    assert "budget 20% of the dense model's mse" in capsys.readouterr().out
