@@ -217,7 +217,11 @@ def task_section(c: Checker, raw: dict, base_dir: Path) -> TaskSpec:
 def _check_task(c: Checker, factory: str, kwargs: dict, base_dir: Path) -> None:
     """Build the user's task once, so that a missing method is reported with the schedule."""
     try:
-        task = resolve_factory(factory, base_dir)(**kwargs)
+        build = resolve_factory(factory, base_dir)
+    except UserError:
+        return  # said once already, by _factory
+    try:
+        task = build(**kwargs)
     except Exception as exc:  # noqa: BLE001 (whatever the user's factory raises)
         c.fail("task.factory", f"{factory} could not build the task: {type(exc).__name__}: {exc}")
         return
