@@ -4,6 +4,7 @@ passed as keyword arguments), outputs as tensors, tuples or objects with ``.logi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -279,3 +280,29 @@ def test_a_small_metric_is_written_with_the_decimals_its_budget_needs(tmp_path, 
 def test_validate_says_the_budget_in_the_factorys_metric(tmp_path: Path, capsys) -> None:
     assert cli.main(["validate", str(regression(tmp_path, "MSE"))]) == 0
     assert "budget 20% of the dense model's mse" in capsys.readouterr().out
+
+
+def test_the_shipped_regression_example_runs_as_the_readme_says(tmp_path: Path, capsys) -> None:
+    """schedules/diabetes.yaml with its factories beside it, copied as a user would have them."""
+    root = Path(__file__).resolve().parents[2] / "schedules"
+    for name in ("diabetes.yaml", "diabetes.py"):
+        shutil.copy(root / name, tmp_path / name)
+    state = str(tmp_path / "state")
+    assert cli.main(["start", str(tmp_path / "diabetes.yaml"), "--state-dir", state]) == 0
+    capsys.readouterr()
+    assert cli.main(["history", "diabetes", "--state-dir", state, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert history["metric"]["name"] == "mse" and history["val_samples"] == 88
+    assert 0.3 < history["baseline_accuracy"] < 0.7  # it learned: predicting the mean scores 1
+    assert history["baseline_test_accuracy"] is not None
+    accepted = [r for r in history["rounds"] if r["status"] == "accepted"]
+    assert accepted[-1]["sparsity"] == pytest.approx(0.98, abs=1e-3)
+    assert all(r["drop"] <= history["max_drop"] for r in accepted)
+
+
+def test_a_task_module_that_cannot_be_imported_is_one_problem(tmp_path: Path, capsys) -> None:
+    (tmp_path / "broken.py").write_text("import torch\nraise ImportError('needs a package')\n")
+    doc = merged(TINY, task={"factory": "broken:MSE"})
+    assert cli.main(["validate", str(write(tmp_path / "b.yaml", doc))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("task.factory") == 1 and "needs a package" in err, err
