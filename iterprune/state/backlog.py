@@ -141,9 +141,12 @@ class Backlog:
         return row
 
     def served(self) -> None:
-        """The serve process ended."""
+        """The serve process ended (its row may not exist: a serve of an empty queue can end
+        before its first heartbeat wrote it)."""
         with self.store.transaction() as db:
-            db["serve"].update(1, {"pid": None, "current": None, "heartbeat_at": None})
+            db.execute(
+                "update serve set pid = null, current = null, heartbeat_at = null where id = 1"
+            )
             db.execute("delete from serve_slots")
 
 
