@@ -26,6 +26,8 @@ UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def parse_set(text: str) -> tuple[str, list[Any]]:
     """``section.key=v1,v2`` as (key path, values read as YAML scalars)."""
     key, sep, values = text.partition("=")
+    if key == "seed":
+        raise UserError(f"seeds are swept with --seeds (--seeds {values or '0,1,2'}), got {text!r}")
     if not sep or not key or not values or "." not in key:
         raise UserError(f"--set must look like section.key=value1,value2, got {text!r}")
     return key, [yaml.safe_load(v) for v in values.split(",")]

@@ -207,6 +207,13 @@ def test_a_yield_never_writes_on_the_heartbeats_connection_while_it_is_in_use(
     assert overlaps == [] and beating.is_set()
 
 
+def test_serving_an_empty_queue_of_a_new_state_directory_ends_at_once(tmp_path, capsys) -> None:
+    """It ended before its first heartbeat wrote the serve's row, and clearing that row raised
+    sqlite-utils' NotFoundError: a traceback for the first command a queue user might try."""
+    assert cli.main(["serve", "--until-empty", "--state-dir", str(tmp_path / "new")]) == 0
+    assert "serve ended after 0 run(s)" in capsys.readouterr().out
+
+
 def test_a_second_serve_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "s"
     queue(tmp_path, state, {"a": tiny()})
@@ -299,6 +306,12 @@ def test_a_sweep_over_relative_budgets_names_its_runs_with_pct(tmp_path: Path, c
     args = ["sweep", str(base), "--set", "validate.max_drop=1%,2.5%", "--dry-run"]
     assert cli.main([*args, "--state-dir", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().out.split("\n")[:2] == ["base-max_drop1pct", "base-max_drop2.5pct"]
+
+
+def test_a_seed_given_to_set_points_to_seeds(tmp_path: Path, capsys) -> None:
+    base = write(tmp_path / "base.yaml", tiny())
+    assert cli.main(["sweep", str(base), "--set", "seed=0,1", "--dry-run"]) == 2
+    assert "seeds are swept with --seeds (--seeds 0,1)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
