@@ -59,3 +59,17 @@ def test_one_seed_has_no_spread_and_a_missing_test_split_none() -> None:
     assert found["setting"] == "a"
     mixed = replicates.grouped([doc("x-seed0", "A", 0, 9, 9), doc("y", "A", 1, 9, 9)])
     assert mixed[0]["setting"] == "x-seed0, y"  # names with nothing in common: all of them
+
+
+def test_the_table_shows_a_sparsitys_spread_in_percent_as_its_mean() -> None:
+    """0.980, 0.980 and 0.979 are 97.97 ± 0.06%; the sd was written as a fraction (± 0.00%)."""
+    from rich.console import Console
+
+    from iterprune.report.console import overview
+
+    docs = [
+        doc(f"a-seed{i}", "A", i, 98.0, 97.0, sparsity=v) for i, v in enumerate((0.98, 0.98, 0.979))
+    ]
+    console = Console(width=200, record=True)
+    console.print(overview.settings_table(replicates.grouped(docs)))
+    assert "97.97 ± 0.06%" in console.export_text()

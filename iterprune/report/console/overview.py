@@ -145,7 +145,7 @@ def settings_table(settings: list[dict[str, Any]]) -> Table:
             str(s["rank"]),
             s["setting"],
             str(len(s["seeds"])),
-            _spread(s["sparsity"], lambda v: f"{100 * v:.2f}", "%"),
+            _spread(s["sparsity"], lambda v: f"{100 * v:.2f}", "%", scale=100),
             _spread(s["val_accuracy"], shown),
             _spread(s["test_accuracy"], shown),
             _spread(s["epochs"], lambda v: f"{v:.1f}"),
@@ -154,12 +154,15 @@ def settings_table(settings: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _spread(found: dict[str, Any] | None, shown: Callable, unit: str = "", sd: bool = True) -> str:
-    """``mean ± sd`` of a setting's seeds (the mean alone for one seed, or with ``sd=False``)."""
+def _spread(
+    found: dict[str, Any] | None, shown: Callable, unit: str = "", sd: bool = True, scale: float = 1
+) -> str:
+    """``mean ± sd`` of a setting's seeds (the mean alone for one seed, or with ``sd=False``);
+    ``scale``: what ``shown`` multiplies the mean by (a sparsity's 100), for the sd too."""
     if found is None:
         return "—"
     mean = shown(found["mean"])
     if not sd or found["sd"] is None:
         return f"{mean}{unit}"
     places = len(mean.split(".")[1]) if "." in mean and "e" not in mean else 0
-    return f"{mean} ± {found['sd']:.{places}f}{unit}"
+    return f"{mean} ± {scale * found['sd']:.{places}f}{unit}"
