@@ -124,6 +124,14 @@ def test_a_narrow_interval_keeps_the_decimals_that_tell_its_ends_apart() -> None
     assert numbers.interval(None, 1.0) == "—"
 
 
+def test_the_interval_column_has_one_number_of_decimals() -> None:
+    """A wide interval beside narrow ones read ``[-0.03, +0.02]`` under ``[-0.019, +0.020]``."""
+    narrow = {**ROWS[0], "drop_low": -0.019, "drop_high": 0.020}
+    wide = {**ROWS[0], "drop_low": -0.046, "drop_high": 0.115}
+    text = render(console.rounds_table([narrow, wide], d=3))
+    assert "[-0.019, +0.020]" in text and "[-0.046, +0.115]" in text
+
+
 def test_runs_judged_by_different_metrics_are_compared_each_in_its_own_units() -> None:
     def run(name: str, metric: str | None, base: float, final: float) -> dict:
         return {

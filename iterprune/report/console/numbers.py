@@ -53,10 +53,16 @@ def interval(low: float | None, high: float | None, least: int = 1) -> str:
     perplexity's narrow ones (one decimal showed ``[-0.34, -0.27]`` as ``[-0.3, -0.3]``)."""
     if low is None or high is None:
         return "—"
+    d = interval_places(low, high, least)
+    return f"[{low:+.{d}f}, {high:+.{d}f}]"
+
+
+def interval_places(low: float, high: float, least: int = 1) -> int:
+    """The decimals :func:`interval` writes ``[low, high]`` with."""
     width, d = high - low, least
     while d < least + 3 and 0 < width < 5 * 10.0**-d:
         d += 1
-    return f"[{low:+.{d}f}, {high:+.{d}f}]"
+    return d
 
 
 def in_units(found: float | None, name: str) -> str:

@@ -16,6 +16,7 @@ from iterprune.report.console.numbers import (
     frac,
     in_units,
     interval,
+    interval_places,
     measure,
     pct,
 )
@@ -69,6 +70,15 @@ def rounds_table(
     columns += ["ms p50"] if has["latency_ms_p50"] else []
     for name in [*columns, "decision", "time"]:
         table.add_column(name, justify="left" if name == "decision" else "right", no_wrap=True)
+    # one number of decimals down the interval column: as many as its narrowest interval needs
+    places = max(
+        (
+            interval_places(r["drop_low"], r["drop_high"], d - 1)
+            for r in rows
+            if r.get("drop_low") is not None and r.get("drop_high") is not None
+        ),
+        default=d - 1,
+    )
     for r in rows:
         status = r.get("status") or "running"
         drop = r.get("drop")
@@ -76,7 +86,7 @@ def rounds_table(
         if not has["drop_low"]:
             cells.append("—" if r.get("params") is None else f"{r['params']:,}")
         cells += [pct(r.get("val_accuracy"), d), "—" if drop is None else f"{drop:+.{d}f}"]
-        ends = interval(r.get("drop_low"), r.get("drop_high"), d - 1)
+        ends = interval(r.get("drop_low"), r.get("drop_high"), places)
         cells += [ends] if has["drop_low"] else []
         cells += [pct(r.get("test_accuracy"), d)] if has["test_accuracy"] else []
         cells += [control(r, d)] if has["control_accuracy"] else []
