@@ -287,6 +287,10 @@ def _architecture(store: Store, run: str, input_shape: tuple[int, ...] | None, n
     if input_shape is not None:
         return model, random_example(tuple(input_shape))
     if isinstance(task, tasks.FactoryTask):
-        raise UserError("this format needs the shape of one example: --input-shape 3,224,224")
+        raise UserError(
+            "this format traces the model with one example, and a task factory's batches do not "
+            "say which part is the model's input: give its shape without the batch dimension, "
+            "--input-shape 10 for ten features, 3,224,224 for an image"
+        )
     _, val, _ = sources.build_loaders(s.data, s.seed, s.base_dir)
     return model, data_example(next(iter(val)), task)

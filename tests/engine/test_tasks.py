@@ -306,3 +306,15 @@ def test_a_task_module_that_cannot_be_imported_is_one_problem(tmp_path: Path, ca
     assert cli.main(["validate", str(write(tmp_path / "b.yaml", doc))]) == 2
     err = capsys.readouterr().err
     assert err.count("task.factory") == 1 and "needs a package" in err, err
+
+
+def test_a_traced_export_of_a_factory_task_asks_for_the_input_shape(tmp_path: Path, capsys) -> None:
+    state = ["--state-dir", str(tmp_path / "state")]
+    assert cli.main(["start", str(regression(tmp_path, "MSE")), *state]) == 0
+    out = ["export", "regress", "--format", "pt2", "--out", str(tmp_path / "m.pt2"), *state]
+    capsys.readouterr()
+    assert cli.main(out) == 2
+    assert "--input-shape 10 for ten features" in capsys.readouterr().err
+    assert cli.main([*out, "--input-shape", "8"]) == 0
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    assert program(torch.zeros(3, 8)).shape == (3, 1)
