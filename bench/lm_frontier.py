@@ -70,6 +70,7 @@ LR = SCHEDULE["finetune"]["lr"]
 PATIENCE = 3  # one-shot and dense-trained-on stop after 3 epochs without a better validation
 LM = tasks.LANGUAGE_MODEL
 SAME = False  # --same-sparsity: the "fixed, same sp." row
+ALSO: list[float] = []  # --also-step: more fixed loops, each its own step (rows "fixed step 10%")
 METHODS = ("iterprune", "fixed step", "one-shot", "iterprune confident", "dense, trained on")
 SAME_SPARSITY = "fixed, same sp."
 LABELS = {"one-shot": "one-shot (same sp.)"}
@@ -166,8 +167,10 @@ def trained_on(start: Start, budget: int) -> dict[str, float]:
     return {**start.scored(model, 0.0), "epochs": epochs}
 
 
-def fixed_step(start: Start, budget: int, level: float) -> list[dict[str, float]]:
-    """The fixed loop's rounds to ``level``, each scored with the epochs used so far: ``STEP``
+def fixed_step(
+    start: Start, budget: int, level: float, step: float = STEP
+) -> list[dict[str, float]]:
+    """The fixed loop's rounds to ``level``, each scored with the epochs used so far: ``step``
     of the remaining weights a round (iterprune's rule for the last one), no validation, the
     budget spread over the rounds as evenly as whole epochs allow (at least one a round)."""
     model = start.model()
@@ -175,7 +178,7 @@ def fixed_step(start: Start, budget: int, level: float) -> list[dict[str, float]
     mask = pruning.dense_mask(params)
     total = pruning.count_alive(mask)
     amounts = []
-    while n := decisions.amount_to_prune(total - sum(amounts), total, STEP, level):
+    while n := decisions.amount_to_prune(total - sum(amounts), total, step, level):
         amounts.append(n)
     share, extra = divmod(budget, max(1, len(amounts)))
     curve, used = [], 0
@@ -212,11 +215,17 @@ def one_seed(seed: int, work: Path) -> dict[str, dict[str, Any]]:
     out["iterprune confident"] = run_iterprune(seed, work, "confident", dense_file)
     start = Start(seed, out["iterprune"]["dense"])
     out["fixed step"] = chosen(fixed_step(start, budget, TARGET))
+    for step in ALSO:
+        out[also_name(step)] = chosen(fixed_step(start, budget, TARGET, step))
     if SAME:
         out[SAME_SPARSITY] = same_sparsity(start, budget, out["iterprune"]["sparsity"])
     out["one-shot"] = one_shot(start, budget, out["iterprune"]["sparsity"])
     out["dense, trained on"] = trained_on(start, budget)
     return out
+
+
+def also_name(step: float) -> str:
+    return f"fixed step {step:.0%}"
 
 
 def spread(values: list[float], scale: float = 1.0) -> str:
@@ -246,18 +255,20 @@ def report(seeds: list[int], results: dict[str, dict[str, list]]) -> None:
             for s, t in zip(r["sparsity"], r["test_ppl_increase"], strict=True)
         )
         print(f"  {name:<20} per seed (sparsity / test ppl change): {cells}")
-    ours, fixed, sure = results["iterprune"], results["fixed step"], results["iterprune confident"]
+    ours, sure = results["iterprune"], results["iterprune confident"]
     n = len(seeds)
-    wins = sum(o >= f - 1e-9 for o, f in zip(ours["sparsity"], fixed["sparsity"], strict=True))
-    excess = statistics.mean(ours["test_ppl_increase"]) - statistics.mean(
-        fixed["test_ppl_increase"]
-    )
     within = sum(t <= BUDGET for t in sure["test_ppl_increase"])
     print("targets:")
-    print(f"  iterprune at least as sparse as fixed step on {wins}/{n} seeds (need 2/3)")
-    print(
-        f"  iterprune mean test ppl increase minus fixed step's: {excess:+.2f} points (need <= 1)"
-    )
+    for name in ["fixed step", *(also_name(step) for step in ALSO)]:
+        fixed = results[name]
+        wins = sum(o >= f - 1e-9 for o, f in zip(ours["sparsity"], fixed["sparsity"], strict=True))
+        excess = statistics.mean(ours["test_ppl_increase"]) - statistics.mean(
+            fixed["test_ppl_increase"]
+        )
+        print(f"  iterprune at least as sparse as {name} on {wins}/{n} seeds (need 2/3)")
+        print(
+            f"  iterprune mean test ppl increase minus {name}'s: {excess:+.2f} points (need <= 1)"
+        )
     print(f"  iterprune confident: test increase within +{BUDGET:g}% on {within}/{n} seeds")
     if SAME_SPARSITY in results:
         same = results[SAME_SPARSITY]["test_ppl_increase"]
@@ -270,16 +281,16 @@ def report(seeds: list[int], results: dict[str, dict[str, list]]) -> None:
         )
 
 
-def _worker(target: float, batches: int, same: bool, threads: int) -> None:
+def _worker(target: float, batches: int, same: bool, also: list[float], threads: int) -> None:
     """A process of ``--jobs``: the settings of the parent, its share of the threads."""
-    global TARGET, BATCHES, SAME  # noqa: PLW0603
-    TARGET, BATCHES, SAME = target, batches, same
+    global TARGET, BATCHES, SAME, ALSO  # noqa: PLW0603
+    TARGET, BATCHES, SAME, ALSO = target, batches, same, also
     SCHEDULE["threads"] = threads
     torch.set_num_threads(threads)
 
 
 def main() -> None:
-    global TARGET, BATCHES, SAME  # noqa: PLW0603 (one setting for the whole script)
+    global TARGET, BATCHES, SAME, ALSO  # noqa: PLW0603 (one setting for the whole script)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--target", type=float, default=0.9, help="target sparsity (default 0.9)")
@@ -292,15 +303,22 @@ def main() -> None:
         action="store_true",
         help="add the fixed loop stopped at iterprune's sparsity with the same epochs (+1/3 time)",
     )
+    ap.add_argument(
+        "--also-step",
+        type=float,
+        nargs="+",
+        default=[],
+        help="more fixed loops, of these steps (0.1: the digits benchmark's), the same epochs",
+    )
     args = ap.parse_args()
-    TARGET, BATCHES, SAME = args.target, args.batches, args.same_sparsity
+    TARGET, BATCHES, SAME, ALSO = args.target, args.batches, args.same_sparsity, args.also_step
     torch.set_num_threads(2)
-    methods = METHODS + ((SAME_SPARSITY,) if SAME else ())
+    methods = METHODS + ((SAME_SPARSITY,) if SAME else ()) + tuple(map(also_name, ALSO))
     results = {m: {k: [] for k in KEYS} for m in methods}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed, out in seedpool.by_seed(
-            one_seed, args.seeds, args.jobs, Path(tmp), _worker, (TARGET, BATCHES, SAME)
+            one_seed, args.seeds, args.jobs, Path(tmp), _worker, (TARGET, BATCHES, SAME, ALSO)
         ):
             for name in methods:
                 for key in KEYS:
