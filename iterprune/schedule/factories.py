@@ -18,9 +18,8 @@ def resolve_factory(spec: str, base_dir: Path | str = ".") -> Callable[..., Any]
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UserError(f"must look like 'module:function', got {spec!r}")
-    base = str(Path(base_dir).resolve())
-    if base not in sys.path:
-        sys.path.insert(0, base)
+    base = Path(base_dir).resolve()
+    _search_first(base, module_name.partition(".")[0])
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # an import can fail with anything the module raises
@@ -31,6 +30,30 @@ def resolve_factory(spec: str, base_dir: Path | str = ".") -> Callable[..., Any]
     if not callable(fn):
         raise UserError(f"module '{module_name}' has no function '{attr}'")
     return fn
+
+
+_SCHEDULE_DIRS: set[Path] = set()  # the directories factories were imported from
+
+
+def _search_first(base: Path, top: str) -> None:
+    """Put the schedule's directory first on the import path, and forget a module of the same
+    name that another schedule's directory gave: one process serves the runs of many schedules
+    (``serve``, the Python API), and two projects' ``models.py`` must not meet in
+    ``sys.modules``, where the second run would silently get the first one's model. Modules from
+    anywhere else (the standard library, installed packages) are never forgotten."""
+    if str(base) in sys.path:
+        sys.path.remove(str(base))
+    sys.path.insert(0, str(base))
+    _SCHEDULE_DIRS.add(base)
+    found = getattr(sys.modules.get(top), "__file__", None)
+    if not found:
+        return
+    origin = Path(found).resolve()
+    if origin.is_relative_to(base):
+        return
+    if any(origin.is_relative_to(d) for d in _SCHEDULE_DIRS - {base}):
+        for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
+            del sys.modules[name]
 
 
 def torchvision_models() -> list[str]:

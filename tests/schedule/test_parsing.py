@@ -339,3 +339,19 @@ def test_a_percentage_budget_must_be_in_0_to_100(text: str) -> None:
         ScheduleError, match=r"validate.max_drop \(line \d+\): must be a percentage"
     ):
         schedule.parse(VALID + f"validate: {{max_drop: '{text}'}}\n")
+
+
+def test_two_schedules_factories_of_one_name_stay_apart(tmp_path: Path) -> None:
+    """A serve (or the Python API) runs schedules of many directories in one process: the
+    second ``models.py`` was the first one's, from sys.modules, and its run got the wrong model."""
+    from iterprune.schedule.factories import resolve_factory
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "samename_models.py").write_text(f"def build():\n    return {name!r}\n")
+    found = [resolve_factory("samename_models:build", tmp_path / n)() for n in "abca"]
+    assert found == ["a", "b", "c", "a"]
+    (tmp_path / "a" / "json.py").write_text("def build():\n    return 'shadow'\n")
+    with pytest.raises(UserError, match="no function 'build'"):
+        resolve_factory("json:build", tmp_path / "a")  # the standard library's stays
+    assert json.dumps([1]) == "[1]"
