@@ -24,7 +24,8 @@ def resolve_factory(spec: str, base_dir: Path | str = ".") -> Callable[..., Any]
         module = importlib.import_module(module_name)
     except Exception as exc:  # an import can fail with anything the module raises
         raise UserError(
-            f"cannot import module '{module_name}' for '{spec}': {type(exc).__name__}: {exc}"
+            f"cannot import module '{module_name}' for '{spec}' (looked first in {base}): "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     fn = getattr(module, attr, None)
     if not callable(fn):

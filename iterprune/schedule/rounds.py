@@ -252,7 +252,8 @@ def build(raw: dict, doc: Doc, default_name: str, base_dir: Path) -> Schedule | 
         benchmark=benchmark_section(c, raw),
         lottery=_lottery(c, raw, pretrain, model.weights is not None),
         report=report_section(c, raw),
-        base_dir=str(base_dir),
+        # absolute: a run is resumed, served or exported from wherever its user is then
+        base_dir=str(Path(base_dir).resolve()),
     )
     task_conflicts(c, schedule)
     if schedule.lottery is not None and prune.method == "channel":

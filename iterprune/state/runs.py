@@ -63,6 +63,12 @@ def open_run(
         with store.transaction():
             store.update_run(run_id, schedule=dumps({**schedule.canonical(), "name": run_id}))
             store.add_event(run_id, "info", "schedule", "settings changed: " + "; ".join(changes))
+    if existing["base_dir"] != schedule.base_dir:  # the file's directory, where its paths start
+        with store.transaction():  # (relative in runs of earlier releases; a moved project)
+            store.update_run(run_id, base_dir=schedule.base_dir)
+            store.add_event(
+                run_id, "info", "schedule", f"the schedule's directory is now {schedule.base_dir}"
+            )
     return run_id
 
 

@@ -284,7 +284,7 @@ def test_canonical_round_trips(tmp_path: Path) -> None:
     )
     s = schedule.parse(text)
     assert s.finetune.amp == "off" and s.when.checkpoint_every_s == 600
-    assert stored.from_canonical(s.canonical()) == s
+    assert stored.from_canonical(s.canonical(), s.base_dir) == s  # as a run stores them
 
 
 def test_factory_is_imported_from_the_schedule_directory(tmp_path: Path) -> None:

@@ -569,3 +569,27 @@ def test_queue_remove_takes_a_run_whose_serve_and_worker_were_killed(tmp_path: P
     backlog.claim(0, "a")
     assert cli.main(["queue", "remove", "a", "--state-dir", str(state)]) == 0
     assert backlog.entry("a") is None
+
+
+def test_a_run_queued_from_one_directory_is_served_from_another(tmp_path: Path) -> None:
+    """Its factories and files are found from the schedule's directory wherever serve runs: the
+    run recorded that directory as given (``../proj``), and a serve started elsewhere failed with
+    "cannot import module"."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "there").mkdir()
+    (tmp_path / "proj" / "own_models.py").write_text(
+        "from iterprune.engine import examples\n\n\ndef build():\n"
+        "    return examples.digits_mlp(hidden=8)\n"
+    )
+    doc = tiny(model={"factory": "own_models:build", "builtin": None, "kwargs": None})
+    write(tmp_path / "proj" / "s.yaml", {**doc, "name": "elsewhere"})
+    state = ["--state-dir", str(tmp_path / "state")]
+
+    def cli_in(where: Path, *args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "iterprune", *args, *state]
+        return subprocess.run(argv, cwd=where, capture_output=True, text=True, timeout=300)
+
+    assert cli_in(tmp_path / "there", "queue", "add", "../proj/s.yaml").returncode == 0
+    served = cli_in(tmp_path, "serve", "--until-empty")
+    assert served.returncode == 0, served.stderr
+    assert Store(tmp_path / "state").run("elsewhere")["status"] == "finished", served.stdout

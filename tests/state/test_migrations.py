@@ -104,6 +104,13 @@ def test_start_and_resume_of_the_old_run_end_identically(tmp_path: Path) -> None
     assert cli.main(["start", str(SCHEDULE), "--state-dir", str(a)]) == 0
     assert cli.main(["resume", "upgrade", "--state-dir", str(b)]) == 0
     assert final_digest(a) == final_digest(b)
+    # 0.1.0 stored the schedule's directory as given ("."): started again from its file, the run
+    # records where that file is, so a serve or resume from any directory finds its files
+    store = Store(a)
+    assert store.run("upgrade")["base_dir"] == str(FIXTURE.resolve())
+    events = [e["message"] for e in store.events("upgrade")]
+    store.close()
+    assert f"the schedule's directory is now {FIXTURE.resolve()}" in events
 
 
 def test_the_old_run_continues_with_reporting_and_operating_settings_added(tmp_path: Path) -> None:
