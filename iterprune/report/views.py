@@ -275,4 +275,9 @@ def summary(store: Store, run: str) -> dict[str, Any]:
         "control_accuracy": last["control_accuracy"] if last else None,
         "latency_ms_p50": last["latency_ms_p50"] if last else row["baseline_latency_ms_p50"],
         "metric": json.loads(row["metric"]) if row.get("metric") else None,
+        "max_drop": (  # the budget in the metric's units, as history has it
+            schedule.validate.budget(row["baseline_accuracy"])
+            if row["baseline_accuracy"] is not None
+            else None
+        ),
     }

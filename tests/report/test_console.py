@@ -167,3 +167,8 @@ def test_runs_judged_by_different_metrics_are_compared_each_in_its_own_units() -
         and "8.63" in same
         and "ppl" not in same.replace("perplexity", "")
     )
+    # each run with the decimals its budget needs: two MSE runs with a budget of 0.048 read
+    # "0.48" and "0.48" for 0.482 and 0.479
+    mse = [{**run(n, "mse", 0.482, v), "max_drop": 0.0482} for n, v in (("a", 0.479), ("b", 0.5))]
+    text = render(overview.compare_table(mse))
+    assert "0.482" in text and "0.479" in text and "0.500" in text

@@ -22,11 +22,14 @@ def decimals(doc: dict[str, Any]) -> int:
     return decisions.decimals(doc.get("max_drop") or 0.0)
 
 
-def metric_value(found: float | None, name: str) -> str:
+def metric_value(found: float | None, name: str, d: int | None = None) -> str:
     """A metric's value in a table of runs, whose budgets differ: two decimals (``99.44``,
-    ``8.50``), or three significant digits under 0.1 (an MSE's ``0.000286``, not ``0.00``)."""
+    ``8.50``), or three significant digits under 0.1 (an MSE's ``0.000286``, not ``0.00``);
+    with ``d``, a run's own decimals (:func:`decimals`), at least two."""
     if found is None:
         return "—"
+    if d is not None and name != "accuracy":
+        return f"{found:.{max(2, d)}f}"
     small = name != "accuracy" and 0 < abs(found) < 0.1
     return f"{found:.3g}" if small else f"{found:.2f}"
 

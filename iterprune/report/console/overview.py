@@ -10,7 +10,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from iterprune.report.console.numbers import frac, in_units, measure, metric_value, pct
+from iterprune.report.console.numbers import (
+    decimals,
+    frac,
+    in_units,
+    measure,
+    metric_value,
+    pct,
+)
 from iterprune.report.console.tables import DECISION_STYLE, plain_table
 
 
@@ -19,10 +26,14 @@ def _metric(docs: list[dict[str, Any]]) -> tuple[str, str, Callable[[Any, dict],
     runs are judged by different ones), and the cell of a value of a run (or setting) — bare
     under one metric, with its own units (``99.44%``, ``8.50 ppl``) when they differ."""
     shown = {measure(d) for d in docs}
-    if len(shown) == 1:
+    if len(shown) == 1:  # a run's own decimals where its document says its budget (compare)
         name, _, label = shown.pop()
-        return name, label, lambda found, doc: metric_value(found, name)
+        return name, label, lambda found, doc: metric_value(found, name, _places(doc))
     return "metric", "metric", lambda found, doc: in_units(found, measure(doc)[0])
+
+
+def _places(doc: dict[str, Any]) -> int | None:
+    return decimals(doc) if doc.get("max_drop") else None
 
 
 def _order(name: str) -> str:
