@@ -49,10 +49,9 @@ def _search_first(base: Path, top: str) -> None:
     found = getattr(sys.modules.get(top), "__file__", None)
     if not found:
         return
-    origin = Path(found).resolve()
-    if origin.is_relative_to(base):
-        return
-    if any(origin.is_relative_to(d) for d in _SCHEDULE_DIRS - {base}):
+    origin = Path(found).resolve()  # base/top.py, or base/top/__init__.py for a package
+    home = origin.parent.parent if origin.name == "__init__.py" else origin.parent
+    if home != base and home in _SCHEDULE_DIRS:
         for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
             del sys.modules[name]
 

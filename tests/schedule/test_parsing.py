@@ -349,8 +349,12 @@ def test_two_schedules_factories_of_one_name_stay_apart(tmp_path: Path) -> None:
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "samename_models.py").write_text(f"def build():\n    return {name!r}\n")
-    found = [resolve_factory("samename_models:build", tmp_path / n)() for n in "abca"]
-    assert found == ["a", "b", "c", "a"]
+    nested = tmp_path / "a" / "sub"  # a schedule's directory inside another's
+    nested.mkdir()
+    (nested / "samename_models.py").write_text("def build():\n    return 'sub'\n")
+    dirs = [tmp_path / "a", tmp_path / "b", tmp_path / "c", nested, tmp_path / "a"]
+    found = [resolve_factory("samename_models:build", d)() for d in dirs]
+    assert found == ["a", "b", "c", "sub", "a"]
     (tmp_path / "a" / "json.py").write_text("def build():\n    return 'shadow'\n")
     with pytest.raises(UserError, match="no function 'build'"):
         resolve_factory("json:build", tmp_path / "a")  # the standard library's stays
